@@ -1,0 +1,585 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Local lab hosts: network namespaces on a bridge, optionally with an sshd.
+
+This file is private to the collection: its names may change at any time
+and must not be used from outside tcplab.keepalive.
+
+A lab is identified by its bridge, its namespace prefix and its state
+directory. Each lab host is a network namespace ``<prefix><name>`` with
+loopback up and a veth (``eth0`` inside, ``tk<hash>`` outside) enslaved to
+the bridge; addresses come from 198.18.0.0/15. With the ssh transport an
+sshd runs inside the namespace on the host's lab address. The lab never
+touches the root namespace's sysctls or firewall: it only adds the bridge
+(with the gateway address) and the veths.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import time
+
+from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
+
+LAB_RANGE = ipaddress.ip_network('198.18.0.0/15')
+NETNS_DIR = '/run/netns'
+TRANSPORTS = ('netns', 'ssh')
+HOST_NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_-]{0,31}$')
+PREFIX_RE = re.compile(r'^[a-z][a-z0-9-]{0,15}$')
+BRIDGE_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_-]{0,14}$')
+VETH_PREFIX = 'tk'
+MANIFEST = 'lab.json'
+
+MSG_HOST_NAME = ('lab host name %r is invalid: use 1 to 32 letters, digits, "-" or "_", '
+                 'starting with a letter')
+MSG_HOST_DUP = 'lab host %r is listed twice in lab_hosts'
+MSG_HOST_TYPE = 'lab_hosts entries are names or {name, transport} mappings, got %r'
+MSG_TRANSPORT = 'transport of lab host %r must be one of netns, ssh; got %r'
+MSG_NETWORK = 'lab network %r is invalid: give a CIDR inside 198.18.0.0/15, e.g. 198.18.0.0/24'
+MSG_NETWORK_RANGE = ('lab network %s is outside 198.18.0.0/15, the range reserved for '
+                     'network benchmark labs: pick a network inside it, e.g. 198.18.0.0/24')
+MSG_NETWORK_FULL = 'lab network %s has room for %d lab hosts, %d asked: use a larger network (e.g. a /22)'
+MSG_PREFIX = 'netns_prefix %r is invalid: use 1 to 16 lower-case letters, digits or "-", starting with a letter'
+MSG_BRIDGE = 'bridge name %r is invalid: use 1 to 15 letters, digits, "-" or "_", starting with a letter'
+MSG_STATE_DIR = 'state_dir must be an absolute path that is not "/", got %r'
+
+
+class LabError(Exception):
+    """Invalid lab request; the message names the fix."""
+
+
+def normalize_hosts(hosts, default_transport):
+    """Validate lab_hosts: return a list of {name, transport}."""
+    if default_transport not in TRANSPORTS:
+        raise LabError(MSG_TRANSPORT % ('(default)', default_transport))
+    result = []
+    seen = set()
+    for entry in hosts or []:
+        if isinstance(entry, str):
+            name, transport = entry, default_transport
+        elif isinstance(entry, dict) and set(entry) <= {'name', 'transport'} and 'name' in entry:
+            name = entry['name']
+            transport = entry.get('transport') or default_transport
+        else:
+            raise LabError(MSG_HOST_TYPE % (entry,))
+        if not isinstance(name, str) or not HOST_NAME_RE.match(name):
+            raise LabError(MSG_HOST_NAME % (name,))
+        if transport not in TRANSPORTS:
+            raise LabError(MSG_TRANSPORT % (name, transport))
+        if name in seen:
+            raise LabError(MSG_HOST_DUP % name)
+        seen.add(name)
+        result.append({'name': name, 'transport': transport})
+    return result
+
+
+def parse_network(network):
+    """The lab network as an IPv4Network inside 198.18.0.0/15."""
+    try:
+        net = ipaddress.ip_network(network, strict=True)
+    except (ValueError, TypeError):
+        raise LabError(MSG_NETWORK % (network,))
+    if net.version != 4 or not net.subnet_of(LAB_RANGE):
+        raise LabError(MSG_NETWORK_RANGE % (network,))
+    if net.prefixlen > 29:
+        raise LabError(MSG_NETWORK % (network,))
+    return net
+
+
+def host_offset(net):
+    """Offset of the first lab host address (the gateway is the first address)."""
+    return 10 if net.num_addresses >= 64 else 2
+
+
+def gateway_of(net):
+    return net.network_address + 1
+
+
+def plan_addresses(net, names, previous):
+    """Addresses for names: keep a previous address when still valid, else take the lowest free one."""
+    first = int(net.network_address) + host_offset(net)
+    last = int(net.broadcast_address) - 1
+    capacity = max(0, last - first + 1)
+    if len(names) > capacity:
+        raise LabError(MSG_NETWORK_FULL % (net, capacity, len(names)))
+    taken = {}
+    for name in names:
+        addr = previous.get(name)
+        try:
+            value = int(ipaddress.ip_address(addr)) if addr else None
+        except ValueError:
+            value = None
+        if value is not None and first <= value <= last and value not in taken.values():
+            taken[name] = value
+    used = set(taken.values())
+    candidate = first
+    for name in names:
+        if name in taken:
+            continue
+        while candidate in used:
+            candidate += 1
+        taken[name] = candidate
+        used.add(candidate)
+    return {name: str(ipaddress.ip_address(taken[name])) for name in names}
+
+
+def veth_name(netns):
+    """Root-side veth name of a lab namespace (at most 15 characters)."""
+    return VETH_PREFIX + hashlib.sha1(netns.encode('utf-8')).hexdigest()[:11]
+
+
+def render_sshd_config(address, host_dir, authorized_keys, sftp_server):
+    """sshd_config of one lab host: key-only root login on the lab address."""
+    lines = [
+        '# Managed by tcplab.keepalive (lab role); removed with lab_state: absent.',
+        'ListenAddress %s' % address,
+        'Port 22',
+        'HostKey %s' % os.path.join(host_dir, 'ssh_host_ed25519_key'),
+        'PidFile %s' % os.path.join(host_dir, 'sshd.pid'),
+        'AuthorizedKeysFile %s' % authorized_keys,
+        'PermitRootLogin prohibit-password',
+        'PubkeyAuthentication yes',
+        'PasswordAuthentication no',
+        'KbdInteractiveAuthentication no',
+        'UsePAM no',
+        'PrintMotd no',
+        'AcceptEnv LANG LC_*',
+    ]
+    if sftp_server:
+        lines.append('Subsystem sftp %s' % sftp_server)
+    return '\n'.join(lines) + '\n'
+
+
+def read_cmdline(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+            return [part.decode('utf-8', 'replace') for part in handle.read().split(b'\0') if part]
+    except (IOError, OSError):
+        return []
+
+
+def list_pids():
+    return [int(entry) for entry in os.listdir('/proc') if entry.isdigit()]
+
+
+def sshd_pids_of(state_dir, pids=None, cmdline=read_cmdline):
+    """Pids of sshd listeners started for this lab (their -f config lies in state_dir).
+
+    sshd re-titles itself ("sshd: /usr/sbin/sshd -f <config> [listener] ..."),
+    so the whole command line is searched.
+    """
+    marker = '-f ' + state_dir.rstrip('/') + '/'
+    found = []
+    for pid in pids if pids is not None else list_pids():
+        text = ' '.join(cmdline(pid))
+        if 'sshd' in text and marker in text:
+            found.append(pid)
+    return found
+
+
+def netns_inode(path):
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def pids_in_netns(ns_path, pids=None):
+    """Pids whose network namespace is the one mounted at ns_path."""
+    inode = netns_inode(ns_path)
+    if inode is None:
+        return []
+    found = []
+    for pid in pids if pids is not None else list_pids():
+        if pid == os.getpid():
+            continue
+        try:
+            if os.stat('/proc/%d/ns/net' % pid).st_ino == inode:
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def terminate(pids, timeout=5.0):
+    """SIGTERM, wait, then SIGKILL what is left. Returns the pids signalled."""
+    signalled = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            signalled.append(pid)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+    deadline = time.monotonic() + timeout
+    alive = list(signalled)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if os.path.exists('/proc/%d' % pid) and not _is_zombie(pid)]
+        if alive:
+            time.sleep(0.05)
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return signalled
+
+
+def _is_zombie(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as handle:
+            return handle.read().rsplit(')', 1)[1].split()[0] == 'Z'
+    except (IOError, OSError, IndexError):
+        return True
+
+
+class Lab:
+    """Brings a lab to the requested state. `run` is a _common.Runner."""
+
+    def __init__(self, run, params, check_mode=False, binaries=None):
+        self.run = run
+        self.check_mode = check_mode
+        self.bin = binaries or {}
+        self.bridge = params['bridge']
+        self.prefix = params['netns_prefix']
+        self.state_dir = params['state_dir']
+        self.netns_dir = params.get('netns_dir') or NETNS_DIR
+        if not BRIDGE_RE.match(self.bridge or ''):
+            raise LabError(MSG_BRIDGE % (self.bridge,))
+        if not PREFIX_RE.match(self.prefix or ''):
+            raise LabError(MSG_PREFIX % (self.prefix,))
+        if not self.state_dir or not os.path.isabs(self.state_dir) or os.path.normpath(self.state_dir) == '/':
+            raise LabError(MSG_STATE_DIR % (self.state_dir,))
+        self.state_dir = os.path.normpath(self.state_dir)
+        self.actions = []
+        self.changed = False
+
+    # -- helpers ---------------------------------------------------------
+    def _act(self, argv, what=None):
+        """Run a changing command (recorded; skipped in check mode)."""
+        self.changed = True
+        self.actions.append(list(argv))
+        if not self.check_mode:
+            self.run(argv, what=what)
+
+    def ip(self, *args):
+        return [self.bin.get('ip', 'ip')] + list(args)
+
+    def _ip_json(self, *args):
+        rc, out, err = self.run(self.ip('-j', *args), check=False)
+        if rc != 0:
+            return []
+        try:
+            return json.loads(out or '[]')
+        except ValueError:
+            return []
+
+    def root_links(self):
+        return {link['ifname']: link for link in self._ip_json('link', 'show')}
+
+    def ns_path(self, netns):
+        return os.path.join(self.netns_dir, netns)
+
+    def our_namespaces(self):
+        try:
+            names = os.listdir(self.netns_dir)
+        except OSError:
+            return []
+        return sorted(name for name in names if name.startswith(self.prefix))
+
+    def manifest_path(self):
+        return os.path.join(self.state_dir, MANIFEST)
+
+    def load_manifest(self):
+        try:
+            with open(self.manifest_path()) as handle:
+                data = json.load(handle)
+            return data if isinstance(data, dict) else {}
+        except (IOError, OSError, ValueError):
+            return {}
+
+    # -- present ---------------------------------------------------------
+    def present(self, hosts, network):
+        net = parse_network(network)
+        manifest = self.load_manifest()
+        previous = {name: info.get('address') for name, info in (manifest.get('hosts') or {}).items()}
+        if manifest.get('network') not in (None, str(net)):
+            previous = {}
+        addresses = plan_addresses(net, [h['name'] for h in hosts], previous)
+        wanted = {self.prefix + h['name'] for h in hosts}
+
+        # hosts no longer listed, and leftovers of crashed runs, go first
+        for netns in self.our_namespaces():
+            if netns not in wanted:
+                self._remove_netns(netns)
+
+        links = self.root_links()
+        self._ensure_bridge(net, links.get(self.bridge))
+        links = self.root_links() if not self.check_mode else links
+        result_hosts = []
+        for host in hosts:
+            netns = self.prefix + host['name']
+            address = addresses[host['name']]
+            self._ensure_host(netns, address, net.prefixlen, links)
+            info = {
+                'name': host['name'],
+                'netns': netns,
+                'netns_path': self.ns_path(netns),
+                'address': address,
+                'transport': host['transport'],
+                'veth': veth_name(netns),
+            }
+            result_hosts.append(info)
+
+        ssh_hosts = [h for h in result_hosts if h['transport'] == 'ssh']
+        ssh = {}
+        if ssh_hosts:
+            ssh = self._ensure_ssh(ssh_hosts)
+        else:
+            self._stop_sshd(self.state_dir)
+        self._write_manifest(net, result_hosts)
+        return {
+            'hosts': result_hosts,
+            'bridge': self.bridge,
+            'gateway': str(gateway_of(net)),
+            'network': str(net),
+            'state_dir': self.state_dir,
+            'ssh': ssh,
+        }
+
+    def _ensure_bridge(self, net, link):
+        cidr = '%s/%d' % (gateway_of(net), net.prefixlen)
+        if link is None:
+            self._act(self.ip('link', 'add', 'name', self.bridge, 'type', 'bridge'), 'creating bridge %s' % self.bridge)
+            link = {'flags': []}
+        addrs = self._inet_addrs('', self.bridge) if 'ifindex' in link else []
+        if addrs != [cidr]:
+            if addrs:
+                self._act(self.ip('addr', 'flush', 'dev', self.bridge, 'scope', 'global'))
+            self._act(self.ip('addr', 'add', cidr, 'dev', self.bridge))
+        if 'UP' not in link.get('flags', []):
+            self._act(self.ip('link', 'set', self.bridge, 'up'))
+
+    def _inet_addrs(self, netns, dev):
+        args = (['-n', netns] if netns else []) + ['addr', 'show', 'dev', dev]
+        result = []
+        for link in self._ip_json(*args):
+            for addr in link.get('addr_info', []):
+                if addr.get('family') == 'inet':
+                    result.append('%s/%s' % (addr['local'], addr['prefixlen']))
+        return result
+
+    def _ensure_host(self, netns, address, prefixlen, root_links):
+        veth = veth_name(netns)
+        if not os.path.exists(self.ns_path(netns)):
+            self._act(self.ip('netns', 'add', netns), 'creating network namespace %s' % netns)
+            if self.check_mode:
+                return
+        ns_links = {link['ifname']: link for link in self._ip_json('-n', netns, 'link', 'show')}
+        if 'UP' not in ns_links.get('lo', {}).get('flags', []):
+            self._act(self.ip('-n', netns, 'link', 'set', 'lo', 'up'))
+        root = root_links.get(veth)
+        if root is None:
+            if 'eth0' in ns_links:
+                self._act(self.ip('-n', netns, 'link', 'del', 'eth0'))
+            self._act(self.ip('link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns),
+                      'creating veth %s for %s' % (veth, netns))
+            root = {'flags': []}
+            ns_links['eth0'] = {'flags': []}
+        if root.get('master') != self.bridge:
+            self._act(self.ip('link', 'set', veth, 'master', self.bridge))
+        if 'UP' not in root.get('flags', []):
+            self._act(self.ip('link', 'set', veth, 'up'))
+        cidr = '%s/%d' % (address, prefixlen)
+        addrs = self._inet_addrs(netns, 'eth0') if 'ifindex' in ns_links.get('eth0', {}) else []
+        if addrs != [cidr]:
+            if addrs:
+                self._act(self.ip('-n', netns, 'addr', 'flush', 'dev', 'eth0'))
+            self._act(self.ip('-n', netns, 'addr', 'add', cidr, 'dev', 'eth0'))
+        if 'UP' not in ns_links.get('eth0', {}).get('flags', []):
+            self._act(self.ip('-n', netns, 'link', 'set', 'eth0', 'up'))
+
+    # -- ssh -------------------------------------------------------------
+    def _mkdir(self, path, mode=0o700):
+        if not os.path.isdir(path):
+            self.changed = True
+            if not self.check_mode:
+                os.makedirs(path, mode)
+        if not self.check_mode and (os.stat(path).st_mode & 0o777) != mode:
+            os.chmod(path, mode)
+
+    def _write_if_changed(self, path, text, mode=0o600):
+        try:
+            with open(path) as handle:
+                if handle.read() == text:
+                    return False
+        except (IOError, OSError):
+            pass
+        self.changed = True
+        if not self.check_mode:
+            atomic_write(path, text, mode)
+        return True
+
+    def _keygen(self, path, comment):
+        if os.path.exists(path) and os.path.exists(path + '.pub'):
+            return
+        for stale in (path, path + '.pub'):
+            if os.path.exists(stale) and not self.check_mode:
+                os.unlink(stale)
+        self._act([self.bin.get('ssh-keygen', 'ssh-keygen'), '-q', '-t', 'ed25519', '-N', '', '-C', comment, '-f', path],
+                  'generating the lab key %s' % path)
+
+    def _ensure_ssh(self, hosts):
+        state = self.state_dir
+        self._mkdir(os.path.dirname(state), 0o755)
+        self._mkdir(state)
+        self._mkdir(os.path.join(state, 'hosts'))
+        key = os.path.join(state, 'id_ed25519')
+        self._keygen(key, 'tcplab-keepalive-lab')
+        authorized = os.path.join(state, 'authorized_keys')
+        if not self.check_mode:
+            with open(key + '.pub') as handle:
+                self._write_if_changed(authorized, handle.read())
+        # sshd's privilege separation directory (created by the service unit normally)
+        self._mkdir('/run/sshd', 0o755)
+        known = []
+        wanted_dirs = set()
+        for host in hosts:
+            host_dir = os.path.join(state, 'hosts', host['name'])
+            wanted_dirs.add(host['name'])
+            self._mkdir(host_dir)
+            host_key = os.path.join(host_dir, 'ssh_host_ed25519_key')
+            self._keygen(host_key, 'tcplab-keepalive-lab-%s' % host['name'])
+            config = os.path.join(host_dir, 'sshd_config')
+            text = render_sshd_config(host['address'], host_dir, authorized, self.bin.get('sftp-server'))
+            config_changed = self._write_if_changed(config, text)
+            pid = self._sshd_pid(host_dir, host['netns_path'])
+            if pid and config_changed:
+                terminate([pid])
+                pid = None
+            if not pid:
+                pid = self._start_sshd(host, config)
+            host['sshd_pid'] = pid
+            if not self.check_mode:
+                with open(host_key + '.pub') as handle:
+                    keytype, keydata = handle.read().split()[:2]
+                known.append('%s %s %s' % (host['address'], keytype, keydata))
+        # sshds and directories of hosts that are no longer ssh hosts
+        for name in self._listdir(os.path.join(state, 'hosts')):
+            if name not in wanted_dirs:
+                host_dir = os.path.join(state, 'hosts', name)
+                self._stop_sshd(host_dir)
+                self.changed = True
+                if not self.check_mode:
+                    shutil.rmtree(host_dir, ignore_errors=True)
+        known_hosts = os.path.join(state, 'known_hosts')
+        if not self.check_mode:
+            self._write_if_changed(known_hosts, '\n'.join(sorted(known)) + '\n')
+        return {'private_key': key, 'known_hosts': known_hosts, 'user': 'root', 'port': 22}
+
+    @staticmethod
+    def _listdir(path):
+        try:
+            return sorted(os.listdir(path))
+        except OSError:
+            return []
+
+    def _sshd_pid(self, host_dir, ns_path):
+        """Pid of this host's running sshd, if it runs in the right namespace."""
+        try:
+            with open(os.path.join(host_dir, 'sshd.pid')) as handle:
+                pid = int(handle.read().strip())
+        except (IOError, OSError, ValueError):
+            return None
+        if pid not in sshd_pids_of(host_dir, [pid]):
+            return None
+        try:
+            if os.stat('/proc/%d/ns/net' % pid).st_ino != netns_inode(ns_path):
+                return None
+        except OSError:
+            return None
+        return pid
+
+    def _start_sshd(self, host, config):
+        sshd = self.bin.get('sshd', '/usr/sbin/sshd')
+        if self.check_mode:
+            self._act([sshd, '-f', config])
+            return None
+        self.run([sshd, '-t', '-f', config], what='checking %s' % config)
+        self._act([self.bin.get('nsenter', 'nsenter'), '--net=%s' % host['netns_path'], '--', sshd, '-f', config],
+                  'starting sshd for lab host %s' % host['name'])
+        host_dir = os.path.dirname(config)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pid = self._sshd_pid(host_dir, host['netns_path'])
+            if pid and self._port_open(host['address'], 22):
+                return pid
+            time.sleep(0.05)
+        raise LabError('sshd of lab host %s did not start listening on %s:22 within 10 s; '
+                       'see %s and the system log' % (host['name'], host['address'], config))
+
+    @staticmethod
+    def _port_open(address, port):
+        try:
+            with socket.create_connection((address, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _stop_sshd(self, directory):
+        pids = sshd_pids_of(directory)
+        if pids:
+            self.changed = True
+            self.actions.append(['kill', '-TERM'] + [str(p) for p in pids])
+            if not self.check_mode:
+                terminate(pids)
+
+    def _write_manifest(self, net, hosts):
+        data = {
+            'bridge': self.bridge,
+            'network': str(net),
+            'netns_prefix': self.prefix,
+            'hosts': {h['name']: {'address': h['address'], 'netns': h['netns'], 'transport': h['transport']}
+                      for h in hosts},
+        }
+        text = json.dumps(data, indent=2, sort_keys=True) + '\n'
+        self._mkdir(os.path.dirname(self.state_dir), 0o755)
+        self._mkdir(self.state_dir)
+        self._write_if_changed(self.manifest_path(), text)
+
+    # -- absent ----------------------------------------------------------
+    def _remove_netns(self, netns):
+        """Stop every process of a lab namespace, then delete it (its veth pair goes with it)."""
+        pids = pids_in_netns(self.ns_path(netns))
+        if pids:
+            self.changed = True
+            self.actions.append(['kill', '-TERM'] + [str(p) for p in pids])
+            if not self.check_mode:
+                terminate(pids)
+        self._act(self.ip('netns', 'del', netns), 'deleting network namespace %s' % netns)
+
+    def absent(self):
+        self._stop_sshd(self.state_dir)
+        for netns in self.our_namespaces():
+            self._remove_netns(netns)
+        links = self.root_links()
+        for name, link in sorted(links.items()):
+            if name.startswith(VETH_PREFIX) and link.get('master') == self.bridge:
+                self._act(self.ip('link', 'del', name))
+        if self.bridge in links:
+            self._act(self.ip('link', 'del', self.bridge), 'deleting bridge %s' % self.bridge)
+        if os.path.lexists(self.state_dir):
+            self.changed = True
+            self.actions.append(['rm', '-rf', self.state_dir])
+            if not self.check_mode:
+                shutil.rmtree(self.state_dir, ignore_errors=True)
+        return {'hosts': [], 'bridge': self.bridge, 'state_dir': self.state_dir}

@@ -1,0 +1,66 @@
+#!/bin/bash
+# Set-up shared by scripts/demo.sh and scripts/test.sh (sourced by both).
+# On a fresh Debian 12 machine, as root, it installs:
+#   - the Debian packages the lab, the experiment and the tests use;
+#   - a virtual environment (.venv) with the pinned requirements-dev.txt;
+#   - this checkout where Ansible finds it by FQCN:
+#     .build/collections/ansible_collections/tcplab/keepalive -> the checkout.
+# Each step is skipped when already done, so re-running is cheap.
+
+TCPLAB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export TCPLAB_ROOT
+
+tcplab_die() { echo "tcplab: $*" >&2; exit 1; }
+tcplab_step() { printf '\n==> %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  tcplab_die "run this as root (e.g. sudo $0): the lab creates network namespaces, and the experiment sets sysctls and iptables rules inside them"
+fi
+
+TCPLAB_APT_PACKAGES=(
+  iproute2 iptables tcpdump tshark openssh-server openssh-client util-linux procps
+  netcat-openbsd curl python3 python3-venv python3-pip git ca-certificates
+)
+
+tcplab_apt() {
+  local missing=() pkg
+  for pkg in "${TCPLAB_APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  tcplab_step "installing Debian packages: ${missing[*]}"
+  echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+tcplab_venv() {
+  local venv="$TCPLAB_ROOT/.venv" stamp want
+  want=$(sha256sum "$TCPLAB_ROOT/requirements-dev.txt" | cut -d' ' -f1)
+  stamp="$venv/.tcplab-requirements"
+  if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
+  tcplab_step "creating the virtual environment .venv (pinned requirements-dev.txt)"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$TCPLAB_ROOT/requirements-dev.txt"
+  echo "$want" > "$stamp"
+}
+
+tcplab_collection() {
+  local base="$TCPLAB_ROOT/.build/collections/ansible_collections/tcplab"
+  mkdir -p "$base"
+  if [ "$(readlink "$base/keepalive")" != "../../../.." ]; then
+    ln -sfn ../../../.. "$base/keepalive"
+  fi
+}
+
+tcplab_apt
+tcplab_venv
+tcplab_collection
+
+export PATH="$TCPLAB_ROOT/.venv/bin:$PATH"
+export ANSIBLE_CONFIG="$TCPLAB_ROOT/ansible.cfg"
+export ANSIBLE_COLLECTIONS_PATH="$TCPLAB_ROOT/.build/collections"
+export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}"
+cd "$TCPLAB_ROOT" || tcplab_die "cannot enter $TCPLAB_ROOT"
