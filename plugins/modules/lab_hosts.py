@@ -22,7 +22,7 @@ description:
     processes in them, veths, bridge, sshd processes, keys, state).
   - The lab never changes the root namespace's keepalive sysctls or firewall rules.
   - Most users want the C(tcplab.keepalive.lab) role, which also writes an inventory for the lab.
-author: tcplab.keepalive developers
+author: tcplab.keepalive developers (@tcplab)
 extends_documentation_fragment:
   - tcplab.keepalive.attributes
 attributes:

@@ -1,0 +1,152 @@
+#!/bin/bash
+# The whole test suite (README: "Test it"). Run as root on Debian 12.
+#
+# Stages (each runs even if an earlier one failed; the script fails if any did):
+#   unit         pytest tests/unit (real namespaces where the real thing can run)
+#   sanity       ansible-test sanity --venv on a copy of the collection
+#   lint         ansible-lint --profile production
+#   build        ansible-galaxy collection build + install into a fresh path + ansible-doc of every plugin
+#   integration  ansible-test integration --local (targets: destructive, needs/root)
+#   molecule     molecule test --all
+#   rootns       the root namespace's keepalive sysctls and iptables rules are as before the run
+#
+# STAGES="unit lint" runs only those stages.
+set -uo pipefail
+# shellcheck source=scripts/bootstrap.sh
+. "$(dirname "$0")/bootstrap.sh" || exit 1
+
+ALL_STAGES="unit sanity lint build integration molecule"
+STAGES=${STAGES:-$ALL_STAGES}
+OUT="$TCPLAB_ROOT/.build/test"
+rm -rf "$OUT"
+mkdir -p "$OUT"
+declare -A RESULT SUMMARY
+FAILED=0
+
+# Snapshot of what the tests must never change in the root namespace.
+rootns_state() {
+  local key
+  for key in time intvl probes; do
+    echo "net.ipv4.tcp_keepalive_$key = $(cat /proc/sys/net/ipv4/tcp_keepalive_$key)"
+  done
+  echo "# iptables -S"; iptables -w 10 -S
+  echo "# ip6tables -S"; ip6tables -w 10 -S
+  echo "# named network namespaces of this project"; ls /run/netns 2>/dev/null | grep -E '^(tcplab|tk)' || true
+}
+rootns_state > "$OUT/rootns.before"
+
+# Copy of the collection (tracked and new, not ignored files) under
+# ansible_collections/tcplab/keepalive, where ansible-test wants to run.
+collection_copy() {
+  local dest="$OUT/copy/ansible_collections/tcplab/keepalive"
+  if [ ! -d "$dest" ]; then
+    mkdir -p "$dest"
+    git ls-files -z -co --exclude-standard | xargs -0 -I{} cp --parents {} "$dest/" 2>/dev/null
+    # ansible-test lists files through git when it finds a repository
+    (cd "$dest" && git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm copy)
+  fi
+  echo "$dest"
+}
+
+stage_unit() {
+  python -m pytest tests/unit -q -p no:cacheprovider --junitxml="$OUT/unit.junit.xml" 2>&1 | tee "$OUT/unit.log"
+  local rc=${PIPESTATUS[0]}
+  SUMMARY[unit]=$(grep -E '^=+ .*(passed|failed|error).* in ' "$OUT/unit.log" | tail -1 | tr -d '=' | xargs)
+  return "$rc"
+}
+
+stage_sanity() {
+  local dir rc
+  dir=$(collection_copy)
+  (cd "$dir" && ansible-test sanity --venv --python 3.11 --color no 2>&1) | tee "$OUT/sanity.log"
+  rc=${PIPESTATUS[0]}
+  # the ignore files stay empty
+  if ls tests/sanity/ignore-*.txt >/dev/null 2>&1 && [ -n "$(cat tests/sanity/ignore-*.txt)" ]; then
+    echo "sanity: tests/sanity/ignore-*.txt must stay empty"; rc=1
+  fi
+  SUMMARY[sanity]="$(grep -c "^Running sanity test " "$OUT/sanity.log") sanity tests run"
+  return "$rc"
+}
+
+stage_lint() {
+  ansible-lint --profile production --offline --nocolor 2>&1 | tee "$OUT/lint.log"
+  local rc=${PIPESTATUS[0]}
+  SUMMARY[lint]=$(grep -E '^(Passed|Failed):' "$OUT/lint.log" | tail -1)
+  return "$rc"
+}
+
+stage_build() {
+  local dist="$OUT/dist" inst="$OUT/installed" tarball docs=0 kind file name rc=0
+  ansible-galaxy collection build --force --output-path "$dist" . || return 1
+  tarball=$(ls "$dist"/tcplab-keepalive-*.tar.gz)
+  if tar tzf "$tarball" | grep -qE '^(tests/unit|benchmarks|\.ci|scripts|molecule)/'; then
+    echo "build: tests, benchmarks, scripts or CI files leaked into $tarball"; return 1
+  fi
+  ansible-galaxy collection install --force -p "$inst" "$tarball" || return 1
+  local coll="$inst/ansible_collections/tcplab/keepalive"
+  for kind in modules connection; do
+    for file in "$coll/plugins/$kind"/*.py; do
+      [ -e "$file" ] || continue
+      name=$(basename "$file" .py)
+      [ "$name" = __init__ ] && continue
+      if ANSIBLE_COLLECTIONS_PATH="$inst" ansible-doc -t "${kind%s}" "tcplab.keepalive.$name" > "$OUT/doc-$name.txt"; then
+        docs=$((docs + 1))
+      else
+        echo "build: ansible-doc tcplab.keepalive.$name failed"; rc=1
+      fi
+    done
+  done
+  for file in "$coll/roles"/*; do
+    name=$(basename "$file")
+    if ANSIBLE_COLLECTIONS_PATH="$inst" ansible-doc -t role "tcplab.keepalive.$name" > "$OUT/doc-role-$name.txt"; then
+      docs=$((docs + 1))
+    else
+      echo "build: ansible-doc -t role tcplab.keepalive.$name failed"; rc=1
+    fi
+  done
+  SUMMARY[build]="$(basename "$tarball"), ansible-doc of $docs plugins and roles from the installed tarball"
+  return "$rc"
+}
+
+stage_integration() {
+  local dir rc targets
+  targets=$(ls tests/integration/targets 2>/dev/null | wc -l)
+  if [ "$targets" -eq 0 ]; then
+    SUMMARY[integration]="no targets yet"; return 0
+  fi
+  dir=$(collection_copy)
+  (cd "$dir" && ansible-test integration --local --python 3.11 --color no --allow-destructive --allow-root 2>&1) | tee "$OUT/integration.log"
+  rc=${PIPESTATUS[0]}
+  SUMMARY[integration]="$(grep -c '^Running .* integration test role' "$OUT/integration.log") of $targets targets run"
+  return "$rc"
+}
+
+stage_molecule() {
+  molecule test --all 2>&1 | tee "$OUT/molecule.log"
+  local rc=${PIPESTATUS[0]}
+  SUMMARY[molecule]="$(ls -d molecule/*/molecule.yml 2>/dev/null | wc -l) scenarios: $(ls -d molecule/*/molecule.yml | xargs -n1 dirname | xargs -n1 basename | tr '\n' ' ')"
+  return "$rc"
+}
+
+for stage in $STAGES; do
+  printf '\n######## stage %s ########\n' "$stage"
+  start=$(date +%s)
+  if "stage_$stage"; then RESULT[$stage]=ok; else RESULT[$stage]=FAILED; FAILED=1; fi
+  RESULT[$stage]="${RESULT[$stage]} ($(( $(date +%s) - start )) s)"
+done
+
+printf '\n######## stage rootns ########\n'
+rootns_state > "$OUT/rootns.after"
+if diff -u "$OUT/rootns.before" "$OUT/rootns.after"; then
+  RESULT[rootns]=ok
+  SUMMARY[rootns]="keepalive sysctls, iptables -S, ip6tables -S of the root namespace unchanged"
+else
+  RESULT[rootns]=FAILED; FAILED=1
+  SUMMARY[rootns]="the root namespace changed (diff above)"
+fi
+
+printf '\n######## summary ########\n'
+for stage in $STAGES rootns; do
+  printf '%-12s %-16s %s\n' "$stage" "${RESULT[$stage]}" "${SUMMARY[$stage]:-}"
+done
+exit "$FAILED"

@@ -1,0 +1,177 @@
+# Unit tests of the lab logic: validation messages, address planning, argv.
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _lab
+from ansible_collections.tcplab.keepalive.plugins.module_utils._lab import (
+    Lab, LabError, normalize_hosts, parse_network, plan_addresses, render_sshd_config,
+    sshd_pids_of, veth_name)
+
+
+@pytest.mark.parametrize('hosts, expected', [
+    (['a'], [{'name': 'a', 'transport': 'netns'}]),
+    (['a', {'name': 'b', 'transport': 'ssh'}],
+     [{'name': 'a', 'transport': 'netns'}, {'name': 'b', 'transport': 'ssh'}]),
+    ([{'name': 'c'}], [{'name': 'c', 'transport': 'netns'}]),
+    ([], []),
+])
+def test_normalize_hosts(hosts, expected):
+    assert normalize_hosts(hosts, 'netns') == expected
+
+
+@pytest.mark.parametrize('hosts, message', [
+    (['bad name'], _lab.MSG_HOST_NAME % ('bad name',)),
+    (['1abc'], _lab.MSG_HOST_NAME % ('1abc',)),
+    (['a;rm -rf /'], _lab.MSG_HOST_NAME % ('a;rm -rf /',)),
+    (['x' * 33], _lab.MSG_HOST_NAME % ('x' * 33,)),
+    (['a', 'a'], _lab.MSG_HOST_DUP % 'a'),
+    ([{'name': 'a', 'transport': 'telnet'}], _lab.MSG_TRANSPORT % ('a', 'telnet')),
+    ([{'host': 'a'}], _lab.MSG_HOST_TYPE % ({'host': 'a'},)),
+    ([42], _lab.MSG_HOST_TYPE % (42,)),
+])
+def test_normalize_hosts_errors(hosts, message):
+    with pytest.raises(LabError) as exc:
+        normalize_hosts(hosts, 'netns')
+    assert str(exc.value) == message
+
+
+def test_message_names_the_fix():
+    assert 'starting with a letter' in _lab.MSG_HOST_NAME
+    assert 'e.g. 198.18.0.0/24' in _lab.MSG_NETWORK_RANGE
+
+
+@pytest.mark.parametrize('network, message', [
+    ('10.0.0.0/24', _lab.MSG_NETWORK_RANGE % '10.0.0.0/24'),
+    ('198.20.0.0/24', _lab.MSG_NETWORK_RANGE % '198.20.0.0/24'),
+    ('198.16.0.0/14', _lab.MSG_NETWORK_RANGE % '198.16.0.0/14'),
+    ('198.18.0.1/24', _lab.MSG_NETWORK % '198.18.0.1/24'),
+    ('nonsense', _lab.MSG_NETWORK % 'nonsense'),
+    ('198.18.0.0/30', _lab.MSG_NETWORK % '198.18.0.0/30'),
+])
+def test_parse_network_errors(network, message):
+    with pytest.raises(LabError) as exc:
+        parse_network(network)
+    assert str(exc.value) == message
+
+
+def test_plan_addresses_is_stable_and_fills_gaps():
+    net = parse_network('198.18.0.0/24')
+    first = plan_addresses(net, ['a', 'b', 'c'], {})
+    assert first == {'a': '198.18.0.10', 'b': '198.18.0.11', 'c': '198.18.0.12'}
+    # b leaves, d arrives: a and c keep theirs, d takes the lowest free address
+    second = plan_addresses(net, ['a', 'c', 'd'], first)
+    assert second == {'a': '198.18.0.10', 'c': '198.18.0.12', 'd': '198.18.0.11'}
+
+
+def test_plan_addresses_ignores_bad_previous():
+    net = parse_network('198.18.0.0/24')
+    got = plan_addresses(net, ['a', 'b'], {'a': '10.1.1.1', 'b': 'garbage'})
+    assert got == {'a': '198.18.0.10', 'b': '198.18.0.11'}
+
+
+def test_plan_addresses_full():
+    net = parse_network('198.18.0.0/29')  # 8 addresses: gateway .1, hosts .2 - .6
+    plan_addresses(net, list('abcde'), {})
+    with pytest.raises(LabError) as exc:
+        plan_addresses(net, list('abcdef'), {})
+    assert str(exc.value) == _lab.MSG_NETWORK_FULL % (net, 5, 6)
+
+
+def test_plan_addresses_200_hosts_in_a_22():
+    net = parse_network('198.18.0.0/22')
+    names = ['h%d' % i for i in range(200)]
+    got = plan_addresses(net, names, {})
+    assert len(set(got.values())) == 200
+    assert all(ipaddress.ip_address(a) in net for a in got.values())
+
+
+def test_veth_name():
+    name = veth_name('tcplab-client')
+    assert name.startswith('tk') and len(name) <= 15
+    assert name == veth_name('tcplab-client') != veth_name('tcplab-server')
+
+
+def test_sshd_config():
+    text = render_sshd_config('198.18.0.10', '/run/x/hosts/a', '/run/x/authorized_keys', '/usr/lib/openssh/sftp-server')
+    lines = text.splitlines()
+    assert 'ListenAddress 198.18.0.10' in lines
+    assert 'PasswordAuthentication no' in lines
+    assert 'PidFile /run/x/hosts/a/sshd.pid' in lines
+    assert 'Subsystem sftp /usr/lib/openssh/sftp-server' in lines
+
+
+def test_sshd_pids_of_matches_only_our_listeners():
+    table = {
+        1: ['sshd: /usr/sbin/sshd -f /run/lab/hosts/a/sshd_config [listener] 0 of 10-100 startups'],
+        2: ['/usr/sbin/sshd', '-f', '/run/lab/hosts/b/sshd_config'],
+        3: ['sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups'],
+        4: ['/usr/sbin/sshd', '-f', '/run/lab2/hosts/b/sshd_config'],
+        5: ['python3', '-f', '/run/lab/hosts/a/x'],
+    }
+    assert sshd_pids_of('/run/lab', list(table), table.get) == [1, 2]
+    assert sshd_pids_of('/run/lab/hosts/b', list(table), table.get) == [2]
+
+
+class FakeRunner:
+    """Records argv; answers `ip -j` queries from a table."""
+
+    def __init__(self, answers=None):
+        self.calls = []
+        self.answers = answers or {}
+
+    def __call__(self, argv, check=True, ok_rc=(0,), data=None, what=None):
+        self.calls.append(list(argv))
+        key = ' '.join(argv)
+        for prefix, out in self.answers.items():
+            if key.startswith(prefix):
+                return 0, out, ''
+        return 0, '[]', ''
+
+
+PARAMS = {'bridge': 'tkbr0', 'netns_prefix': 'tku-', 'state_dir': '/run/tku-state', 'netns_dir': '/nonexistent'}
+
+
+def test_present_check_mode_changes_nothing():
+    run = FakeRunner()
+    lab = Lab(run, PARAMS, check_mode=True, binaries={'ip': 'ip'})
+    result = lab.present(normalize_hosts(['a'], 'netns'), '198.18.0.0/24')
+    assert lab.changed
+    # only read-only queries ran
+    assert all(call[:2] == ['ip', '-j'] for call in run.calls), run.calls
+    assert ['ip', 'netns', 'add', 'tku-a'] in lab.actions
+    assert ['ip', 'link', 'add', 'name', 'tkbr0', 'type', 'bridge'] in lab.actions
+    assert result['hosts'][0]['address'] == '198.18.0.10'
+    assert result['gateway'] == '198.18.0.1'
+
+
+@pytest.mark.parametrize('params, message', [
+    (dict(PARAMS, bridge='a bridge name too long'), _lab.MSG_BRIDGE % 'a bridge name too long'),
+    (dict(PARAMS, netns_prefix='Bad/'), _lab.MSG_PREFIX % 'Bad/'),
+    (dict(PARAMS, state_dir='/'), _lab.MSG_STATE_DIR % '/'),
+    (dict(PARAMS, state_dir='relative'), _lab.MSG_STATE_DIR % 'relative'),
+])
+def test_lab_rejects_bad_params(params, message):
+    with pytest.raises(LabError) as exc:
+        Lab(FakeRunner(), params)
+    assert str(exc.value) == message
+
+
+def test_absent_removes_only_our_veths_and_bridge(tmp_path):
+    netns_dir = tmp_path / 'netns'
+    netns_dir.mkdir()
+    (netns_dir / 'tku-a').write_text('')
+    (netns_dir / 'other').write_text('')
+    links = ('[{"ifname": "tkbr0"}, {"ifname": "tkaaaa", "master": "tkbr0"},'
+             ' {"ifname": "tkbbbb", "master": "docker0"}, {"ifname": "eth0"}]')
+    run = FakeRunner({'ip -j link show': links})
+    lab = Lab(run, dict(PARAMS, netns_dir=str(netns_dir), state_dir=str(tmp_path / 'state')), binaries={'ip': 'ip'})
+    lab.absent()
+    changing = [c for c in run.calls if c[:2] != ['ip', '-j']]
+    assert changing == [
+        ['ip', 'netns', 'del', 'tku-a'],
+        ['ip', 'link', 'del', 'tkaaaa'],
+        ['ip', 'link', 'del', 'tkbr0'],
+    ]
