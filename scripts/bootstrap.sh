@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Set-up shared by scripts/demo.sh and scripts/test.sh (sourced by both).
 # On a fresh Debian 12 machine, as root, it installs:
 #   - the Debian packages the lab, the experiment and the tests use;

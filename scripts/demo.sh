@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # The main job on the built-in local lab (README: "Run it").
 # Until the experiment lands this brings up lab hosts (one reached through
 # the netns connection, one through ssh) and runs a smoke play over both.

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Re-resolve requirements-dev.in into the fully pinned requirements-dev.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."

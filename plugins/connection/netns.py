@@ -82,6 +82,7 @@ EXAMPLES = r"""
   tasks:
     - name: List links
       ansible.builtin.command: ip -o link
+      changed_when: false
 """
 
 import os

@@ -256,7 +256,7 @@ def run_ansible(tmp_path, collections, inventory, *args, pipelining=False):
     for var in ('ANSIBLE_NETNS_NAME', 'ANSIBLE_CONFIG', 'ANSIBLE_STDOUT_CALLBACK', 'ANSIBLE_LOAD_CALLBACK_PLUGINS'):
         env.pop(var, None)
     proc = subprocess.run([str(ANSIBLE), '-i', str(tmp_path / 'inv'), 'all', *args],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     return proc, parse_adhoc(proc.stdout), log.read_text() if log.exists() else ''
 
 
