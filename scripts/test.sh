@@ -35,6 +35,14 @@ rootns_state() {
 }
 rootns_state > "$OUT/rootns.before"
 
+# A copy of this collection in ~/.ansible/collections (molecule's prerun
+# makes one when it is on) would shadow the checkout in ansible-lint.
+STALE=~/.ansible/collections/ansible_collections/tcplab/keepalive
+if [ -e "$STALE" ] && [ ! "$STALE" -ef "$TCPLAB_ROOT" ]; then
+  echo "removing $STALE, a stale copy of this collection that would shadow the checkout"
+  rm -rf "$STALE"
+fi
+
 # Copy of the collection (tracked and new, not ignored files) under
 # ansible_collections/tcplab/keepalive, where ansible-test wants to run.
 collection_copy() {
@@ -51,7 +59,7 @@ collection_copy() {
 stage_unit() {
   python -m pytest tests/unit -q -p no:cacheprovider --junitxml="$OUT/unit.junit.xml" 2>&1 | tee "$OUT/unit.log"
   local rc=${PIPESTATUS[0]}
-  SUMMARY[unit]=$(grep -E '^=+ .*(passed|failed|error).* in ' "$OUT/unit.log" | tail -1 | tr -d '=' | xargs)
+  SUMMARY[unit]=$(grep -E '^[0-9]+ (passed|failed).* in [0-9.]+s' "$OUT/unit.log" | tail -1)
   return "$rc"
 }
 
@@ -130,7 +138,7 @@ stage_integration() {
   dir=$(collection_copy)
   (cd "$dir" && ansible-test integration --local --python 3.11 --color no --allow-destructive --allow-root 2>&1) | tee "$OUT/integration.log"
   rc=${PIPESTATUS[0]}
-  SUMMARY[integration]="$(grep -c '^Running .* integration test role' "$OUT/integration.log") of $targets targets run"
+  SUMMARY[integration]="$(grep -cE '^Running .* integration test (role|script)' "$OUT/integration.log") of $targets targets run"
   return "$rc"
 }
 

@@ -271,6 +271,15 @@ class Lab:
         if not self.check_mode:
             self.run(argv, what=what)
 
+    def _act_missing_ok(self, argv):
+        """Like _act for a deletion; a device that is already gone is not an error."""
+        self.changed = True
+        self.actions.append(list(argv))
+        if not self.check_mode:
+            rc, out, err = self.run(argv, check=False)
+            if rc != 0 and 'Cannot find device' not in (err or ''):
+                self.run(argv)  # again, to fail with the full error
+
     def ip(self, *args):
         return [self.bin.get('ip', 'ip')] + list(args)
 
@@ -571,10 +580,19 @@ class Lab:
         self._stop_sshd(self.state_dir)
         for netns in self.our_namespaces():
             self._remove_netns(netns)
-        links = self.root_links()
-        for name, link in sorted(links.items()):
-            if name.startswith(VETH_PREFIX) and link.get('master') == self.bridge:
-                self._act(self.ip('link', 'del', name))
+        # The kernel tears a deleted namespace down asynchronously; its veth
+        # pair goes with it a moment later. Wait for that, then delete what
+        # is still there (a veth gone in between is fine).
+        deadline = time.monotonic() + 5
+        while True:
+            links = self.root_links()
+            ours = sorted(name for name, link in links.items()
+                          if name.startswith(VETH_PREFIX) and link.get('master') == self.bridge)
+            if not ours or self.check_mode or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        for name in ours:
+            self._act_missing_ok(self.ip('link', 'del', name))
         if self.bridge in links:
             self._act(self.ip('link', 'del', self.bridge), 'deleting bridge %s' % self.bridge)
         if os.path.lexists(self.state_dir):

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The sysctl module against the real kernel, in network namespaces this test
+# creates and removes. Never touches the root namespace's values (checked).
+set -eux
+
+root_values() { cat /proc/sys/net/ipv4/tcp_keepalive_{time,intvl,probes} | tr '\n' ' '; }
+ROOT_BEFORE=$(root_values)
+
+ansible-playbook -i "${INVENTORY_PATH}" main.yml "$@"
+
+# A play killed (SIGKILL) right after the change, then state: restored from a
+# fresh controller (no facts, only the journal on the host) restores everything.
+NS=tcplab-it-killed
+JOURNAL=/run/tcplab-keepalive/it-sysctl-killed
+cleanup() {
+  [ -n "${PLAY_PID:-}" ] && kill -9 -- "-${PLAY_PID}" 2>/dev/null || true
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$JOURNAL"
+}
+trap cleanup EXIT
+ip netns add "$NS"
+ns_values() { ip netns exec "$NS" cat /proc/sys/net/ipv4/tcp_keepalive_{time,intvl,probes} | tr '\n' ' '; }
+NS_BEFORE=$(ns_values)
+
+setsid ansible-playbook -i "${INVENTORY_PATH}" kill_me.yml -e "it_ns=$NS it_journal=$JOURNAL" "$@" &
+PLAY_PID=$!
+for _ in $(seq 1 600); do
+  [ "$(ns_values)" = "5 2 4 " ] && break
+  sleep 0.1
+done
+[ "$(ns_values)" = "5 2 4 " ]
+kill -9 -- "-${PLAY_PID}"
+wait "$PLAY_PID" || true
+PLAY_PID=
+test -s "$JOURNAL/journal.json"
+
+ansible-playbook -i "${INVENTORY_PATH}" restore.yml -e "it_ns=$NS it_journal=$JOURNAL" "$@"
+[ "$(ns_values)" = "$NS_BEFORE" ]
+[ "$NS_BEFORE" = "7200 75 9 " ]
+# the journal entry is gone (an empty journal is removed)
+[ ! -e "$JOURNAL/journal.json" ]
+
+[ "$(root_values)" = "$ROOT_BEFORE" ]
