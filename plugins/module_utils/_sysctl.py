@@ -187,6 +187,33 @@ class Journal:
             os.unlink(self.path)
 
 
+def live_netns_inodes(netns_dir='/run/netns'):
+    """Inodes of every network namespace that still exists (named or held by a process)."""
+    inodes = set()
+    for directory, pattern in ((netns_dir, '%s'), ('/proc', '%s/ns/net')):
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            continue
+        for entry in entries:
+            if directory == '/proc' and not entry.isdigit():
+                continue
+            try:
+                inodes.add(os.stat(os.path.join(directory, pattern % entry)).st_ino)
+            except OSError:
+                continue
+    return inodes
+
+
+def prune_dead(data, live):
+    """Drop journal entries of namespaces that no longer exist (their inode may be reused)."""
+    dead = [key for key, entry in data.items()
+            if isinstance(entry, dict) and entry.get('netns_inode') not in live]
+    for key in dead:
+        del data[key]
+    return dead
+
+
 def journal_key(ns):
     return str(ns.inode)
 
@@ -269,7 +296,8 @@ def read_file(path):
 class KeepaliveSysctl:
     """present / restored for one namespace. Returns result dicts for the module."""
 
-    def __init__(self, ns, access, journal, persist_journal=None, check_mode=False):
+    def __init__(self, ns, access, journal, persist_journal=None, check_mode=False, live_inodes=live_netns_inodes):
+        self.live_inodes = live_inodes
         self.ns = ns
         self.access = access
         self.journal = journal
@@ -308,6 +336,8 @@ class KeepaliveSysctl:
                 return self._result(bool(changes or file_changes), previous, target, changes, entry, msg,
                                     render(previous) + (file_before or ''), render(target) + (file_after or ''))
             created = False
+            if prune_dead(data, self.live_inodes() | {self.ns.inode}):
+                self.journal.save(data)
             if entry is None and (changes or file_changes):
                 entry = new_entry(self.ns, previous)
                 data[journal_key(self.ns)] = entry

@@ -82,9 +82,13 @@ class FakeAccess:
         self.values[key] = value
 
 
-def engine(tmp_path, access=None, ns=None, check_mode=False):
+LIVE = {1, 2, 4026531840}
+
+
+def engine(tmp_path, access=None, ns=None, check_mode=False, live=None):
     return KeepaliveSysctl(ns or FakeNs(), access or FakeAccess(), Journal(str(tmp_path / 'run')),
-                           Journal(str(tmp_path / 'lib')), check_mode=check_mode)
+                           Journal(str(tmp_path / 'lib')), check_mode=check_mode,
+                           live_inodes=lambda: set(LIVE if live is None else live))
 
 
 def journal_data(tmp_path):
@@ -132,6 +136,16 @@ def test_namespaces_do_not_collide(tmp_path):
     engine(tmp_path, a, FakeNs(1, 'a', False)).restored()
     assert list(journal_data(tmp_path)) == ['2']
     assert b.values['time'] == 3
+
+
+def test_entries_of_dead_namespaces_are_pruned(tmp_path):
+    engine(tmp_path, FakeAccess(), FakeNs(1, 'a', False)).present({'time': 2})
+    engine(tmp_path, FakeAccess(), FakeNs(2, 'b', False), live={2}).present({'time': 3})
+    assert list(journal_data(tmp_path)) == ['2']
+
+
+def test_live_netns_inodes_sees_own_namespace():
+    assert os.stat('/proc/self/ns/net').st_ino in _sysctl.live_netns_inodes()
 
 
 def test_partial_failure_puts_back_what_was_written(tmp_path):
