@@ -1,0 +1,228 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: endpoint
+short_description: The server and the keepalive client of a keepalive experiment
+version_added: 1.0.0
+description:
+  - Starts and stops the experiment's server and client as detached processes that outlive the
+    module, and reports the client's outcome.
+  - The V(python) server accepts connections, holds them and never sends; the V(nc) server is
+    C(nc -l ADDRESS PORT) as in the walk-through.
+  - The V(python) client connects with SO_KEEPALIVE and B(no) per-socket keepalive options, so the
+    network namespace's C(net.ipv4.tcp_keepalive_*) sysctls govern it, then waits in C(recv()) until
+    the connection ends. The V(curl) client is C(curl --local-port LOCAL http://ADDRESS:PORT/) as in
+    the walk-through; curl sets TCP_KEEPIDLE and TCP_KEEPINTVL on its socket itself (60 s unless
+    O(keepalive_time) is given), which overrides the sysctls - the result says which value governs.
+  - O(state=started) returns once the server listens or the client's connection is ESTABLISHED.
+    O(state=status) and O(state=stopped) return the client's outcome - still connected, or failed
+    with the errno name (C(ETIMEDOUT) when keepalive gave up), curl's exit code (56) and the seconds
+    from connect to failure.
+  - Stops only its own processes (checked by command line and start time); stopping twice is fine.
+author: tcplab.keepalive developers (@tcplab)
+extends_documentation_fragment:
+  - tcplab.keepalive.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: linux
+options:
+  role:
+    description: Which end.
+    type: str
+    choices: [server, client]
+    required: true
+  kind:
+    description:
+      - The program - V(python) (default) or V(nc) for the server, V(python) (default) or V(curl) for the client.
+    type: str
+    choices: [python, nc, curl]
+    default: python
+  address:
+    description: The server's address - where the server listens and the client connects.
+    type: str
+    default: 127.0.0.1
+  port:
+    description: The server's port.
+    type: int
+    default: 12345
+  local_port:
+    description: The client's local port (C(curl --local-port)).
+    type: int
+  keepalive_time:
+    description:
+      - C(curl --keepalive-time) (seconds); O(kind=curl) only. When not set, curl's own 60 s applies
+        and the result says so.
+    type: int
+  state:
+    description: V(started), V(stopped) or V(status).
+    type: str
+    choices: [started, stopped, status]
+    default: started
+  name:
+    description: Name of the endpoint (its state files); default C(<role>-<port>).
+    type: str
+  state_dir:
+    description: Directory of the endpoints' state, outcome and log files.
+    type: path
+    default: /run/tcplab-keepalive/endpoint
+  timeout:
+    description: Seconds O(state=started) waits for the server to listen or the client to connect.
+    type: float
+    default: 10
+requirements:
+  - netcat-openbsd for O(kind=nc), curl for O(kind=curl)
+'''
+
+EXAMPLES = r'''
+- name: Start the server (nc -l 127.0.0.1 12345)
+  tcplab.keepalive.endpoint:
+    role: server
+    kind: nc
+
+- name: Start a keepalive client governed by the sysctls
+  tcplab.keepalive.endpoint:
+    role: client
+    local_port: 22345
+
+- name: Read the client's outcome
+  tcplab.keepalive.endpoint:
+    role: client
+    state: status
+  register: client
+
+- name: Stop both
+  tcplab.keepalive.endpoint:
+    role: "{{ item }}"
+    state: stopped
+  loop: [client, server]
+'''
+
+RETURN = r'''
+name:
+  description: Name of the endpoint.
+  returned: always
+  type: str
+  sample: client-12345
+role:
+  description: V(server) or V(client).
+  returned: always
+  type: str
+kind:
+  description: The program.
+  returned: always
+  type: str
+running:
+  description: Whether the endpoint's process runs (after this task).
+  returned: always
+  type: bool
+pid:
+  description: Pid of the endpoint's process.
+  returned: always
+  type: int
+log:
+  description: The endpoint's log file.
+  returned: always
+  type: str
+outcome:
+  description: The client's outcome.
+  returned: when O(role=client)
+  type: dict
+  contains:
+    state:
+      description: V(connected), V(failed), V(closed), V(stopped) or V(unknown).
+      type: str
+      sample: failed
+    errno:
+      description: The errno name the connection ended with.
+      type: str
+      sample: ETIMEDOUT
+    exit_code:
+      description: curl's exit code (O(kind=curl)).
+      type: int
+      sample: 56
+    error:
+      description: The error text.
+      type: str
+      sample: 'curl: (56) Recv failure: Connection timed out'
+    seconds:
+      description: Seconds from connect to failure.
+      type: float
+      sample: 9.03
+    connected_at:
+      description: When the connection was made (seconds since the epoch).
+      type: float
+    failed_at:
+      description: When it ended (seconds since the epoch).
+      type: float
+keepalive_time:
+  description: The per-socket keepalive idle time and interval curl sets (O(kind=curl)).
+  returned: when O(kind=curl)
+  type: int
+  sample: 60
+keepalive_time_source:
+  description: V(option) (O(keepalive_time)) or V(curl default).
+  returned: when O(kind=curl)
+  type: str
+msg:
+  description: What was done.
+  returned: always
+  type: str
+'''
+
+import sys
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, find_binary
+from ansible_collections.tcplab.keepalive.plugins.module_utils._endpoint import EndpointError, Endpoints, validate
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            role=dict(type='str', choices=['server', 'client'], required=True),
+            kind=dict(type='str', choices=['python', 'nc', 'curl'], default='python'),
+            address=dict(type='str', default='127.0.0.1'),
+            port=dict(type='int', default=12345),
+            local_port=dict(type='int'),
+            keepalive_time=dict(type='int'),
+            state=dict(type='str', choices=['started', 'stopped', 'status'], default='started'),
+            name=dict(type='str'),
+            state_dir=dict(type='path', default='/run/tcplab-keepalive/endpoint'),
+            timeout=dict(type='float', default=10),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        cfg = validate(module.params)
+        binaries = {}
+        if module.params['state'] == 'started':
+            if cfg['kind'] == 'nc':
+                binaries['nc'] = find_binary(module, 'nc')
+            if cfg['kind'] == 'curl':
+                binaries['curl'] = find_binary(module, 'curl')
+        endpoints = Endpoints(module.params['state_dir'], sys.executable, binaries, module.check_mode)
+        if module.params['state'] == 'started':
+            result = endpoints.started(cfg, module.params['timeout'])
+        elif module.params['state'] == 'stopped':
+            result = endpoints.stopped(cfg)
+        else:
+            result = endpoints.status(cfg)
+    except CommandError as exc:
+        module.fail_json(**exc.as_result())
+    except (EndpointError, OSError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

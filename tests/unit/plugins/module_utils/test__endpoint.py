@@ -1,0 +1,181 @@
+# Tests of the experiment's endpoints: validation and argv (pure), and the
+# real thing - a server and a keepalive client in a network namespace this
+# test creates, silenced by an iptables rule inside it, ending in ETIMEDOUT.
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _endpoint
+from ansible_collections.tcplab.keepalive.plugins.module_utils._endpoint import (
+    EndpointError, Endpoints, curl_argv, outcome_summary, parse_proc_net_tcp, validate)
+
+
+def cfg(**kw):
+    params = {'role': 'client', 'kind': 'python', 'address': '127.0.0.1', 'port': 12345,
+              'local_port': 22345, 'keepalive_time': None, 'name': None}
+    params.update(kw)
+    return validate(params)
+
+
+def test_defaults():
+    assert cfg()['name'] == 'client-12345'
+    assert validate({'role': 'server'})['name'] == 'server-12345'
+
+
+@pytest.mark.parametrize('kw, message', [
+    ({'port': 0}, _endpoint.MSG_PORT % ('port', 0)),
+    ({'local_port': 70000}, _endpoint.MSG_PORT % ('local_port', 70000)),
+    ({'address': 'localhost'}, _endpoint.MSG_ADDRESS % 'localhost'),
+    ({'kind': 'nc'}, _endpoint.MSG_KIND % ('nc', 'client', 'python or curl')),
+    ({'role': 'server', 'kind': 'curl'}, _endpoint.MSG_KIND % ('curl', 'server', 'python or nc')),
+    ({'keepalive_time': 5}, _endpoint.MSG_KEEPALIVE_TIME % 5),
+    ({'kind': 'curl', 'keepalive_time': 0}, _endpoint.MSG_KEEPALIVE_TIME % 0),
+    ({'name': 'a b'}, _endpoint.MSG_NAME % 'a b'),
+])
+def test_bad_input(kw, message):
+    with pytest.raises(EndpointError) as exc:
+        cfg(**kw)
+    assert str(exc.value) == message
+
+
+def test_curl_argv_stock_and_explicit():
+    stock = curl_argv('/usr/bin/curl', cfg(kind='curl'))
+    assert stock == ['/usr/bin/curl', '--silent', '--show-error', '--no-buffer', '--local-port', '22345',
+                     'http://127.0.0.1:12345/']
+    explicit = curl_argv('curl', cfg(kind='curl', keepalive_time=2, address='::1'))
+    assert explicit[-3:] == ['--keepalive-time', '2', 'http://[::1]:12345/']
+
+
+def test_parse_proc_net_tcp():
+    text = ('  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n'
+            '   0: 0100007F:3039 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1\n'
+            '   1: 0100007F:573D 0100007F:3039 01 00000000:00000000 02:00000A9E 00000000     0        0 2222 2\n')
+    assert parse_proc_net_tcp(text) == [(12345, 0, 'LISTEN', 1111), (22333, 12345, 'ESTABLISHED', 2222)]
+
+
+def test_outcome_summary():
+    assert outcome_summary(None, True)['state'] == 'running'
+    assert outcome_summary({'state': 'connected'}, False)['state'] == 'stopped'
+    got = outcome_summary({'state': 'failed', 'errno': 'ETIMEDOUT', 'seconds': 9.12345}, False)
+    assert got['errno'] == 'ETIMEDOUT' and got['seconds'] == 9.123
+
+
+def test_stop_never_signals_a_foreign_process(tmp_path):
+    sleeper = subprocess.Popen(['sleep', '30'])  # pylint: disable=consider-using-with
+    try:
+        state = tmp_path / 'client-12345.json'
+        state.write_text(json.dumps({'pid': sleeper.pid, 'start': _endpoint.proc_start(sleeper.pid),
+                                     'tag': 'tcplab-keepalive-endpoint:client-12345', 'role': 'client'}))
+        result = Endpoints(str(tmp_path)).stopped(cfg())
+        assert not result['changed']
+        time.sleep(0.2)
+        assert sleeper.poll() is None, 'a process that is not ours was signalled'
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason='needs root for ip netns and iptables')
+
+
+def netns_python(ns, code):
+    return subprocess.run(['ip', 'netns', 'exec', ns, sys.executable, '-c', code], check=True,
+                          capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.fixture
+def netns():
+    name = 'tkep-%s' % secrets.token_hex(3)
+    subprocess.run(['ip', 'netns', 'add', name], check=True)
+    subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)
+    subprocess.run(['ip', 'netns', 'exec', name, 'sysctl', '-q', '-w', 'net.ipv4.tcp_keepalive_time=1',
+                    'net.ipv4.tcp_keepalive_intvl=1', 'net.ipv4.tcp_keepalive_probes=2'], check=True)
+    yield name
+    for pid in subprocess.run(['ip', 'netns', 'pids', name], capture_output=True, text=True, check=False).stdout.split():
+        subprocess.run(['kill', '-9', pid], check=False)
+    subprocess.run(['ip', 'netns', 'del', name], check=False)
+
+
+RUN_IN_NS = r'''
+import json, sys, time
+sys.path[:0] = json.loads(sys.argv[1])
+from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder
+_AnsibleCollectionFinder(paths=json.loads(sys.argv[2]), scan_sys_paths=False)._install()
+from ansible_collections.tcplab.keepalive.plugins.module_utils._endpoint import Endpoints, validate
+eps = Endpoints(sys.argv[3], sys.executable, json.loads(sys.argv[5]))
+out = {}
+for step in json.loads(sys.argv[4]):
+    cfg = validate(step["cfg"])
+    out[step["id"]] = getattr(eps, step["op"])(cfg)
+print(json.dumps(out))
+'''
+
+
+def in_ns(ns, state_dir, steps):
+    from ansible.utils.collection_loader import AnsibleCollectionConfig
+    paths = list(AnsibleCollectionConfig.collection_paths)
+    out = subprocess.run(['ip', 'netns', 'exec', ns, sys.executable, '-c', RUN_IN_NS, json.dumps(sys.path),
+                          json.dumps(paths), state_dir, json.dumps(steps),
+                          json.dumps({'nc': shutil.which('nc'), 'curl': shutil.which('curl')})],
+                         check=True, capture_output=True, text=True, timeout=120)
+    return json.loads(out.stdout)
+
+
+SERVER = {'role': 'server', 'kind': 'python', 'port': 12345}
+CLIENT = {'role': 'client', 'kind': 'python', 'port': 12345, 'local_port': 22345}
+
+
+@needs_root
+@pytest.mark.parametrize('server_kind', ['python', 'nc'])
+def test_client_times_out_when_the_server_goes_silent(netns, tmp_path, server_kind):
+    state = str(tmp_path / 'ep')
+    server = dict(SERVER, kind=server_kind)
+    got = in_ns(netns, state, [{'id': 's', 'op': 'started', 'cfg': server}, {'id': 'c', 'op': 'started', 'cfg': CLIENT}])
+    assert got['s']['running'] and got['c']['outcome']['state'] == 'connected'
+    # the endpoints outlive the process that started them
+    again = in_ns(netns, state, [{'id': 'c', 'op': 'status', 'cfg': CLIENT}, {'id': 's', 'op': 'started', 'cfg': server}])
+    assert again['c']['running'] and not again['s']['changed']
+    time.sleep(2.5)  # answered probes at +1 s, +2 s: still connected
+    assert in_ns(netns, state, [{'id': 'c', 'op': 'status', 'cfg': CLIENT}])['c']['outcome']['state'] == 'connected'
+    subprocess.run(['ip', 'netns', 'exec', netns, 'iptables', '-w', '5', '-I', 'INPUT', '-p', 'tcp', '--dport', '12345',
+                    '-j', 'DROP'], check=True)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        status = in_ns(netns, state, [{'id': 'c', 'op': 'status', 'cfg': CLIENT}])['c']
+        if status['outcome']['state'] != 'connected':
+            break
+        time.sleep(0.5)
+    assert status['outcome']['state'] == 'failed'
+    assert status['outcome']['errno'] == 'ETIMEDOUT'
+    assert 3 < status['outcome']['seconds'] < 12
+    stop = in_ns(netns, state, [{'id': 's', 'op': 'stopped', 'cfg': server}, {'id': 's2', 'op': 'stopped', 'cfg': server}])
+    assert stop['s']['changed'] and not stop['s2']['changed']
+    assert subprocess.run(['ip', 'netns', 'pids', netns], capture_output=True, text=True, check=True).stdout.strip() == ''
+
+
+@needs_root
+def test_curl_client_reports_its_keepalive_override(netns, tmp_path):
+    state = str(tmp_path / 'ep')
+    curl = dict(CLIENT, kind='curl', keepalive_time=1)
+    got = in_ns(netns, state, [{'id': 's', 'op': 'started', 'cfg': SERVER}, {'id': 'c', 'op': 'started', 'cfg': curl}])
+    assert got['c']['keepalive_time'] == 1 and got['c']['keepalive_time_source'] == 'option'
+    subprocess.run(['ip', 'netns', 'exec', netns, 'iptables', '-w', '5', '-I', 'INPUT', '-p', 'tcp', '--dport', '12345',
+                    '-j', 'DROP'], check=True)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        status = in_ns(netns, state, [{'id': 'c', 'op': 'status', 'cfg': curl}])['c']
+        if status['outcome']['state'] not in ('connected', 'starting'):
+            break
+        time.sleep(0.5)
+    assert status['outcome']['exit_code'] == 56
+    assert status['outcome']['errno'] == 'ETIMEDOUT'
+    stock = in_ns(netns, state, [{'id': 'c', 'op': 'status', 'cfg': dict(CLIENT, kind='curl')}])['c']
+    assert stock['keepalive_time'] == 1  # the running client's own value is reported
