@@ -412,6 +412,23 @@ class Endpoints:
             result['running'] = False
         return result
 
+    def purged(self):
+        """Stop every endpoint recorded in state_dir (the rollback's panic button)."""
+        stopped = []
+        try:
+            names = sorted(n[:-5] for n in os.listdir(self.state_dir)
+                           if n.endswith('.json') and not n.endswith('.outcome.json'))
+        except OSError:
+            names = []
+        for name in names:
+            info = self.load(name)
+            if is_ours(info):
+                stopped.append(name)
+                if not self.check_mode:
+                    self._terminate(info)
+        return {'changed': bool(stopped), 'stopped': stopped,
+                'msg': 'stopped %s' % ', '.join(stopped) if stopped else 'no endpoint running'}
+
     def status(self, cfg):
         info = self.load(cfg['name'])
         return self.report(cfg, info, False, 'running' if is_ours(info) else 'not running')

@@ -36,10 +36,9 @@ attributes:
     platforms: linux
 options:
   role:
-    description: Which end.
+    description: Which end. Required unless O(state=purged).
     type: str
     choices: [server, client]
-    required: true
   kind:
     description:
       - The program - V(python) (default) or V(nc) for the server, V(python) (default) or V(curl) for the client.
@@ -63,9 +62,11 @@ options:
         and the result says so.
     type: int
   state:
-    description: V(started), V(stopped) or V(status).
+    description:
+      - V(started), V(stopped) or V(status) of one endpoint; V(purged) stops every endpoint recorded in
+        O(state_dir) (the rollback's panic button).
     type: str
-    choices: [started, stopped, status]
+    choices: [started, stopped, status, purged]
     default: started
   name:
     description: Name of the endpoint (its state files); default C(<role>-<port>).
@@ -107,30 +108,35 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+stopped:
+  description: The endpoints O(state=purged) stopped.
+  returned: when O(state=purged)
+  type: list
+  elements: str
 name:
   description: Name of the endpoint.
-  returned: always
+  returned: unless O(state=purged)
   type: str
   sample: client-12345
 role:
   description: V(server) or V(client).
-  returned: always
+  returned: unless O(state=purged)
   type: str
 kind:
   description: The program.
-  returned: always
+  returned: unless O(state=purged)
   type: str
 running:
   description: Whether the endpoint's process runs (after this task).
-  returned: always
+  returned: unless O(state=purged)
   type: bool
 pid:
   description: Pid of the endpoint's process.
-  returned: always
+  returned: unless O(state=purged)
   type: int
 log:
   description: The endpoint's log file.
-  returned: always
+  returned: unless O(state=purged)
   type: str
 outcome:
   description: The client's outcome.
@@ -189,20 +195,23 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._endpoint import 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            role=dict(type='str', choices=['server', 'client'], required=True),
+            role=dict(type='str', choices=['server', 'client']),
             kind=dict(type='str', choices=['python', 'nc', 'curl'], default='python'),
             address=dict(type='str', default='127.0.0.1'),
             port=dict(type='int', default=12345),
             local_port=dict(type='int'),
             keepalive_time=dict(type='int'),
-            state=dict(type='str', choices=['started', 'stopped', 'status'], default='started'),
+            state=dict(type='str', choices=['started', 'stopped', 'status', 'purged'], default='started'),
             name=dict(type='str'),
             state_dir=dict(type='path', default='/run/tcplab-keepalive/endpoint'),
             timeout=dict(type='float', default=10),
         ),
+        required_if=[('state', 'started', ['role']), ('state', 'stopped', ['role']), ('state', 'status', ['role'])],
         supports_check_mode=True,
     )
     try:
+        if module.params['state'] == 'purged':
+            module.exit_json(**Endpoints(module.params['state_dir'], check_mode=module.check_mode).purged())
         cfg = validate(module.params)
         binaries = {}
         if module.params['state'] == 'started':
