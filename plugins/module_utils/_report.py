@@ -184,7 +184,7 @@ def markdown(report, lines):
     return '\n'.join(out)
 
 
-def picture(path, pcap, report, lines, client_port):
+def picture(path, pcap, report, lines, client_port, capture_start=None):
     """timeline.png: the packets over time by direction, with the DROP and the RST marked."""
     try:
         import matplotlib
@@ -194,12 +194,16 @@ def picture(path, pcap, report, lines, client_port):
         raise ReportError('matplotlib is missing on the controller: pip install matplotlib '
                           '(requirements-dev.txt pins it), or set the report picture off')
     points = _packets(pcap, client_port) if pcap else []
-    base = report['observed'].get('connection_start') or 0.0
+    base = (report['observed'].get('connection_start') or 0.0) + (capture_start or (points[0][0] if points else 0.0))
     fig, ax = plt.subplots(figsize=(10, 3.6), dpi=110)
-    styles = {'probe': ('o', '#d62728', 'keepalive probe'), 'ack': ('s', '#2ca02c', 'keepalive ACK / ACK'),
+    styles = {'probe': ('o', '#d62728', 'keepalive probe'), 'ack': ('s', '#2ca02c', 'ACK (answer)'),
               'rst': ('X', '#000000', 'RST'), 'other': ('.', '#7f7f7f', 'other segment')}
+    start = capture_start or (points[0][0] if points else 0.0)
+    probe_times = [p['time'] for p in report['observed'].get('probes') or []]
     seen = set()
     for t, direction, kind in points:
+        if kind == 'probe' and not any(abs((t - start) - pt) < 0.0005 for pt in probe_times):
+            kind = 'ack' if direction == 0 else 'other'
         marker, color, label = styles[kind]
         ax.scatter([t - base], [direction], marker=marker, color=color, s=60 if kind != 'other' else 25,
                    label=None if kind in seen else label, zorder=3)
@@ -207,8 +211,11 @@ def picture(path, pcap, report, lines, client_port):
     for t, who, what in lines:
         if what.startswith('DROP'):
             ax.axvline(t, color='#ff7f0e', linestyle='--', label='DROP')
+            ax.annotate('DROP', (t, 1.35), color='#ff7f0e', ha='center', fontsize=8)
         elif 'RST' in what and 'unanswered probes' in what:
             ax.axvline(t, color='#000000', linestyle=':', label='RST')
+        elif 'unanswered' in what:
+            ax.annotate(what.split()[2], (t, 1.15), ha='center', fontsize=8, color='#d62728')
     ax.set_yticks([0, 1])
     ax.set_yticklabels(['server > client', 'client > server'])
     ax.set_ylim(-0.6, 1.6)
@@ -263,6 +270,7 @@ def write_experiment(dest, data):
     client_port = int(data['client_port'])
     analysis = data.get('analysis') or {}
     observed = observe(analysis, client_port)
+    observed['connection_start'] = observed.get('connection_start') or 0.0
     client = data.get('client') or {}
     expect = {k: int(v) for k, v in data['expected'].items()}
     verdict, reasons = judge(data['settings'], expect, observed, client, int(data.get('idle_probes', 0)),
@@ -278,7 +286,7 @@ def write_experiment(dest, data):
         'server_kind': data.get('server_kind'),
         'hosts': data.get('hosts') or {},
         'observed': {k: observed[k] for k in ('answered_probes', 'unanswered_probes', 'first_probe_idle_s',
-                                               'probe_interval_s', 'rst', 'probes_total')},
+                                               'probe_interval_s', 'rst', 'probes_total', 'probes')},
         'client': {k: client.get(k) for k in ('state', 'errno', 'exit_code', 'error', 'seconds')},
         'tolerance': data.get('tolerance'),
         'error': data.get('error') or None,
@@ -292,5 +300,9 @@ def write_experiment(dest, data):
     text = markdown(report, lines)
     atomic_write(os.path.join(dest, 'report.md'), text, 0o644)
     pcaps = report['pcaps']
-    picture(os.path.join(dest, 'timeline.png'), pcaps[0] if pcaps else None, report, lines, client_port)
+    report['observed']['connection_start'] = observed['connection_start']
+    picture(os.path.join(dest, 'timeline.png'), pcaps[0] if pcaps else None, report, lines, client_port,
+            analysis.get('start'))
+    del report['observed']['connection_start']
+    atomic_write(os.path.join(dest, 'report.json'), json.dumps(report, indent=2, sort_keys=True) + '\n', 0o644)
     return report, text
