@@ -156,8 +156,8 @@ def markdown(report, lines):
         '| judged against | time %s s, intvl %s s, probes %s |' % (
             report['expected']['time'], report['expected']['intvl'], report['expected']['probes']),
         '| client | %s on %s |' % (report['client_kind'], report['hosts']['client']),
-        '| server | %s on %s (%s) |' % (report['server_kind'], report['hosts']['server'],
-                                       'loopback' if report['hosts']['loopback'] else 'two hosts'),
+        '| server | %s on %s (%s) |' % (
+            report['server_kind'], report['hosts']['server'], 'loopback' if report['hosts']['loopback'] else 'two hosts'),
         '',
         '## Timeline',
         '',
@@ -285,8 +285,8 @@ def write_experiment(dest, data):
         'client_kind': data.get('client_kind'),
         'server_kind': data.get('server_kind'),
         'hosts': data.get('hosts') or {},
-        'observed': {k: observed[k] for k in ('answered_probes', 'unanswered_probes', 'first_probe_idle_s',
-                                               'probe_interval_s', 'rst', 'probes_total', 'probes')},
+        'observed': {k: observed[k] for k in (
+            'answered_probes', 'unanswered_probes', 'first_probe_idle_s', 'probe_interval_s', 'rst', 'probes_total', 'probes')},
         'client': {k: client.get(k) for k in ('state', 'errno', 'exit_code', 'error', 'seconds')},
         'tolerance': data.get('tolerance'),
         'error': data.get('error') or None,

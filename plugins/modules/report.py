@@ -14,7 +14,7 @@ description:
     reasons, settings, observed probes and RST, the client's outcome), C(report.md) with an annotated
     timeline in the style of the walk-through's tcpdump output, and C(timeline.png), a picture of the
     packets over time by direction with the DROP and the RST marked.
-  - The C(tcplab.keepalive.experiment) role calls it with C(delegate_to: localhost); the pcaps it
+  - The C(tcplab.keepalive.experiment) role runs it on the controller (delegated to C(localhost)); the pcaps it
     names must be local files (fetch them first).
 author: tcplab.keepalive developers (@tcplab)
 extends_documentation_fragment:

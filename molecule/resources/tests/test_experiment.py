@@ -39,8 +39,8 @@ def tshark(pcap, display_filter, fields):
 def test_capture_judged_by_tshark(report):
     expect = report['expected']
     pcap = report['pcaps'][0]
-    probes = [float(t) for t, in tshark(pcap, 'tcp.analysis.keep_alive && tcp.srcport == %d' % CLIENT_PORT,
-                                         ['frame.time_relative'])]
+    probe_filter = 'tcp.analysis.keep_alive && tcp.srcport == %d' % CLIENT_PORT
+    probes = [float(t) for t, in tshark(pcap, probe_filter, ['frame.time_relative'])]
     # a probe is answered when the server sends anything before the next probe
     # (Wireshark calls the first answer a window update, later ones Keep-Alive ACKs)
     answers = [float(t) for t, in tshark(pcap, 'tcp.dstport == %d' % CLIENT_PORT, ['frame.time_relative'])]
