@@ -1,0 +1,12 @@
+# The experiment's server: accept one connection and stay silent.
+import socket
+import sys
+import time
+
+port, seconds = int(sys.argv[1]), int(sys.argv[2])
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port))
+srv.listen()
+conn, peer = srv.accept()
+time.sleep(seconds)

@@ -1,0 +1,605 @@
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Tests of the background capture (plugins/module_utils/_capture.py).
+
+The first half are pure tests: validation and its messages, the sniffer's
+argv, handles, the pcap record counter over golden bytes, check mode.
+The second half is real: captures in a network namespace tkcap-<random>
+made for the test (root, iproute2, tcpdump), traffic between a Python
+server and client inside it, and a tcpdump capture of the same traffic at
+the same time as the reference. Nothing leaves the namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _capture
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import (
+    CHILD_CODE, DEFAULTS, MARKER, Capture, CaptureError, capture_argv, child_args, count_packets, error_message,
+    make_handle, ownership, resolve_target, validate)
+
+UNIT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# -- pure tests ---------------------------------------------------------------
+
+def test_constants():
+    assert MARKER == 'tcplab-keepalive-capture'
+    assert _capture.DEFAULT_DIR == '/var/tmp/tcplab-keepalive/captures'
+    assert DEFAULTS == {'iface': 'lo', 'snaplen': 262144, 'max_packets': 1000000, 'max_seconds': 3600,
+                        'max_bytes': 200000000}
+
+
+def test_validate_defaults():
+    assert validate({}) == {'iface': 'lo', 'filter': None, 'snaplen': 262144, 'max_packets': 1000000,
+                            'max_seconds': 3600, 'max_bytes': 200000000, 'netns': None}
+    assert validate({'filter': '  tcp port 1 ', 'iface': 'eth0', 'max_seconds': 5})['filter'] == 'tcp port 1'
+    assert validate({'filter': ''})['filter'] is None
+
+
+@pytest.mark.parametrize('params, message', [
+    ({'snaplen': 10}, 'snaplen must be an integer 64..262144, got 10'),
+    ({'snaplen': 262145}, 'snaplen must be an integer 64..262144, got 262145'),
+    ({'max_packets': 0}, 'max_packets must be an integer 1..1099511627776, got 0'),
+    ({'max_seconds': -1}, 'max_seconds must be an integer 1..1000000000, got -1'),
+    ({'max_bytes': True}, 'max_bytes must be an integer 1..1125899906842624, got True'),
+    ({'iface': 'a b'}, "iface 'a b' is not an interface name"),
+    ({'iface': '../x'}, "iface '../x' is not an interface name"),
+    ({'iface': 'averyveryverylongname'}, "iface 'averyveryverylongname' is not an interface name"),
+    ({'filter': 5}, 'filter must be a string, got 5'),
+    ({'netns': '../etc'}, "netns '../etc' is not a network namespace name: give a name from /run/netns (ip netns list)"),
+    ({'netns': 'tkcap-does-not-exist'},
+     "network namespace 'tkcap-does-not-exist' not found at /run/netns/tkcap-does-not-exist: "
+     "create it (ip netns add tkcap-does-not-exist) or fix the name"),
+])
+def test_validate_errors(params, message):
+    with pytest.raises(CaptureError) as exc:
+        validate(params)
+    assert str(exc.value) == message
+
+
+def test_child_args_and_argv():
+    settings = validate({'filter': 'tcp port 7'})
+    args = child_args(settings, '/c/x.pcap', 9)
+    assert args == {'path': '/c/x.pcap', 'state': '/c/x.pcap.state.json', 'iface': 'lo', 'filter': 'tcp port 7',
+                    'snaplen': 262144, 'max_packets': 1000000, 'max_seconds': 3600, 'max_bytes': 200000000,
+                    'netns': None, 'ready_fd': 9}
+    argv = capture_argv('/usr/bin/python3', args)
+    assert argv == ['/usr/bin/python3', '-c', CHILD_CODE, MARKER, json.dumps(args, sort_keys=True)]
+    args['netns'] = 'tkcap-a'
+    argv = capture_argv('/usr/bin/python3', args, '/usr/bin/nsenter')
+    assert argv[:4] == ['/usr/bin/nsenter', '--net=/run/netns/tkcap-a', '--', '/usr/bin/python3']
+    assert argv[4:6] == ['-c', CHILD_CODE] and argv[6] == MARKER
+    assert all(isinstance(a, str) for a in argv)
+
+
+def test_child_code_compiles():
+    compile(CHILD_CODE, '<capture child>', 'exec')
+
+
+@pytest.mark.parametrize('handle, path, expected', [
+    ({'path': '/c/a.pcap', 'pid': 1}, None, '/c/a.pcap'),
+    ('/c/a.pcap', None, '/c/a.pcap'),
+    (None, '/c/b.pcap', '/c/b.pcap'),
+    ({'path': '/c/a.pcap'}, '/c/a.pcap', '/c/a.pcap'),
+    (None, None, None),
+])
+def test_resolve_target(handle, path, expected):
+    assert resolve_target(handle, path) == expected
+
+
+@pytest.mark.parametrize('handle, path, message', [
+    ({'pid': 1}, None,
+     "handle must be the handle returned by state=started (a dict with path) or a pcap path, got {'pid': 1}"),
+    (5, None, 'handle must be the handle returned by state=started (a dict with path) or a pcap path, got 5'),
+    ({'path': '/c/a.pcap'}, '/c/b.pcap', 'handle is for /c/a.pcap but path is /c/b.pcap: give one of them'),
+])
+def test_resolve_target_errors(handle, path, message):
+    with pytest.raises(CaptureError) as exc:
+        resolve_target(handle, path)
+    assert str(exc.value) == message
+
+
+@pytest.mark.parametrize('kind, detail, expected', [
+    ('scapy', "ModuleNotFoundError: No module named 'scapy'",
+     "scapy is not importable by /py: install scapy (pip install scapy==2.8.0) in the Python that runs the modules "
+     "(ModuleNotFoundError: No module named 'scapy')"),
+    ('libpcap', 'ImportError: libpcap is not available. Cannot compile filter !',
+     "libpcap is not available to scapy, so the filter 'tcp prt 1' cannot be compiled (scapy would capture "
+     "unfiltered): install libpcap (apt-get install libpcap0.8) (ImportError: libpcap is not available. Cannot "
+     "compile filter !)"),
+    ('filter', "Scapy_Exception: Failed to compile filter expression 'tcp prt 1' (can't parse filter expression: "
+     "syntax error)", "bad filter 'tcp prt 1': can't parse filter expression: syntax error"),
+    ('iface', 'OSError: [Errno 19] No such device',
+     "interface 'lo' not found in the target: give an interface of that namespace (ip link) "
+     "(OSError: [Errno 19] No such device)"),
+    ('socket', 'PermissionError: [Errno 1] Operation not permitted',
+     "cannot open a packet socket on 'lo' in the target (capturing needs root): "
+     "PermissionError: [Errno 1] Operation not permitted"),
+])
+def test_error_messages(kind, detail, expected):
+    settings = validate({'filter': 'tcp prt 1'})
+    assert error_message(kind, detail, settings, '/py') == expected
+
+
+def _pcap_bytes(frames, endian='<', magic=0xa1b2c3d4):
+    out = struct.pack(endian + 'IHHiIII', magic, 2, 4, 0, 0, 262144, 1)
+    for data in frames:
+        out += struct.pack(endian + 'IIII', 1, 2, len(data), len(data)) + data
+    return out
+
+
+@pytest.mark.parametrize('blob, expected', [
+    (b'', {'packets': 0, 'bytes': 0, 'complete': False, 'readable': False, 'linktype': None}),
+    (b'not a pcap file at all, no', {'packets': 0, 'bytes': 0, 'complete': True, 'readable': False, 'linktype': None}),
+    (_pcap_bytes([]), {'packets': 0, 'bytes': 24, 'complete': True, 'readable': True, 'linktype': 1}),
+    (_pcap_bytes([b'a' * 60, b'b' * 54]), {'packets': 2, 'bytes': 24 + 76 + 70, 'complete': True, 'readable': True,
+                                           'linktype': 1}),
+    (_pcap_bytes([b'a' * 60, b'b' * 54], '>'), {'packets': 2, 'bytes': 170, 'complete': True, 'readable': True,
+                                                'linktype': 1}),
+    (_pcap_bytes([b'a' * 60, b'b' * 54])[:-10], {'packets': 1, 'bytes': 100, 'complete': False, 'readable': True,
+                                                 'linktype': 1}),
+    (_pcap_bytes([b'a' * 60, b'b' * 54])[:108], {'packets': 1, 'bytes': 100, 'complete': False, 'readable': True,
+                                                 'linktype': 1}),
+    (_pcap_bytes([b'a' * 60], '<', 0xa1b23c4d), {'packets': 1, 'bytes': 100, 'complete': True, 'readable': True,
+                                                 'linktype': 1}),
+])
+def test_count_packets(tmp_path, blob, expected):
+    path = tmp_path / 'x.pcap'
+    path.write_bytes(blob)
+    assert count_packets(str(path)) == expected
+
+
+def test_count_packets_missing_file(tmp_path):
+    assert count_packets(str(tmp_path / 'none.pcap'))['readable'] is False
+
+
+def test_make_handle():
+    state = {'pid': 42, 'starttime': 7, 'iface': 'lo', 'filter': None, 'netns': 'tkcap-x', 'other': 1}
+    assert make_handle('/c/x.pcap', state) == {
+        'path': '/c/x.pcap', 'state_path': '/c/x.pcap.state.json', 'log_path': '/c/x.pcap.log', 'pid': 42,
+        'starttime': 7, 'marker': MARKER, 'iface': 'lo', 'filter': None, 'netns': 'tkcap-x'}
+
+
+def test_ownership_rejects_processes_that_are_not_captures(tmp_path):
+    assert ownership(None, None, '/x') == (False, 'no valid pid')
+    assert ownership(True, None, '/x') == (False, 'no valid pid')
+    assert ownership(1, None, '/x') == (False, 'no valid pid')
+    ours, why = ownership(os.getpid(), None, '/x')
+    assert not ours and why.startswith('its command line is not a tcplab.keepalive capture: ')
+    assert ownership(2 ** 22 + 12345, None, '/x') == (False, 'no such process')
+
+
+def test_missing_scapy_is_reported_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(_capture, 'scapy_available', lambda: False)
+    with pytest.raises(CaptureError) as exc:
+        Capture('/opt/py/bin/python3', default_dir=str(tmp_path / 'c')).started({})
+    assert str(exc.value) == ('scapy is not importable by /opt/py/bin/python3: install scapy (pip install '
+                              'scapy==2.8.0) in the Python that runs the modules (ImportError: No module named scapy)')
+    assert not (tmp_path / 'c').exists()
+
+
+def test_check_mode_started_creates_nothing(tmp_path):
+    capture = Capture(sys.executable, check_mode=True, default_dir=str(tmp_path / 'c'))
+    result = capture.started({'filter': 'tcp port 1'})
+    assert result['changed'] is True and result['running'] is False and result['pid'] is None
+    assert result['msg'].startswith('would start a capture on lo to %s/capture-<timestamp>-lo-' % (tmp_path / 'c'))
+    assert not (tmp_path / 'c').exists()
+    result = capture.started({'path': str(tmp_path / 'x.pcap')})
+    assert result['changed'] is True and not (tmp_path / 'x.pcap').exists()
+
+
+def test_check_mode_stopped_and_absent_change_nothing(tmp_path):
+    path = tmp_path / 'x.pcap'
+    path.write_bytes(_pcap_bytes([b'a' * 60]))
+    (tmp_path / 'x.pcap.state.json').write_text(json.dumps({'pid': 2 ** 22 + 12345, 'starttime': 1}))
+    capture = Capture(sys.executable, check_mode=True)
+    result = capture.stopped(str(path), analyse=False)
+    assert result['changed'] is False and result['packets'] == 1 and result['stop_reason'] == 'killed'
+    result = capture.absent(str(path))
+    assert result['changed'] is True
+    assert result['removed'] == [str(path), str(path) + '.state.json']
+    assert path.exists() and (tmp_path / 'x.pcap.state.json').exists()
+    result = Capture(sys.executable).absent(str(path))
+    assert result['changed'] is True and not path.exists()
+    result = Capture(sys.executable).absent(str(path))
+    assert result['changed'] is False and result['removed'] == []
+
+
+def test_refuses_to_overwrite_a_file_that_is_not_a_capture(tmp_path):
+    path = tmp_path / 'precious.pcap'
+    path.write_bytes(b'keep me')
+    with pytest.raises(CaptureError) as exc:
+        Capture(sys.executable).started({'path': str(path)})
+    assert str(exc.value) == ('%s exists and is not a tcplab.keepalive capture (no precious.pcap.state.json next to '
+                              'it): choose another path or remove the file' % path)
+    assert path.read_bytes() == b'keep me'
+
+
+@pytest.mark.parametrize('state', ['stopped', 'absent'])
+def test_stop_needs_a_target(state):
+    with pytest.raises(CaptureError) as exc:
+        getattr(Capture(sys.executable), state)(None)
+    assert str(exc.value) == 'state=%s needs the handle of a capture (or its path)' % state
+
+
+# -- real captures in a network namespace -------------------------------------
+
+HAVE_TOOLS = all(shutil.which(tool) for tool in ('ip', 'tcpdump', 'nsenter'))
+try:
+    import scapy  # noqa: F401  pylint: disable=unused-import
+    HAVE_SCAPY = True
+except ImportError:
+    HAVE_SCAPY = False
+real = pytest.mark.skipif(os.geteuid() != 0 or not HAVE_TOOLS or not HAVE_SCAPY,
+                          reason='needs root, iproute2, tcpdump, nsenter and scapy')
+
+# A Python server and client inside the namespace: connect, exchange messages
+# (one larger than the loopback MTU), close from both ends.
+TRAFFIC = textwrap.dedent('''
+    import socket, sys
+    port, rounds = int(sys.argv[1]), int(sys.argv[2])
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen()
+    cli = socket.create_connection(("127.0.0.1", port))
+    peer, _ = srv.accept()
+    for i in range(rounds):
+        cli.sendall(b"ping %d" % i)
+        peer.recv(100)
+        peer.sendall(b"pong %d" % i)
+        cli.recv(100)
+    cli.sendall(b"x" * 200000)
+    got = 0
+    while got < 200000:
+        got += len(peer.recv(1 << 20))
+    cli.close()
+    peer.close()
+    srv.close()
+''')
+
+
+def _ns(ns, *argv, **kw):
+    return subprocess.run(['ip', 'netns', 'exec', ns] + [str(a) for a in argv], check=True, **kw)
+
+
+@pytest.fixture
+def netns():
+    name = 'tkcap-%s' % secrets.token_hex(4)
+    subprocess.run(['ip', 'netns', 'add', name], check=True)
+    try:
+        subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)
+        yield name
+    finally:
+        pids = subprocess.run(['ip', 'netns', 'pids', name], capture_output=True, text=True, check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(['ip', 'netns', 'del', name], check=True)
+
+
+def _traffic(ns, port, rounds=5):
+    _ns(ns, sys.executable, '-c', TRAFFIC, port, rounds)
+
+
+class Tcpdump:
+    """The reference: tcpdump -i lo in the same namespace, at the same time."""
+
+    def __init__(self, ns, path, bpf, snaplen=262144):
+        # -B: a 64 MiB buffer; tcpdump's default ring (2 MiB of 256 KiB slots) drops loopback bursts
+        self.path = path
+        self.proc = subprocess.Popen(
+            ['ip', 'netns', 'exec', ns, 'tcpdump', '-i', 'lo', '-n', '-U', '--immediate-mode', '-Z', 'root',
+             '-B', '65536', '-s', str(snaplen), '-w', path, bpf], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        line = self.proc.stderr.readline()
+        assert b'listening on lo' in line, line
+
+    def stop(self):
+        time.sleep(0.5)
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.communicate(timeout=10)[1].decode()
+
+
+def read_pcap(path):
+    """[(sec, usec, wirelen, data)] of a microsecond pcap (little or big endian)."""
+    with open(path, 'rb') as handle:
+        blob = handle.read()
+    endian = '<' if blob[:4] == b'\xd4\xc3\xb2\xa1' else '>'
+    frames, offset = [], 24
+    while offset + 16 <= len(blob):
+        sec, usec, caplen, wirelen = struct.unpack(endian + 'IIII', blob[offset:offset + 16])
+        frames.append((sec, usec, wirelen, blob[offset + 16:offset + 16 + caplen]))
+        offset += 16 + caplen
+    return frames
+
+
+@pytest.fixture
+def capture_dir(tmp_path):
+    return str(tmp_path / 'captures')
+
+
+@real
+@pytest.mark.parametrize('snaplen', [262144, 96])
+def test_capture_equals_tcpdump(netns, capture_dir, tmp_path, snaplen):
+    port = 4100
+    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    started = capture.started({'netns': netns, 'filter': 'tcp port %d' % port, 'snaplen': snaplen})
+    reference = Tcpdump(netns, str(tmp_path / 'tcpdump.pcap'), 'tcp port %d' % port, snaplen)
+    _traffic(netns, port)
+    _ns(netns, sys.executable, '-c', TRAFFIC, port + 1, 2)  # other port: filtered out by both
+    tcpdump_says = reference.stop()
+    stopped = Capture(sys.executable).stopped(started['handle']['path'], started['handle'])
+    assert re.search(r'^0 packets dropped by kernel$', tcpdump_says, re.M), tcpdump_says
+
+    ours, theirs = read_pcap(started['path']), read_pcap(reference.path)
+    assert stopped['changed'] is True and stopped['stop_reason'] == 'stopped'
+    assert stopped['packets'] == len(ours) == len(theirs) >= 20
+    assert '%d packets captured' % len(theirs) in tcpdump_says
+    # each segment once, byte for byte (original length included) and in the same order as tcpdump
+    assert [f[2:] for f in ours] == [f[2:] for f in theirs]
+    assert max(len(f[3]) for f in ours) == min(snaplen, 65536 + 14) or snaplen > 65536
+    with open(started['path'], 'rb') as mine, open(reference.path, 'rb') as tcpdump:
+        assert mine.read(24) == tcpdump.read(24)  # the same file header (snaplen, link type)
+    # ... with kernel timestamps (microseconds) within a millisecond of tcpdump's
+    assert all(abs((a[0] - b[0]) * 1000000 + a[1] - b[1]) < 1000 for a, b in zip(ours, theirs))
+    # the outgoing copy of every segment was seen and left out
+    assert stopped['finished']['loopback_outgoing_dropped'] == len(ours)
+    assert stopped['finished']['kernel_drops'] == 0
+    assert stopped['pcap'] == {'packets': len(ours), 'bytes': os.path.getsize(started['path']), 'complete': True,
+                               'readable': True, 'linktype': 1}
+    # private files: pcap 0600 in a 0700 directory
+    assert stat.S_IMODE(os.stat(started['path']).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(capture_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(started['handle']['state_path']).st_mode) == 0o600
+    # tcpdump itself reads it
+    read = subprocess.run(['tcpdump', '-nr', started['path']], capture_output=True, text=True, check=True)
+    assert len(read.stdout.splitlines()) == len(theirs)
+
+
+@real
+def test_started_result_and_idempotence(netns, capture_dir):
+    path = os.path.join(capture_dir, 'fixed.pcap')
+    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    params = {'netns': netns, 'filter': 'tcp port 4200', 'path': path}
+    first = capture.started(params)
+    try:
+        handle = first['handle']
+        assert first['changed'] is True and first['running'] is True
+        assert handle['path'] == path and handle['marker'] == MARKER and handle['netns'] == netns
+        assert handle['pid'] == first['pid'] and handle['starttime'] == _capture.proc_starttime(first['pid'])
+        assert MARKER in _capture.proc_cmdline(first['pid'])
+        assert count_packets(path) == {'packets': 0, 'bytes': 24, 'complete': True, 'readable': True, 'linktype': 1}
+        again = capture.started(params)
+        assert again['changed'] is False and again['pid'] == first['pid']
+        check = Capture(sys.executable, check_mode=True).started(params)
+        assert check['changed'] is False
+        with pytest.raises(CaptureError) as exc:
+            capture.started(dict(params, filter='tcp port 4201'))
+        assert str(exc.value) == ('a capture with other settings is running on %s (pid %d): stop it first '
+                                  '(state: stopped) or choose another path' % (path, first['pid']))
+        would = Capture(sys.executable, check_mode=True).stopped(path, analyse=False)
+        assert would['changed'] is True and would['running'] is True
+        assert _capture.proc_starttime(first['pid']) is not None
+    finally:
+        stopped = Capture(sys.executable).stopped(path, analyse=False)
+    assert stopped['changed'] is True and stopped['was_running'] is True
+    assert _capture.proc_starttime(first['pid']) is None
+    stopped_again = Capture(sys.executable).stopped(path, analyse=False)
+    assert stopped_again['changed'] is False and stopped_again['msg'] == 'capture was not running'
+    # a stopped capture on the same path starts again (the old file is replaced)
+    restarted = capture.started(params)
+    assert restarted['changed'] is True and restarted['pid'] != first['pid']
+    gone = Capture(sys.executable).absent(path, restarted['handle'])
+    assert gone['changed'] is True and gone['was_running'] is True
+    assert sorted(gone['removed']) == sorted([path, path + '.state.json', path + '.log'])
+    assert _capture.proc_starttime(restarted['pid']) is None
+
+
+@real
+def test_sigkilled_capture_leaves_a_readable_pcap(netns, capture_dir):
+    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    started = capture.started({'netns': netns, 'filter': 'tcp port 4300'})
+    _traffic(netns, 4300)
+    time.sleep(0.3)
+    os.kill(started['pid'], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _capture.proc_starttime(started['pid']) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    read = subprocess.run(['tcpdump', '-nr', started['path']], capture_output=True, text=True, check=False)
+    assert read.returncode == 0, read.stderr
+    stopped = Capture(sys.executable).stopped(started['path'], analyse=False)
+    assert stopped['changed'] is False and stopped['was_running'] is False
+    assert stopped['stop_reason'] == 'killed' and stopped['finished'] is None
+    assert stopped['packets'] == len(read.stdout.splitlines()) >= 20
+    assert stopped['pcap']['complete'] is True
+
+
+@real
+def test_bad_filter_fails_at_start(netns, capture_dir):
+    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    with pytest.raises(CaptureError) as exc:
+        capture.started({'netns': netns, 'filter': 'tcp prt 1'})
+    assert str(exc.value) == "bad filter 'tcp prt 1': can't parse filter expression: syntax error"
+    assert os.listdir(capture_dir) == []  # no pcap, state file or log left behind
+    assert subprocess.run(['ip', 'netns', 'pids', netns], capture_output=True, text=True, check=True).stdout == ''
+
+
+@real
+def test_missing_interface_fails_at_start(netns, capture_dir):
+    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    with pytest.raises(CaptureError) as exc:
+        capture.started({'netns': netns, 'iface': 'eth7'})
+    assert str(exc.value) == ("interface 'eth7' not found in network namespace %s: give an interface of that "
+                              "namespace (ip link) (OSError: no interface with this name)" % netns)
+
+
+def _poisoned_python(tmp_path, monkeypatch, module):
+    """Make the sniffer's interpreter fail to import module (as if it were not installed)."""
+    site = tmp_path / 'site'
+    site.mkdir()
+    (site / 'sitecustomize.py').write_text('import sys\nsys.modules[%r] = None\n' % module)
+    monkeypatch.setenv('PYTHONPATH', str(site))
+
+
+@real
+def test_missing_libpcap_fails_at_start(netns, capture_dir, tmp_path, monkeypatch):
+    _poisoned_python(tmp_path, monkeypatch, 'scapy.libs.winpcapy')
+    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    with pytest.raises(CaptureError) as exc:
+        capture.started({'netns': netns, 'filter': 'tcp port 1'})
+    assert str(exc.value).startswith(
+        "libpcap is not available to scapy, so the filter 'tcp port 1' cannot be compiled (scapy would capture "
+        "unfiltered): install libpcap (apt-get install libpcap0.8) (")
+
+
+@real
+def test_missing_scapy_in_the_sniffer_fails_at_start(netns, capture_dir, tmp_path, monkeypatch):
+    _poisoned_python(tmp_path, monkeypatch, 'scapy')
+    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    with pytest.raises(CaptureError) as exc:
+        capture.started({'netns': netns})
+    assert str(exc.value).startswith(
+        'scapy is not importable by %s: install scapy (pip install scapy==2.8.0) in the Python that runs the '
+        'modules (' % sys.executable)
+
+
+@real
+def test_stop_refuses_a_pid_that_is_not_ours(tmp_path):
+    sleeper = subprocess.Popen(['sleep', '60'])
+    while _capture.proc_cmdline(sleeper.pid) != ['sleep', '60']:  # until it has exec'd
+        time.sleep(0.01)
+    try:
+        path = str(tmp_path / 'fake.pcap')
+        fake = {'path': path, 'pid': sleeper.pid, 'starttime': _capture.proc_starttime(sleeper.pid)}
+        result = Capture(sys.executable).stopped(path, fake, analyse=False)
+        assert result['changed'] is False and result['was_running'] is False
+        assert result['msg'] == ('pid %d is not the capture of %s (its command line is not a tcplab.keepalive '
+                                 'capture: sleep 60): not signalled; the capture is not running' % (sleeper.pid, path))
+        assert result['warnings'] == [result['msg']]
+        # the same through a forged state file, and through absent
+        with open(path + '.state.json', 'w') as handle:
+            json.dump(fake, handle)
+        assert Capture(sys.executable).absent(path)['was_running'] is False
+        time.sleep(0.2)
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@real
+def test_stop_refuses_a_reused_pid(netns, capture_dir):
+    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    started = capture.started({'netns': netns, 'max_seconds': 30})
+    handle = dict(started['handle'], starttime=started['handle']['starttime'] - 1)
+    os.unlink(handle['state_path'])
+    result = Capture(sys.executable).stopped(handle['path'], handle, analyse=False)
+    assert result['changed'] is False
+    assert 'the pid was reused' in result['msg']
+    assert _capture.proc_starttime(started['pid']) is not None
+    Capture(sys.executable).stopped(started['path'], started['handle'], analyse=False)
+    assert _capture.proc_starttime(started['pid']) is None
+
+
+STARTER = textwrap.dedent('''
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import conftest  # installs the collection loader
+    from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import Capture
+    result = Capture(sys.executable, nsenter=sys.argv[4], default_dir=sys.argv[3]).started(
+        {"netns": sys.argv[2], "filter": "tcp port 4400"})
+    print(json.dumps(result))
+''')
+
+
+@real
+def test_capture_outlives_the_process_that_started_it(netns, capture_dir):
+    starter = subprocess.run([sys.executable, '-c', STARTER, UNIT_DIR, netns, capture_dir, shutil.which('nsenter')],
+                             capture_output=True, text=True, check=True, timeout=60)
+    started = json.loads(starter.stdout)
+    pid = started['pid']
+    with open('/proc/%d/stat' % pid) as handle:
+        fields = handle.read().rsplit(')', 1)[1].split()
+    assert int(fields[1]) != os.getpid()            # not our child: reparented after the double fork
+    assert int(fields[3]) != os.getsid(0)           # its own session (no SIGHUP with the connection)
+    assert os.stat('/proc/%d/ns/net' % pid).st_ino == os.stat('/run/netns/%s' % netns).st_ino
+    _traffic(netns, 4400)
+    stopped = Capture(sys.executable).stopped(started['path'], started['handle'], analyse=False)
+    assert stopped['changed'] is True and stopped['packets'] >= 20
+
+
+@real
+def test_limits_end_the_capture_by_itself(netns, capture_dir):
+    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    by_packets = capture.started({'netns': netns, 'filter': 'tcp port 4500', 'max_packets': 3})
+    by_seconds = capture.started({'netns': netns, 'filter': 'tcp port 4500', 'max_seconds': 1})
+    by_bytes = capture.started({'netns': netns, 'filter': 'tcp port 4500', 'max_bytes': 1000})
+    _traffic(netns, 4500)
+    time.sleep(1.5)
+    results = [Capture(sys.executable).stopped(s['path'], analyse=False) for s in (by_packets, by_seconds, by_bytes)]
+    assert [r['stop_reason'] for r in results] == ['max_packets', 'max_seconds', 'max_bytes']
+    assert all(r['changed'] is False for r in results)
+    assert results[0]['packets'] == 3
+    assert results[2]['pcap']['bytes'] <= 1000 and results[2]['packets'] >= 1
+
+
+KEEPALIVE = textwrap.dedent('''
+    import socket, sys, time
+    port = int(sys.argv[1])
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen()
+    cli = socket.socket()
+    cli.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    cli.connect(("127.0.0.1", port))
+    peer, _ = srv.accept()
+    time.sleep(3.5)
+    cli.close()
+    peer.close()
+''')
+
+
+@real
+def test_stop_returns_the_keepalive_analysis(netns, capture_dir):
+    try:
+        from ansible_collections.tcplab.keepalive.plugins.module_utils import _pcap  # noqa: F401  pylint: disable=unused-import
+    except ImportError:
+        pytest.skip('plugins/module_utils/_pcap.py is not there yet')
+    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    started = capture.started({'netns': netns, 'filter': 'tcp port 4600'})
+    _ns(netns, sys.executable, '-c', KEEPALIVE, 4600)
+    stopped = Capture(sys.executable).stopped(started['path'], expect={'time': 1, 'intvl': 1, 'probes': 3})
+    analysis = stopped['analysis']
+    assert analysis is not None, stopped.get('analysis_error')
+    # idle 1 s, probes answered: one probe a second for 3.5 s, each segment once
+    summary = analysis['summary']
+    assert 2 <= summary['keepalive'] <= 4
+    assert summary['loopback_duplicates'] == 0 and summary['packets'] == stopped['packets']
+    assert analysis['verdict'] == 'pass', analysis['reasons']
+    [connection] = analysis['connections']
+    [prober] = connection['probers']
+    assert connection['endpoints'][1] == '127.0.0.1:4600' and prober['peer'] == '127.0.0.1:4600'
+    assert prober['count'] == prober['answered'] == summary['keepalive'] and prober['unanswered'] == 0
+    assert all(0.9 < idle < 1.3 for idle in prober['idle_times'])
+    assert connection['rst'] is None
