@@ -1,0 +1,431 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: pcap_info
+short_description: TCP keepalive analysis of a pcap or pcapng capture, classified like Wireshark
+version_added: 1.0.0
+description:
+  - Reads a capture file on the target and finds every TCP Keep-Alive and Keep-Alive ACK with Wireshark's
+    rules (the frames are the same as those of C(tshark -Y tcp.analysis.keep_alive) and
+    C(tcp.analysis.keep_alive_ack)).
+  - Per connection it reports the probes (time, sequence number, length, answered or not), the idle time
+    before each first probe counted from the last segment the prober received, the spacing of unanswered
+    probes, the RST (who sent it, when, its flags) and, with O(expect), a verdict with reasons.
+  - It tells apart what otherwise misleads, such as data in flight (no probes are sent then), spacing that fits a
+    per-socket TCP_KEEPINTVL rather than the sysctl, a RST after fewer probes than expected (TCP_USER_TIMEOUT),
+    zero-window probes and retransmissions.
+  - Reads pcap (both byte orders, microsecond and nanosecond stamps) and pcapng; link types Ethernet (with
+    802.1Q/802.1ad tags), Linux cooked SLL and SLL2, raw IP and BSD loopback; IPv4 and IPv6. The file is streamed,
+    so memory stays bounded by the number of connections, not of packets.
+author: tcplab.keepalive developers (@tcplab)
+extends_documentation_fragment:
+  - tcplab.keepalive.attributes
+  - tcplab.keepalive.attributes.info_module
+attributes:
+  platform:
+    platforms: posix
+options:
+  path:
+    description:
+      - The capture file on the target (written by C(tcpdump -w), C(tshark -w) or the capture module).
+    type: path
+    required: true
+  connection:
+    description:
+      - Analyse only the connections with an endpoint that matches both of the given fields (an endpoint is an
+        address and a port). Without it every connection is counted and the ones with keepalive probes,
+        zero-window probes or data in flight are listed.
+    type: dict
+    suboptions:
+      address:
+        description: IPv4 or IPv6 address of either endpoint.
+        type: str
+      port:
+        description: TCP port of either endpoint.
+        type: int
+  expect:
+    description:
+      - The keepalive settings the probes should follow; adds a V(pass) or V(fail) verdict with reasons.
+    type: dict
+    suboptions:
+      time:
+        description: Seconds of idle time (from the last segment received) before the first probe.
+        type: int
+      intvl:
+        description: Seconds between unanswered probes, and between the last probe and the RST.
+        type: int
+      probes:
+        description: Unanswered probes before the prober gives up with a RST.
+        type: int
+  tolerance:
+    description:
+      - How far a measured time may be from the expected one - O(tolerance.seconds) plus O(tolerance.percent) of the
+        expected value. Timer slack makes a kernel's 2 s come out as about 2.02 s.
+    type: dict
+    suboptions:
+      seconds:
+        description: Absolute part of the tolerance.
+        type: float
+        default: 0.25
+      percent:
+        description: Relative part of the tolerance, in percent of the expected value.
+        type: float
+        default: 10.0
+  return_frames:
+    description:
+      - Also return the 1-based frame numbers of every Keep-Alive and Keep-Alive ACK (as tshark numbers them).
+    type: bool
+    default: false
+notes:
+  - A truncated last record (a capture still being written) is not an error - the complete packets are analysed
+    and RV(truncated) is V(true).
+  - IP fragments are counted and skipped (not reassembled); tunnels are not decapsulated.
+  - On loopback a packet socket sees each segment twice. Files written by tcpdump hold one copy; when a Linux cooked
+    capture holds both, the second copies are classified (as tshark does), counted in
+    RV(summary.loopback_duplicates) and left out of the probe timing.
+seealso:
+  - name: Wireshark TCP analysis
+    description: The Keep-Alive and Keep-Alive ACK rules this module follows.
+    link: https://www.wireshark.org/docs/wsug_html_chunked/ChAdvTCPAnalysis.html
+'''
+
+EXAMPLES = r'''
+- name: Analyse the capture of an experiment
+  tcplab.keepalive.pcap_info:
+    path: /tmp/keepalive.pcap
+    connection:
+      port: 12345
+    expect:
+      time: 2
+      intvl: 1
+      probes: 3
+  register: analysis
+
+- name: The probes must follow the sysctls
+  ansible.builtin.assert:
+    that: analysis.verdict == 'pass'
+    fail_msg: "{{ analysis.reasons | join('; ') }}"
+
+- name: Frame numbers for a look in Wireshark
+  tcplab.keepalive.pcap_info:
+    path: /tmp/keepalive.pcap
+    return_frames: true
+    tolerance:
+      seconds: 0.5
+      percent: 0
+'''
+
+RETURN = r'''
+path:
+  description: The capture analysed.
+  returned: always
+  type: str
+  sample: /tmp/keepalive.pcap
+format:
+  description: V(pcap) or V(pcapng).
+  returned: always
+  type: str
+  sample: pcap
+link_types:
+  description: The link-layer header types of the capture (one per pcapng interface).
+  returned: always
+  type: list
+  elements: int
+  sample: [1]
+truncated:
+  description: Whether the last record was cut short; the complete packets before it were analysed.
+  returned: always
+  type: bool
+  sample: false
+start:
+  description: Time stamp (seconds since the epoch) of the first packet; every C(time) is relative to it.
+  returned: always
+  type: float
+  sample: 1700000000.123456
+summary:
+  description: Counts over the whole capture (or the connections selected with O(connection)).
+  returned: always
+  type: dict
+  contains:
+    packets:
+      description: Frames in the capture.
+      type: int
+      sample: 13
+    tcp_packets:
+      description: Frames with a TCP segment.
+      type: int
+      sample: 13
+    connections:
+      description: TCP connections (a new initial sequence number on the same ports starts a new one).
+      type: int
+      sample: 1
+    keepalive:
+      description: Frames classified Keep-Alive.
+      type: int
+      sample: 5
+    keepalive_ack:
+      description: Frames classified Keep-Alive ACK.
+      type: int
+      sample: 2
+    rst_after_probes:
+      description: Connections whose first RST came from an endpoint right after its unanswered probes.
+      type: int
+      sample: 1
+    zero_window_probes:
+      description: Zero-window probes, which are not keepalives.
+      type: int
+      sample: 0
+    retransmissions:
+      description: Segments with data (or SYN/FIN) below the highest sequence number already sent, not keepalives.
+      type: int
+      sample: 0
+    fragments_skipped:
+      description: IP fragments, which are not reassembled.
+      type: int
+      sample: 0
+    loopback_duplicates:
+      description: Frames of a Linux cooked capture that repeat the previous outgoing frame (loopback).
+      type: int
+      sample: 0
+    notes:
+      description: Remarks on the capture as a whole.
+      type: list
+      elements: str
+connections:
+  description: The connections with keepalive probes, zero-window probes or data in flight (every selected one with
+    O(connection)), in order of their first frame.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: C(client -> server); the client is the sender of the SYN when the handshake was captured.
+      type: str
+      sample: 127.0.0.1:22345 -> 127.0.0.1:12345
+    endpoints:
+      description: The two endpoints, client first.
+      type: list
+      elements: str
+    handshake_seen:
+      description: Whether the SYN was captured.
+      type: bool
+    first_frame:
+      description: First frame of the connection.
+      type: int
+    start:
+      description: Time of the first frame.
+      type: float
+    end:
+      description: Time of the last frame.
+      type: float
+    keepalive:
+      description: Keep-Alive frames of the connection.
+      type: int
+    keepalive_ack:
+      description: Keep-Alive ACK frames of the connection.
+      type: int
+    zero_window_probes:
+      description: Zero-window probes of the connection.
+      type: int
+    retransmissions:
+      description: Retransmitted segments of the connection.
+      type: int
+    in_flight_at_end:
+      description: Bytes each endpoint had sent but not seen acknowledged at the end, by endpoint.
+      type: dict
+    probers:
+      description: One entry per endpoint that sent keepalive probes.
+      type: list
+      elements: dict
+      contains:
+        endpoint:
+          description: The prober.
+          type: str
+        peer:
+          description: The endpoint probed.
+          type: str
+        count:
+          description: Probes sent.
+          type: int
+        answered:
+          description: Probes followed by a segment from the peer.
+          type: int
+        unanswered:
+          description: Probes not answered.
+          type: int
+        final_unanswered:
+          description: Unanswered probes in a row at the end (or before the RST).
+          type: int
+        idle_before_first_probe:
+          description: Seconds from the last segment the prober received to its first probe.
+          type: float
+          sample: 2.019
+        idle_times:
+          description: The idle time before every probe that followed a received segment.
+          type: list
+          elements: float
+        spacing:
+          description: Seconds between consecutive unanswered probes.
+          type: list
+          elements: float
+          sample: [1.01, 1.01]
+        rst_sent:
+          description: Whether this endpoint sent the RST.
+          type: bool
+        probes:
+          description: The probes.
+          type: list
+          elements: dict
+          contains:
+            number:
+              description: 1-based number of the probe.
+              type: int
+            frame:
+              description: Frame number.
+              type: int
+            time:
+              description: Seconds since the first packet of the capture.
+              type: float
+            seq:
+              description: Sequence number (next expected minus one).
+              type: int
+            length:
+              description: Payload bytes, 0 or 1.
+              type: int
+            answered:
+              description: Whether a segment from the peer followed before the next probe.
+              type: bool
+            answer_frame:
+              description: The frame that answered it.
+              type: int
+            kind:
+              description: V(idle) after a received segment, V(retry) after an unanswered probe.
+              type: str
+            after:
+              description: Seconds since the last received segment (idle) or the previous probe (retry).
+              type: float
+        verdict:
+          description: V(pass) or V(fail) with O(expect), else null.
+          type: str
+        reasons:
+          description: Why the verdict is V(fail).
+          type: list
+          elements: str
+        notes:
+          description: Remarks that do not fail the verdict.
+          type: list
+          elements: str
+    rst:
+      description: The first RST of the connection, or null.
+      type: dict
+      contains:
+        from:
+          description: Sender.
+          type: str
+        to:
+          description: Receiver.
+          type: str
+        frame:
+          description: Frame number.
+          type: int
+        time:
+          description: Seconds since the first packet of the capture.
+          type: float
+        flags:
+          description: TCP flags, for example C(RST|ACK).
+          type: str
+        after_probes:
+          description: Unanswered probes the sender had sent right before it.
+          type: int
+        after_last_probe:
+          description: Seconds since the sender's last probe.
+          type: float
+    notes:
+      description: What else explains the traffic (data in flight, zero-window probes, reused ports).
+      type: list
+      elements: str
+    verdict:
+      description: V(pass) or V(fail) with O(expect); null for a connection without probes that was not selected.
+      type: str
+    reasons:
+      description: Why the verdict is V(fail), for example C(probe 2 came 2.9 s after probe 1, expected 1 s ± 0.35 s).
+      type: list
+      elements: str
+expect:
+  description: The expected settings used, or null.
+  returned: always
+  type: dict
+tolerance:
+  description: The tolerance used.
+  returned: always
+  type: dict
+  sample: {seconds: 0.25, percent: 10.0}
+verdict:
+  description: V(pass) when every judged connection passes, V(fail) otherwise or when no probes were found; null
+    without O(expect).
+  returned: always
+  type: str
+  sample: pass
+reasons:
+  description: The reasons of every failed connection, each prefixed with its name.
+  returned: always
+  type: list
+  elements: str
+keepalive_frames:
+  description: Frame numbers classified Keep-Alive.
+  returned: when O(return_frames=true)
+  type: list
+  elements: int
+  sample: [6, 8, 10, 11, 12]
+keepalive_ack_frames:
+  description: Frame numbers classified Keep-Alive ACK.
+  returned: when O(return_frames=true)
+  type: list
+  elements: int
+  sample: [7, 9]
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import MSG_TRUNCATED, PcapError, analyse
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type='path', required=True),
+            connection=dict(type='dict', options=dict(
+                address=dict(type='str'),
+                port=dict(type='int'),
+            )),
+            expect=dict(type='dict', options=dict(
+                time=dict(type='int'),
+                intvl=dict(type='int'),
+                probes=dict(type='int'),
+            )),
+            tolerance=dict(type='dict', options=dict(
+                seconds=dict(type='float', default=0.25),
+                percent=dict(type='float', default=10.0),
+            )),
+            return_frames=dict(type='bool', default=False),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        result = analyse(p['path'], expect=p['expect'], connection=p['connection'], tolerance=p['tolerance'],
+                         return_frames=p['return_frames'])
+    except PcapError as exc:
+        module.fail_json(msg=str(exc))
+    if result['truncated']:
+        module.warn(MSG_TRUNCATED % result['summary']['packets'])
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == '__main__':
+    main()
