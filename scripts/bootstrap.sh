@@ -19,7 +19,7 @@ fi
 
 TCPLAB_APT_PACKAGES=(
   iproute2 iptables tcpdump tshark openssh-server openssh-client util-linux procps
-  netcat-openbsd curl python3 python3-venv python3-pip git ca-certificates
+  netcat-openbsd curl bc sudo python3 python3-venv python3-pip git ca-certificates
 )
 
 tcplab_apt() {

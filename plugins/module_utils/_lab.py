@@ -51,6 +51,11 @@ MSG_NETWORK_FULL = 'lab network %s has room for %d lab hosts, %d asked: use a la
 MSG_PREFIX = 'netns_prefix %r is invalid: use 1 to 16 lower-case letters, digits or "-", starting with a letter'
 MSG_BRIDGE = 'bridge name %r is invalid: use 1 to 15 letters, digits, "-" or "_", starting with a letter'
 MSG_STATE_DIR = 'state_dir must be an absolute path that is not "/", got %r'
+MSG_SSH_USER = 'ssh_user must be root or a user name (lower-case letters, digits, "_", "-"; 1 to 32), got %r'
+MSG_NO_SUDO = ('ssh_user %s needs sudo on this machine for become: install it (Debian/Ubuntu: apt-get install sudo) '
+               'or use ssh_user: root')
+SSH_USER_RE = re.compile(r'^[a-z_][a-z0-9_-]{0,31}$')
+SUDOERS = '/etc/sudoers.d/tcplab-keepalive-lab'
 
 
 class LabError(Exception):
@@ -260,6 +265,9 @@ class Lab:
         if not self.state_dir or not os.path.isabs(self.state_dir) or os.path.normpath(self.state_dir) == '/':
             raise LabError(MSG_STATE_DIR % (self.state_dir,))
         self.state_dir = os.path.normpath(self.state_dir)
+        self.ssh_user = params.get('ssh_user') or 'root'
+        if not SSH_USER_RE.match(self.ssh_user):
+            raise LabError(MSG_SSH_USER % (self.ssh_user,))
         self.actions = []
         self.changed = False
 
@@ -271,13 +279,29 @@ class Lab:
         if not self.check_mode:
             self.run(argv, what=what)
 
+    @staticmethod
+    def _user_pids(user):
+        import pwd  # pylint: disable=import-outside-toplevel
+        try:
+            uid = pwd.getpwnam(user).pw_uid
+        except KeyError:
+            return []
+        pids = []
+        for pid in list_pids():
+            try:
+                if os.stat('/proc/%d' % pid).st_uid == uid:
+                    pids.append(pid)
+            except OSError:
+                continue
+        return pids
+
     def _act_missing_ok(self, argv):
         """Like _act for a deletion; a device that is already gone is not an error."""
         self.changed = True
         self.actions.append(list(argv))
         if not self.check_mode:
             rc, out, err = self.run(argv, check=False)
-            if rc != 0 and 'Cannot find device' not in (err or ''):
+            if rc != 0 and 'Cannot find device' not in (err or '') and 'does not exist' not in (err or ''):
                 self.run(argv)  # again, to fail with the full error
 
     def ip(self, *args):
@@ -450,14 +474,18 @@ class Lab:
     def _ensure_ssh(self, hosts):
         state = self.state_dir
         self._mkdir(os.path.dirname(state), 0o755)
-        self._mkdir(state)
+        # traversable (not listable) so that sshd can read a non-root user's authorized_keys
+        self._mkdir(state, 0o711)
         self._mkdir(os.path.join(state, 'hosts'))
+        self._mkdir(os.path.join(state, 'pub'), 0o755)
         key = os.path.join(state, 'id_ed25519')
         self._keygen(key, 'tcplab-keepalive-lab')
-        authorized = os.path.join(state, 'authorized_keys')
+        authorized = os.path.join(state, 'pub', 'authorized_keys')
         if not self.check_mode:
             with open(key + '.pub') as handle:
-                self._write_if_changed(authorized, handle.read())
+                self._write_if_changed(authorized, handle.read(), 0o644)
+        if self.ssh_user != 'root':
+            self._ensure_user()
         # sshd's privilege separation directory (created by the service unit normally)
         self._mkdir('/run/sshd', 0o755)
         known = []
@@ -493,7 +521,23 @@ class Lab:
         known_hosts = os.path.join(state, 'known_hosts')
         if not self.check_mode:
             self._write_if_changed(known_hosts, '\n'.join(sorted(known)) + '\n')
-        return {'private_key': key, 'known_hosts': known_hosts, 'user': 'root', 'port': 22}
+        return {'private_key': key, 'known_hosts': known_hosts, 'user': self.ssh_user, 'port': 22,
+                'become': self.ssh_user != 'root'}
+
+    def _ensure_user(self):
+        """A lab user with passwordless sudo, as lab VMs are usually reached."""
+        import pwd  # pylint: disable=import-outside-toplevel
+        if not self.bin.get('sudo'):
+            raise LabError(MSG_NO_SUDO % self.ssh_user)
+        try:
+            pwd.getpwnam(self.ssh_user)
+        except KeyError:
+            # '*': no password, but not a locked account (sshd refuses locked ones without PAM)
+            self._act([self.bin.get('useradd', 'useradd'), '--create-home', '--shell', '/bin/sh', '--password', '*',
+                       '--comment', 'tcplab.keepalive lab user', self.ssh_user], 'creating the lab user %s' % self.ssh_user)
+            self._created_user = self.ssh_user
+        text = '# Managed by tcplab.keepalive (lab role); removed with lab_state: absent.\n%s ALL=(ALL:ALL) NOPASSWD: ALL\n' % self.ssh_user
+        self._write_if_changed(SUDOERS, text, 0o440)
 
     @staticmethod
     def _listdir(path):
@@ -553,7 +597,10 @@ class Lab:
                 terminate(pids)
 
     def _write_manifest(self, net, hosts):
+        previous = self.load_manifest().get('created_users') or []
+        created = sorted(set(previous) | ({self._created_user} if getattr(self, '_created_user', None) else set()))
         data = {
+            'created_users': created,
             'bridge': self.bridge,
             'network': str(net),
             'netns_prefix': self.prefix,
@@ -562,7 +609,7 @@ class Lab:
         }
         text = json.dumps(data, indent=2, sort_keys=True) + '\n'
         self._mkdir(os.path.dirname(self.state_dir), 0o755)
-        self._mkdir(self.state_dir)
+        self._mkdir(self.state_dir, 0o711)
         self._write_if_changed(self.manifest_path(), text)
 
     # -- absent ----------------------------------------------------------
@@ -577,6 +624,7 @@ class Lab:
         self._act(self.ip('netns', 'del', netns), 'deleting network namespace %s' % netns)
 
     def absent(self):
+        created_users = self.load_manifest().get('created_users') or []
         self._stop_sshd(self.state_dir)
         for netns in self.our_namespaces():
             self._remove_netns(netns)
@@ -595,6 +643,16 @@ class Lab:
             self._act_missing_ok(self.ip('link', 'del', name))
         if self.bridge in links:
             self._act(self.ip('link', 'del', self.bridge), 'deleting bridge %s' % self.bridge)
+        for user in created_users:
+            if SSH_USER_RE.match(user) and user != 'root':
+                for pid in self._user_pids(user):
+                    terminate([pid])
+                self._act_missing_ok([self.bin.get('userdel', 'userdel'), '--remove', user])
+        if created_users and os.path.exists(SUDOERS):
+            self.changed = True
+            self.actions.append(['rm', SUDOERS])
+            if not self.check_mode:
+                os.unlink(SUDOERS)
         if os.path.lexists(self.state_dir):
             self.changed = True
             self.actions.append(['rm', '-rf', self.state_dir])

@@ -66,6 +66,13 @@ options:
     description: Directory for the lab's state - manifest, keys, sshd configurations.
     type: path
     default: /run/tcplab-keepalive/lab
+  ssh_user:
+    description:
+      - The user the C(ssh) transport logs in as. Other than V(root), the module creates that user on
+        this machine (if missing) with passwordless sudo (C(/etc/sudoers.d/tcplab-keepalive-lab)), as
+        lab VMs are usually reached; O(state=absent) removes a user it created and the sudoers file.
+    type: str
+    default: root
 requirements:
   - root on the machine the lab runs on
   - iproute2 (C(ip)) and util-linux (C(nsenter))
@@ -158,6 +165,9 @@ ssh:
       description: Remote user.
       type: str
       sample: root
+    become:
+      description: Whether the inventory sets C(ansible_become) (a non-root O(ssh_user)).
+      type: bool
     port:
       description: sshd port.
       type: int
@@ -188,6 +198,7 @@ def main():
             bridge=dict(type='str', default='tcplab0'),
             netns_prefix=dict(type='str', default='tcplab-'),
             state_dir=dict(type='path', default='/run/tcplab-keepalive/lab'),
+            ssh_user=dict(type='str', default='root'),
         ),
         supports_check_mode=True,
     )
@@ -195,10 +206,14 @@ def main():
     try:
         require_root('the lab (network namespaces, veths, a bridge)')
         hosts = normalize_hosts(params['hosts'], params['transport'])
-        binaries = {'ip': find_binary(module, 'ip'), 'nsenter': find_binary(module, 'nsenter')}
+        binaries = {'ip': find_binary(module, 'ip'), 'nsenter': find_binary(module, 'nsenter'),
+                    'userdel': find_binary(module, 'userdel', required=False)}
         if params['state'] == 'present' and any(h['transport'] == 'ssh' for h in hosts):
             binaries['sshd'] = find_binary(module, 'sshd')
             binaries['ssh-keygen'] = find_binary(module, 'ssh-keygen')
+            if params['ssh_user'] != 'root':
+                binaries['sudo'] = find_binary(module, 'sudo', required=False)
+                binaries['useradd'] = find_binary(module, 'useradd')
             binaries['sftp-server'] = find_binary(module, 'sftp-server', required=False,
                                                   extra=('/usr/lib/openssh', '/usr/libexec/openssh',
                                                          '/usr/lib/ssh', '/usr/libexec'))

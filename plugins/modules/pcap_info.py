@@ -81,6 +81,35 @@ options:
       - Also return the 1-based frame numbers of every Keep-Alive and Keep-Alive ACK (as tshark numbers them).
     type: bool
     default: false
+  wait_for:
+    description:
+      - Poll the file (a capture still being written) until the client's probes reach a count or its
+        connection ends, for at most O(wait_for.timeout) seconds; the result says whether it was met.
+        Used by the experiment role to follow the kernel's timeline without polling from the controller.
+    type: dict
+    suboptions:
+      port:
+        description: Local port of the prober (the keepalive client) to watch.
+        type: int
+        required: true
+      answered:
+        description: Met when the prober has at least this many answered probes.
+        type: int
+      unanswered:
+        description: Met when the prober's final run of unanswered probes is at least this long.
+        type: int
+      rst:
+        description: Met when the connection has ended with a RST.
+        type: bool
+        default: false
+      timeout:
+        description: Seconds to wait before returning with RV(waited.met=false).
+        type: float
+        default: 5
+      interval:
+        description: Seconds between two reads of the file.
+        type: float
+        default: 0.1
 notes:
   - A truncated last record (a capture still being written) is not an error - the complete packets are analysed
     and RV(truncated) is V(true).
@@ -121,6 +150,26 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+waited:
+  description: With O(wait_for), how the wait went.
+  returned: when O(wait_for) is given
+  type: dict
+  contains:
+    met:
+      description: Whether the condition was met.
+      type: bool
+    ended:
+      description: Whether the watched connection ended (RST) - nothing more will come.
+      type: bool
+    seconds:
+      description: Seconds waited.
+      type: float
+    answered:
+      description: Answered probes of the prober at the end of the wait.
+      type: int
+    unanswered:
+      description: The prober's final run of unanswered probes at the end of the wait.
+      type: int
 path:
   description: The capture analysed.
   returned: always
@@ -392,6 +441,7 @@ keepalive_ack_frames:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_wait import wait_for
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import MSG_TRUNCATED, PcapError, analyse
 
 
@@ -413,13 +463,25 @@ def main():
                 percent=dict(type='float', default=10.0),
             )),
             return_frames=dict(type='bool', default=False),
+            wait_for=dict(type='dict', options=dict(
+                port=dict(type='int', required=True),
+                answered=dict(type='int'),
+                unanswered=dict(type='int'),
+                rst=dict(type='bool', default=False),
+                timeout=dict(type='float', default=5),
+                interval=dict(type='float', default=0.1),
+            )),
         ),
         supports_check_mode=True,
     )
     p = module.params
     try:
-        result = analyse(p['path'], expect=p['expect'], connection=p['connection'], tolerance=p['tolerance'],
-                         return_frames=p['return_frames'])
+        if p['wait_for']:
+            result = wait_for(p['path'], p['wait_for'], expect=p['expect'], connection=p['connection'],
+                              tolerance=p['tolerance'], return_frames=p['return_frames'])
+        else:
+            result = analyse(p['path'], expect=p['expect'], connection=p['connection'], tolerance=p['tolerance'],
+                             return_frames=p['return_frames'])
     except PcapError as exc:
         module.fail_json(msg=str(exc))
     if result['truncated']:

@@ -152,6 +152,8 @@ def test_present_check_mode_changes_nothing():
     (dict(PARAMS, netns_prefix='Bad/'), _lab.MSG_PREFIX % 'Bad/'),
     (dict(PARAMS, state_dir='/'), _lab.MSG_STATE_DIR % '/'),
     (dict(PARAMS, state_dir='relative'), _lab.MSG_STATE_DIR % 'relative'),
+    (dict(PARAMS, ssh_user='Bad User'), _lab.MSG_SSH_USER % 'Bad User'),
+    (dict(PARAMS, ssh_user='x;id'), _lab.MSG_SSH_USER % 'x;id'),
 ])
 def test_lab_rejects_bad_params(params, message):
     with pytest.raises(LabError) as exc:

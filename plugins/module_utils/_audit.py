@@ -1,0 +1,782 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Keepalive audit of one host: runtime values per network namespace, persisted
+values with systemd-sysctl precedence, drift, keepalive sockets, and policy
+findings.
+
+Everything here only reads. Another network namespace is read by a forked
+child that enters it with setns(2) and sends its readings back as JSON over a
+pipe; the parent process never leaves its own namespace.
+
+This file is private to the collection: its names may change at any time
+and must not be used from outside tcplab.keepalive.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import heapq
+import json
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import time
+
+KEYS = ('time', 'intvl', 'probes')
+SYSCTL = 'net.ipv4.tcp_keepalive_%s'
+PROC_SYS = 'sys/net/ipv4/tcp_keepalive_%s'
+KERNEL_DEFAULTS = {'time': 7200, 'intvl': 75, 'probes': 9}
+BOUNDS = {'time': (1, 32767), 'intvl': (1, 32767), 'probes': (1, 127)}
+
+# Load balancer / firewall idle timeouts (seconds). A preset requires the
+# dead-peer detection time (time + intvl * probes) to be strictly below the
+# idle timeout, i.e. max_detection_seconds = timeout - 1.
+PRESET_IDLE_TIMEOUTS = {
+    'azure-lb': 240,   # Azure Load Balancer, default TCP idle timeout 4 minutes
+    'aws-nlb': 350,    # AWS Network Load Balancer, fixed TCP idle timeout
+    'gcp-vpc': 600,    # Google Cloud VPC firewall connection tracking, 10 minutes
+}
+PRESETS = dict(
+    (name, {'max_detection_seconds': timeout - 1}) for name, timeout in PRESET_IDLE_TIMEOUTS.items())
+PRESETS['kernel-default'] = {
+    'time': {'min': 7200, 'max': 7200},
+    'intvl': {'min': 75, 'max': 75},
+    'probes': {'min': 9, 'max': 9},
+}
+
+# systemd-sysctl directories, highest precedence first; /etc/sysctl.conf is applied last
+SYSCTL_DIRS = ('etc/sysctl.d', 'run/sysctl.d', 'usr/local/lib/sysctl.d', 'usr/lib/sysctl.d', 'lib/sysctl.d')
+SYSCTL_CONF = 'etc/sysctl.conf'
+
+TCP_ESTABLISHED = '01'
+TIMER_KEEPALIVE = '2'
+CLONE_NEWNET = 0x40000000
+
+# finding ids
+F_MIN = 'KA001'
+F_MAX = 'KA002'
+F_DETECTION = 'KA003'
+F_DRIFT = 'KA004'
+F_OVERRIDE = 'KA005'
+F_UNREADABLE = 'KA006'
+F_UNSATISFIABLE = 'KA007'
+F_PARSE = 'KA008'
+FINDING_SEVERITY = {
+    F_MIN: 'error', F_MAX: 'error', F_DETECTION: 'error', F_UNSATISFIABLE: 'error',
+    F_DRIFT: 'warning', F_OVERRIDE: 'warning', F_UNREADABLE: 'warning',
+    F_PARSE: 'info',
+}
+SEVERITIES = ('error', 'warning', 'info')
+
+MSG_POLICY_TYPE = 'policy must be a mapping with keys %s, got %r'
+MSG_POLICY_KEY = 'policy has an unknown key %r: use %s'
+MSG_PRESET = 'policy preset %r is unknown: use one of %s'
+MSG_RANGE_TYPE = 'policy %s must be a mapping with min and/or max, got %r'
+MSG_RANGE_KEY = 'policy %s has an unknown key %r: use min and max'
+MSG_RANGE_VALUE = 'policy %s.%s must be an integer %d..%d, got %r'
+MSG_RANGE_ORDER = 'policy %s.min (%d) is above %s.max (%d): swap them'
+MSG_DETECTION_VALUE = 'policy max_detection_seconds must be a positive integer, got %r'
+MSG_TARGET = 'policy target must be a mapping with time, intvl and probes, got %r'
+MSG_TARGET_POLICY = 'policy target %s is not compliant with the policy itself: %s'
+MSG_NAMESPACES = 'namespaces must be host or all, got %r'
+MSG_ROOT = 'root must be an absolute path, got %r'
+
+MSG_F_MIN = '%s is %d, below the policy minimum %d'
+MSG_F_MAX = '%s is %d, above the policy maximum %d'
+MSG_F_DETECTION = ('dead-peer detection takes %d s (time %d + intvl %d x probes %d), above the policy '
+                   'maximum %d s%s')
+MSG_F_DRIFT = '%s is %d at runtime but %d after a reboot (%s)'
+MSG_F_DRIFT_DEFAULT = 'kernel default, no sysctl file sets it'
+MSG_F_OVERRIDE = ('%d keepalive socket(s) wait longer than tcp_keepalive_time (%d s), up to %d s: a '
+                  'per-socket TCP_KEEPIDLE overrides the sysctl (sysctls cannot fix this)')
+MSG_F_UNREADABLE = 'network namespace %s could not be read: %s'
+MSG_F_UNSATISFIABLE = 'no keepalive values satisfy the policy (%s): widen the ranges or raise max_detection_seconds'
+MSG_F_PARSE = '%s line %d: %s'
+
+NOTE_OWNERS_CAPPED = ('socket owners: stopped after %d file descriptors (max_fd_scan); '
+                      'top_processes is partial')
+NOTE_OWNERS_SKIPPED = 'socket owners: not looked up (no keepalive sockets)'
+NOTE_NAMESPACES_CAPPED = 'namespaces: %d found, only the first %d read (max_namespaces)'
+NOTE_FILTERED = 'namespaces: %d not matching namespace_include skipped'
+
+
+class AuditError(Exception):
+    """Invalid request; the message says what to do."""
+
+
+# -- policy -------------------------------------------------------------------
+
+def _int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_policy(policy):
+    """Normalised policy: ranges per key, max_detection_seconds, preset, target.
+
+    A preset gives the base; explicit keys override it.
+    """
+    if policy is None:
+        policy = {}
+    known = ('preset', 'max_detection_seconds', 'target') + KEYS
+    if not isinstance(policy, dict):
+        raise AuditError(MSG_POLICY_TYPE % (', '.join(known), policy))
+    for key in policy:
+        if key not in known:
+            raise AuditError(MSG_POLICY_KEY % (key, ', '.join(known)))
+    preset = policy.get('preset')
+    base = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise AuditError(MSG_PRESET % (preset, ', '.join(sorted(PRESETS))))
+        base = PRESETS[preset]
+    out = {'preset': preset, 'max_detection_seconds': None, 'target': None}
+    for key in KEYS:
+        low, high = BOUNDS[key]
+        merged = dict(base.get(key) or {})
+        given = policy.get(key)
+        if given is not None:
+            if not isinstance(given, dict):
+                raise AuditError(MSG_RANGE_TYPE % (key, given))
+            for bound in given:
+                if bound not in ('min', 'max'):
+                    raise AuditError(MSG_RANGE_KEY % (key, bound))
+            merged.update(dict((k, v) for k, v in given.items() if v is not None))
+        rng = {'min': None, 'max': None}
+        for bound in ('min', 'max'):
+            value = merged.get(bound)
+            if value is None:
+                continue
+            if not _int(value) or not low <= value <= high:
+                raise AuditError(MSG_RANGE_VALUE % (key, bound, low, high, value))
+            rng[bound] = value
+        if rng['min'] is not None and rng['max'] is not None and rng['min'] > rng['max']:
+            raise AuditError(MSG_RANGE_ORDER % (key, rng['min'], key, rng['max']))
+        out[key] = rng
+    detection = policy.get('max_detection_seconds', base.get('max_detection_seconds'))
+    if detection is not None:
+        if not _int(detection) or detection < 1:
+            raise AuditError(MSG_DETECTION_VALUE % (detection,))
+        out['max_detection_seconds'] = detection
+    target = policy.get('target')
+    if target is not None:
+        if not isinstance(target, dict) or sorted(target) != sorted(KEYS):
+            raise AuditError(MSG_TARGET % (target,))
+        for key in KEYS:
+            low, high = BOUNDS[key]
+            if not _int(target[key]) or not low <= target[key] <= high:
+                raise AuditError(MSG_RANGE_VALUE % ('target', key, low, high, target[key]))
+        problems = value_findings(target, out, 'target')
+        if problems:
+            raise AuditError(MSG_TARGET_POLICY % (format_values(target), '; '.join(f['message'] for f in problems)))
+        out['target'] = dict(target)
+    return out
+
+
+def format_values(values):
+    return '%d/%d/%d' % (values['time'], values['intvl'], values['probes'])
+
+
+def detection_seconds(values):
+    """Seconds from the last segment received until the kernel gives up on a silent peer."""
+    return values['time'] + values['intvl'] * values['probes']
+
+
+def policy_is_empty(policy):
+    return (policy['max_detection_seconds'] is None
+            and all(policy[k]['min'] is None and policy[k]['max'] is None for k in KEYS))
+
+
+def finding(fid, namespace, key, observed, expected, message):
+    return {'id': fid, 'severity': FINDING_SEVERITY[fid], 'namespace': namespace, 'key': key,
+            'observed': observed, 'expected': expected, 'message': message}
+
+
+def value_findings(values, policy, namespace):
+    """Range and detection findings of one namespace's values."""
+    out = []
+    for key in KEYS:
+        rng = policy[key]
+        name = SYSCTL % key
+        if rng['min'] is not None and values[key] < rng['min']:
+            out.append(finding(F_MIN, namespace, name, values[key], '>= %d' % rng['min'],
+                               MSG_F_MIN % (name, values[key], rng['min'])))
+        if rng['max'] is not None and values[key] > rng['max']:
+            out.append(finding(F_MAX, namespace, name, values[key], '<= %d' % rng['max'],
+                               MSG_F_MAX % (name, values[key], rng['max'])))
+    limit = policy['max_detection_seconds']
+    if limit is not None and detection_seconds(values) > limit:
+        preset = policy.get('preset')
+        why = ''
+        if preset in PRESET_IDLE_TIMEOUTS:
+            why = ' (preset %s: below the %d s idle timeout)' % (preset, PRESET_IDLE_TIMEOUTS[preset])
+        out.append(finding(F_DETECTION, namespace, 'detection_seconds', detection_seconds(values), '<= %d' % limit,
+                           MSG_F_DETECTION % (detection_seconds(values), values['time'], values['intvl'],
+                                              values['probes'], limit, why)))
+    return out
+
+
+def _clamp(value, rng, key):
+    low, high = BOUNDS[key]
+    if rng['min'] is not None:
+        low = max(low, rng['min'])
+    if rng['max'] is not None:
+        high = min(high, rng['max'])
+    return max(low, min(high, value))
+
+
+def remediation_target(values, policy):
+    """Compliant values close to the observed ones, or None when the policy cannot be met.
+
+    The policy's explicit target wins. Otherwise every key is clamped into its
+    range; if detection is still too long, probing (intvl x probes) is cut to
+    at most half of max_detection_seconds and time gets the rest.
+    """
+    if policy.get('target'):
+        return dict(policy['target'])
+    out = dict((key, _clamp(values[key], policy[key], key)) for key in KEYS)
+    limit = policy['max_detection_seconds']
+    if limit is not None and detection_seconds(out) > limit:
+        half = max(1, limit // 2)
+        if out['intvl'] * out['probes'] > half:
+            out['intvl'] = _clamp(max(1, half // out['probes']), policy['intvl'], 'intvl')
+        if out['intvl'] * out['probes'] > half:
+            out['probes'] = _clamp(max(1, half // out['intvl']), policy['probes'], 'probes')
+        out['time'] = _clamp(max(1, min(out['time'], limit - out['intvl'] * out['probes'])), policy['time'], 'time')
+    if value_findings(out, policy, 'target'):
+        return None
+    return out
+
+
+# -- persisted values ---------------------------------------------------------
+
+KEY_NAMES = dict((SYSCTL % key, key) for key in KEYS)
+
+
+def parse_sysctl_text(text):
+    """(key, value, lineno, problem) for our keys in sysctl.conf text.
+
+    problem is None, or a description when the value is not an integer. A
+    leading '-' (ignore errors) is accepted; '/' separators are normalised.
+    """
+    out = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in '#;':
+            continue
+        if line.startswith('-'):
+            line = line[1:].lstrip()
+        if '=' not in line:
+            continue
+        name, value = line.split('=', 1)
+        name = name.strip()
+        if '/' in name:
+            name = name.replace('/', '.')
+        key = KEY_NAMES.get(name)
+        if key is None:
+            continue
+        value = value.strip()
+        try:
+            number = int(value)
+        except ValueError:
+            out.append((key, None, lineno, '%s = %r is not an integer; sysctl would reject it' % (name, value)))
+            continue
+        out.append((key, number, lineno, None))
+    return out
+
+
+def sysctl_files(root='/', listdir=os.listdir, islink=os.path.islink, readlink=os.readlink):
+    """The files systemd-sysctl reads under root, in the order it applies them.
+
+    Returns a list of (shown_path, real_path): shown_path is the path on the
+    audited system, real_path where to read it (under root). Files are
+    ordered by name across the directories; a name in a higher-precedence
+    directory masks the same name later (a link to /dev/null masks without
+    contributing anything). /etc/sysctl.conf comes last.
+    """
+    chosen = {}
+    for directory in SYSCTL_DIRS:
+        real_dir = os.path.join(root, directory)
+        try:
+            names = listdir(real_dir)
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith('.conf') or name in chosen:
+                continue
+            chosen[name] = ('/' + directory + '/' + name, os.path.join(real_dir, name))
+    out = []
+    for name in sorted(chosen):
+        shown, real = chosen[name]
+        if islink(real):
+            try:
+                if readlink(real) == '/dev/null':
+                    continue
+            except OSError:
+                continue
+        out.append((shown, real))
+    conf = os.path.join(root, SYSCTL_CONF)
+    out.append(('/' + SYSCTL_CONF, conf))
+    return out
+
+
+def _read_text(path):
+    try:
+        with open(path, 'rb') as handle:
+            return handle.read().decode('utf-8', 'replace')
+    except (IOError, OSError):
+        return None
+
+
+def read_persisted(root='/', files=None, read=_read_text):
+    """{'values': {key: {'value', 'file'}}, 'files': [paths read], 'problems': [(file, lineno, text)]}."""
+    if files is None:
+        files = sysctl_files(root)
+    values, read_files, problems = {}, [], []
+    for shown, real in files:
+        text = read(real)
+        if text is None:
+            continue
+        read_files.append(shown)
+        for key, value, lineno, problem in parse_sysctl_text(text):
+            if problem:
+                problems.append((shown, lineno, problem))
+                continue
+            values[key] = {'value': value, 'file': shown}
+    return {'values': values, 'files': read_files, 'problems': problems}
+
+
+def drift_findings(runtime, persisted, namespace):
+    """Runtime values that a reboot would change (host namespace only)."""
+    out = []
+    for key in KEYS:
+        entry = persisted['values'].get(key)
+        boot = entry['value'] if entry else KERNEL_DEFAULTS[key]
+        source = entry['file'] if entry else MSG_F_DRIFT_DEFAULT
+        if runtime[key] != boot:
+            out.append(finding(F_DRIFT, namespace, SYSCTL % key, runtime[key], boot,
+                               MSG_F_DRIFT % (SYSCTL % key, runtime[key], boot, source)))
+    return out
+
+
+# -- runtime values and sockets (run in the namespace being read) -------------
+
+def read_runtime(proc='/proc'):
+    values = {}
+    for key in KEYS:
+        with open(os.path.join(proc, PROC_SYS % key)) as handle:
+            values[key] = int(handle.read().strip())
+    return values
+
+
+def decode_address(text):
+    """'0100007F:3039' -> '127.0.0.1:12345'; IPv6 -> '[::1]:12345' ("/proc/net/tcp" encoding)."""
+    addr, port = text.split(':')
+    raw = bytes.fromhex(addr)
+    if len(raw) == 4:
+        host = socket.inet_ntop(socket.AF_INET, struct.pack('<I', struct.unpack('>I', raw)[0]))
+        return '%s:%d' % (host, int(port, 16))
+    words = struct.unpack('>4I', raw)
+    host = socket.inet_ntop(socket.AF_INET6, struct.pack('<4I', *words))
+    return '[%s]:%d' % (host, int(port, 16))
+
+
+def scan_tcp(lines, keepalive_time, clk_tck=100, max_examples=20, tolerance=1.0):
+    """Keepalive sockets of one /proc/net/tcp{,6} listing (an iterable of lines, streamed).
+
+    Returns a dict: established, keepalive (counts), inodes ({inode: 1} of
+    keepalive sockets, for the owner lookup), overrides (count), max_timer,
+    and override_examples (at most max_examples, the longest timers).
+    """
+    established = keepalive = overrides = 0
+    max_timer = 0.0
+    inodes = []
+    heap = []
+    limit = keepalive_time + tolerance
+    for line in lines:
+        fields = line.split(None, 10)
+        if len(fields) < 10 or fields[3] != TCP_ESTABLISHED:
+            continue
+        established += 1
+        timer = fields[5]
+        if timer[:2] != '02' or timer[2:3] != ':':
+            continue
+        keepalive += 1
+        inodes.append(fields[9])
+        seconds = int(timer[3:], 16) / float(clk_tck)
+        if seconds > max_timer:
+            max_timer = seconds
+        if seconds > limit:
+            overrides += 1
+            item = (seconds, fields[9], fields[1], fields[2])
+            if len(heap) < max_examples:
+                heapq.heappush(heap, item)
+            elif item > heap[0]:
+                heapq.heapreplace(heap, item)
+    examples = [{'local': decode_address(local), 'remote': decode_address(remote),
+                 'timer_seconds': round(seconds, 2), 'inode': int(inode)}
+                for seconds, inode, local, remote in sorted(heap, reverse=True)]
+    return {'established': established, 'keepalive': keepalive, 'overrides': overrides,
+            'max_timer_seconds': round(max_timer, 2), 'inodes': inodes, 'override_examples': examples}
+
+
+def merge_scans(scans, max_examples=20):
+    out = {'established': 0, 'keepalive': 0, 'overrides': 0, 'max_timer_seconds': 0.0, 'inodes': [],
+           'override_examples': []}
+    for scan in scans:
+        for key in ('established', 'keepalive', 'overrides'):
+            out[key] += scan[key]
+        out['max_timer_seconds'] = max(out['max_timer_seconds'], scan['max_timer_seconds'])
+        out['inodes'].extend(scan['inodes'])
+        out['override_examples'].extend(scan['override_examples'])
+    out['override_examples'].sort(key=lambda e: -e['timer_seconds'])
+    del out['override_examples'][max_examples:]
+    return out
+
+
+def read_namespace(proc='/proc', sockets=True, max_examples=20):
+    """Everything about the current network namespace: values and keepalive sockets."""
+    values = read_runtime(proc)
+    out = {'values': values}
+    if sockets:
+        clk = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
+        scans = []
+        for name in ('tcp', 'tcp6'):
+            try:
+                with open(os.path.join(proc, 'net', name)) as handle:
+                    next(handle, None)  # header
+                    scans.append(scan_tcp(handle, values['time'], clk, max_examples))
+            except (IOError, OSError):
+                continue
+        out['sockets'] = merge_scans(scans, max_examples)
+    return out
+
+
+# -- other namespaces: discovery and reading through setns --------------------
+
+CONTAINER_PATTERNS = (
+    re.compile(r'docker-([0-9a-f]{64})\.scope'),
+    re.compile(r'/docker/([0-9a-f]{64})'),
+    re.compile(r'cri-containerd-([0-9a-f]{64})\.scope'),
+    re.compile(r'crio-([0-9a-f]{64})\.scope'),
+    re.compile(r'libpod-([0-9a-f]{64})\.scope'),
+    re.compile(r'/kubepods[^\n]*/([0-9a-f]{64})(?:\n|$)'),
+)
+
+
+def container_id_from_cgroup(text):
+    """The container id a /proc/PID/cgroup text shows (docker, containerd, cri-o, podman), or None."""
+    for pattern in CONTAINER_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _read_first(path):
+    text = _read_text(path)
+    return text.strip() if text is not None else None
+
+
+def discover_namespaces(netns_dir='/run/netns', proc='/proc', own_inode=None):
+    """Every distinct network namespace: named ones first, then those only processes hold.
+
+    Returns a list of dicts with inode, path, kind (host, named or process),
+    name, pid, comm and container_id.
+    """
+    seen = {}
+    order = []
+    if own_inode is None:
+        own_inode = os.stat(os.path.join(proc, 'self/ns/net')).st_ino
+    try:
+        names = sorted(os.listdir(netns_dir))
+    except OSError:
+        names = []
+    for name in names:
+        path = os.path.join(netns_dir, name)
+        try:
+            inode = os.stat(path).st_ino
+        except OSError:
+            continue
+        if inode in seen:
+            continue
+        seen[inode] = {'inode': inode, 'path': path, 'kind': 'named', 'name': name, 'pid': None,
+                       'comm': None, 'container_id': None}
+        order.append(inode)
+    try:
+        pids = sorted((int(p) for p in os.listdir(proc) if p.isdigit()))
+    except OSError:
+        pids = []
+    for pid in pids:
+        path = os.path.join(proc, str(pid), 'ns/net')
+        try:
+            inode = os.stat(path).st_ino
+        except OSError:
+            continue
+        if inode in seen:
+            continue
+        comm = _read_first(os.path.join(proc, str(pid), 'comm'))
+        cgroup = _read_text(os.path.join(proc, str(pid), 'cgroup')) or ''
+        seen[inode] = {'inode': inode, 'path': path, 'kind': 'process', 'name': None, 'pid': pid,
+                       'comm': comm, 'container_id': container_id_from_cgroup(cgroup)}
+        order.append(inode)
+    out = [seen[i] for i in order]
+    for ns in out:
+        if ns['inode'] == own_inode:
+            ns['kind'] = 'host'
+    return out
+
+
+def label_of(ns):
+    if ns['kind'] == 'host':
+        return 'host'
+    if ns['name']:
+        return ns['name']
+    if ns['container_id']:
+        return 'container %s (%s)' % (ns['container_id'][:12], ns['comm'] or 'pid %d' % ns['pid'])
+    return '%s (pid %d)' % (ns['comm'] or '?', ns['pid'])
+
+
+def matches(ns, patterns):
+    candidates = [label_of(ns)] + [c for c in (ns['name'], ns['comm'], ns['container_id']) if c]
+    return any(fnmatch.fnmatchcase(c, p) for p in patterns for c in candidates)
+
+
+def _setns(fd):
+    import ctypes
+    import ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def read_in_netns(path, sockets=True, max_examples=20, timeout=10.0, setns=_setns):
+    """Read a namespace in a forked child that setns()es into it; returns its readings or {'error'}.
+
+    The child never returns into the caller's code: it writes JSON to a pipe
+    and _exit()s. The parent waits at most timeout seconds, then kills it.
+    """
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(rfd)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                setns(fd)
+                os.close(fd)
+                data = read_namespace('/proc', sockets, max_examples)
+            except Exception as exc:  # pylint: disable=broad-except
+                data = {'error': str(exc)}
+                code = 1
+            payload = json.dumps(data).encode('utf-8')
+            while payload:
+                payload = payload[os.write(wfd, payload):]
+        finally:
+            os._exit(code)  # pylint: disable=protected-access
+    os.close(wfd)
+    chunks = []
+    deadline = time.time() + timeout
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                timed_out = True
+                break
+            ready, dummy, dummy = select.select([rfd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(rfd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(rfd)
+        if timed_out:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        os.waitpid(pid, 0)
+    if timed_out:
+        return {'error': 'no answer within %s s' % timeout}
+    try:
+        return json.loads(b''.join(chunks).decode('utf-8'))
+    except ValueError:
+        return {'error': 'the reader process died without an answer'}
+
+
+# -- socket owners ------------------------------------------------------------
+
+def socket_owners(inodes, proc='/proc', max_fd_scan=100000):
+    """Which process holds each of the given socket inodes: ({inode: pid}, complete, scanned).
+
+    One pass over /proc/*/fd; stops after max_fd_scan descriptors (complete is
+    then False). A socket shared by several processes counts for the first.
+    """
+    wanted = set('socket:[%s]' % inode for inode in inodes)
+    owner = {}
+    scanned = 0
+    complete = True
+    try:
+        pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
+    except OSError:
+        pids = []
+    for pid in pids:
+        fd_dir = os.path.join(proc, str(pid), 'fd')
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        if scanned + len(fds) > max_fd_scan:
+            complete = False
+            break
+        scanned += len(fds)
+        for fd in fds:
+            try:
+                link = os.readlink(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            if link in wanted:
+                owner.setdefault(link[8:-1], pid)
+        if len(owner) == len(wanted):
+            break
+    return owner, complete, scanned
+
+
+def top_processes(inodes, owner, proc='/proc', top=10):
+    """[{pid, comm, sockets}] of the processes holding most of inodes."""
+    counts = {}
+    for inode in inodes:
+        pid = owner.get(inode)
+        if pid is not None:
+            counts[pid] = counts.get(pid, 0) + 1
+    best = heapq.nlargest(top, counts.items(), key=lambda item: (item[1], -item[0]))
+    return [{'pid': pid, 'comm': _read_first(os.path.join(proc, str(pid), 'comm')), 'sockets': n} for pid, n in best]
+
+
+# -- the audit ------------------------------------------------------------------
+
+def evaluate_namespace(entry, policy, persisted=None):
+    """Findings of one namespace entry (values, sockets, error); sets compliant and remediation."""
+    label = entry['label']
+    findings = []
+    if entry.get('error'):
+        findings.append(finding(F_UNREADABLE, label, None, None, None, MSG_F_UNREADABLE % (label, entry['error'])))
+        entry.update(findings=findings, compliant=False, remediation=None, detection_seconds=None)
+        return entry
+    values = entry['values']
+    entry['detection_seconds'] = detection_seconds(values)
+    findings.extend(value_findings(values, policy, label))
+    if persisted is not None:
+        findings.extend(drift_findings(values, persisted, label))
+        for shown, lineno, problem in persisted['problems']:
+            findings.append(finding(F_PARSE, label, None, None, None, MSG_F_PARSE % (shown, lineno, problem)))
+    sockets = entry.get('sockets')
+    if sockets and sockets['overrides']:
+        findings.append(finding(F_OVERRIDE, label, 'sockets', sockets['overrides'], 0,
+                                MSG_F_OVERRIDE % (sockets['overrides'], values['time'], int(sockets['max_timer_seconds']))))
+    fixable = [f for f in findings if f['id'] in (F_MIN, F_MAX, F_DETECTION, F_DRIFT)]
+    remediation = None
+    if fixable:
+        remediation = remediation_target(values, policy)
+        if remediation is None:
+            findings.append(finding(F_UNSATISFIABLE, label, None, format_values(values), None,
+                                    MSG_F_UNSATISFIABLE % describe_policy(policy)))
+    entry['findings'] = findings
+    entry['remediation'] = remediation
+    entry['compliant'] = not any(f['severity'] in ('error', 'warning') for f in findings)
+    return entry
+
+
+def describe_policy(policy):
+    parts = []
+    if policy.get('preset'):
+        parts.append('preset %s' % policy['preset'])
+    for key in KEYS:
+        rng = policy[key]
+        if rng['min'] is not None or rng['max'] is not None:
+            parts.append('%s %s..%s' % (key, '' if rng['min'] is None else rng['min'],
+                                        '' if rng['max'] is None else rng['max']))
+    if policy['max_detection_seconds'] is not None:
+        parts.append('detection <= %d s' % policy['max_detection_seconds'])
+    return ', '.join(parts) or 'no limits'
+
+
+def run_audit(params, proc='/proc', reader=read_in_netns, owners=socket_owners):
+    """The module's work: returns the result dict (without changed)."""
+    policy = validate_policy(params.get('policy'))
+    mode = params.get('namespaces') or 'host'
+    if mode not in ('host', 'all'):
+        raise AuditError(MSG_NAMESPACES % (mode,))
+    root = params.get('root') or '/'
+    if not os.path.isabs(root):
+        raise AuditError(MSG_ROOT % (root,))
+    sockets = params.get('sockets', True)
+    max_examples = params.get('max_examples', 20)
+    notes = []
+
+    own_inode = os.stat(os.path.join(proc, 'self/ns/net')).st_ino
+    host = {'label': 'host', 'kind': 'host', 'inode': own_inode, 'name': None, 'pid': None, 'comm': None,
+            'container_id': None}
+    host.update(read_namespace(proc, sockets, max_examples))
+    entries = [host]
+    if mode == 'all':
+        found = [ns for ns in discover_namespaces(params.get('netns_dir') or '/run/netns', proc, own_inode)
+                 if ns['kind'] != 'host']
+        patterns = params.get('namespace_include') or ['*']
+        chosen = [ns for ns in found if matches(ns, patterns)]
+        if len(chosen) < len(found):
+            notes.append(NOTE_FILTERED % (len(found) - len(chosen)))
+        limit = params.get('max_namespaces', 256)
+        if len(chosen) > limit:
+            notes.append(NOTE_NAMESPACES_CAPPED % (len(chosen), limit))
+            chosen = chosen[:limit]
+        for ns in chosen:
+            entry = dict((k, ns[k]) for k in ('inode', 'kind', 'name', 'pid', 'comm', 'container_id'))
+            entry['label'] = label_of(ns)
+            entry.update(reader(ns['path'], sockets, max_examples, params.get('timeout', 10.0)))
+            entries.append(entry)
+
+    if sockets:
+        inodes = [i for entry in entries for i in (entry.get('sockets') or {}).get('inodes', [])]
+        owner, complete = {}, True
+        if inodes:
+            owner, complete, scanned = owners(inodes, proc, params.get('max_fd_scan', 100000))
+            if not complete:
+                notes.append(NOTE_OWNERS_CAPPED % scanned)
+        else:
+            notes.append(NOTE_OWNERS_SKIPPED)
+        for entry in entries:
+            sock = entry.get('sockets')
+            if sock is None:
+                continue
+            sock['top_processes'] = top_processes(sock.pop('inodes'), owner, proc, params.get('top_processes', 10))
+            sock['owners_complete'] = complete
+
+    persisted = read_persisted(root)
+    for entry in entries:
+        evaluate_namespace(entry, policy, persisted if entry['kind'] == 'host' else None)
+    findings = [f for entry in entries for f in entry['findings']]
+    counts = dict((sev, sum(1 for f in findings if f['severity'] == sev)) for sev in SEVERITIES)
+    drift = [{'key': f['key'], 'runtime': f['observed'], 'persisted': f['expected'],
+              'file': (persisted['values'].get(KEY_NAMES[f['key']]) or {}).get('file')}
+             for f in host['findings'] if f['id'] == F_DRIFT]
+    return {
+        'compliant': all(entry['compliant'] for entry in entries),
+        'policy': policy,
+        'namespaces': entries,
+        'persisted': {'root': root, 'values': persisted['values'], 'files': persisted['files']},
+        'drift': drift,
+        'findings': findings,
+        'summary': {'namespaces': len(entries), 'findings': counts,
+                    'detection_seconds_max': max([e['detection_seconds'] for e in entries
+                                                  if e.get('detection_seconds') is not None] or [None])},
+        'notes': notes,
+    }

@@ -1,0 +1,366 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: audit
+short_description: Keepalive settings, sockets and policy findings of one host, per network namespace
+version_added: 1.0.0
+description:
+  - Reads the three keepalive sysctls (C(net.ipv4.tcp_keepalive_time), C(_intvl), C(_probes)) of the
+    host's network namespace straight from C(/proc/sys), and with O(namespaces=all) those of every
+    other network namespace on the host (containers keep 7200/75/9 whatever the host says).
+  - Reads the persisted values with the file that sets each one, following systemd-sysctl precedence,
+    and reports drift - runtime values that a reboot would change (host namespace only).
+  - Derives the dead-peer detection time C(time + intvl x probes) per namespace.
+  - Counts established TCP sockets with a keepalive timer (C(/proc/net/tcp) and C(tcp6), timer type 2),
+    names the processes holding most of them, and finds sockets whose remaining keepalive timer is longer
+    than the namespace's C(tcp_keepalive_time) - a per-socket C(TCP_KEEPIDLE) override.
+  - Evaluates a O(policy) and returns findings with ids and severities, and C(compliant).
+  - Read-only. No C(gather_facts) needed; one call per host. Another namespace is read by a short-lived
+    child process that enters it with C(setns(2)); the module itself never leaves its own namespace and
+    runs no external command.
+author: tcplab.keepalive developers (@tcplab)
+extends_documentation_fragment:
+  - tcplab.keepalive.attributes
+  - tcplab.keepalive.attributes.info_module
+attributes:
+  platform:
+    platforms: linux
+options:
+  policy:
+    description:
+      - What a compliant namespace looks like. Every key is optional; an empty policy only reports
+        drift and per-socket overrides.
+      - An explicit key overrides the same key of the O(policy.preset).
+    type: dict
+    default: {}
+    suboptions:
+      preset:
+        description:
+          - V(azure-lb) - detection time below Azure Load Balancer's default idle timeout of 240 s
+            (C(max_detection_seconds=239)).
+          - V(aws-nlb) - below AWS Network Load Balancer's idle timeout of 350 s (C(max_detection_seconds=349)).
+          - V(gcp-vpc) - below the 600 s (10 minutes) of Google Cloud VPC firewall connection tracking
+            (C(max_detection_seconds=599)).
+          - V(kernel-default) - exactly the kernel defaults 7200/75/9 (each key's min and max).
+        type: str
+        choices: [azure-lb, aws-nlb, gcp-vpc, kernel-default]
+      max_detection_seconds:
+        description: Largest allowed C(time + intvl x probes), in seconds.
+        type: int
+      time:
+        description: C(min) and/or C(max) of C(net.ipv4.tcp_keepalive_time) (1..32767).
+        type: dict
+      intvl:
+        description: C(min) and/or C(max) of C(net.ipv4.tcp_keepalive_intvl) (1..32767).
+        type: dict
+      probes:
+        description: C(min) and/or C(max) of C(net.ipv4.tcp_keepalive_probes) (1..127).
+        type: dict
+      target:
+        description:
+          - The values remediation should set (keys C(time), C(intvl), C(probes)); must satisfy the
+            policy. Without it the module suggests the compliant values closest to the observed ones.
+        type: dict
+  namespaces:
+    description:
+      - V(host) reads the namespace the module runs in. V(all) also reads every other network namespace
+        on the host - named ones under O(netns_dir) and those of running processes, de-duplicated by
+        inode, labelled by name, or by process name and container id (from C(/proc/PID/cgroup)).
+    type: str
+    choices: [host, all]
+    default: host
+  namespace_include:
+    description:
+      - With O(namespaces=all), only the other namespaces whose label, name, process name or container id
+        matches one of these shell patterns. The host namespace is always read.
+    type: list
+    elements: str
+    default: ['*']
+  root:
+    description: File-system root under which the persisted sysctl files are read (for tests and chroots).
+    type: path
+    default: /
+  netns_dir:
+    description: Directory of named network namespaces.
+    type: path
+    default: /run/netns
+  sockets:
+    description: Scan the keepalive sockets (turn off to skip C(/proc/net/tcp) and the owner lookup).
+    type: bool
+    default: true
+  top_processes:
+    description: How many of the processes holding most keepalive sockets to return per namespace.
+    type: int
+    default: 10
+  max_examples:
+    description: How many override sockets (longest timers first) to return per namespace.
+    type: int
+    default: 20
+  max_fd_scan:
+    description:
+      - The owner lookup reads at most this many C(/proc/PID/fd) entries, then stops and says so in
+        C(notes) (C(owners_complete=false)). Bounds the cost on hosts with very many sockets.
+    type: int
+    default: 100000
+  max_namespaces:
+    description: Read at most this many other namespaces (the rest are named in C(notes)).
+    type: int
+    default: 256
+  timeout:
+    description: Seconds to wait for the reading of one other namespace.
+    type: float
+    default: 10
+notes:
+  - Runtime values come from C(/proc/sys), which shows the reading process's network namespace.
+  - Persisted files, highest precedence first - C(/etc/sysctl.d), C(/run/sysctl.d), C(/usr/local/lib/sysctl.d),
+    C(/usr/lib/sysctl.d), C(/lib/sysctl.d) (C(*.conf)). Files are applied in file-name order across the
+    directories; a name in an earlier directory masks the same name later (a link to C(/dev/null) masks
+    without setting anything); a later file wins per key; C(/etc/sysctl.conf) comes last. A key no file
+    sets boots with the kernel default.
+  - A socket with a keepalive timer but data in flight shows the retransmit timer instead and is not counted.
+  - Per-socket options shorter than the sysctl cannot be seen from C(/proc/net/tcp); longer ones can.
+  - Findings - C(KA001) value below min (error), C(KA002) above max (error), C(KA003) detection time above
+    the maximum (error), C(KA004) drift between runtime and persisted value (warning, host namespace),
+    C(KA005) sockets with a longer per-socket idle time (warning), C(KA006) namespace unreadable (warning),
+    C(KA007) policy cannot be met (error), C(KA008) unparsable line in a sysctl file (info).
+    A namespace is compliant when it has no error or warning finding.
+  - Needs root to read other namespaces and other users' file descriptors.
+seealso:
+  - module: tcplab.keepalive.sysctl
+  - name: Azure Load Balancer TCP idle timeout
+    description: The 4 minute default the V(azure-lb) preset enforces.
+    link: https://learn.microsoft.com/en-us/azure/load-balancer/load-balancer-tcp-idle-timeout
+'''
+
+EXAMPLES = r'''
+- name: Audit the host against the Azure load balancer idle timeout
+  tcplab.keepalive.audit:
+    policy:
+      preset: azure-lb
+  register: keepalive_audit
+
+- name: Every namespace on the host, containers included, with explicit ranges
+  tcplab.keepalive.audit:
+    namespaces: all
+    policy:
+      max_detection_seconds: 300
+      time: {min: 30, max: 200}
+      probes: {max: 9}
+
+- name: Fail when the host is not compliant
+  ansible.builtin.assert:
+    that: keepalive_audit.compliant
+    fail_msg: "{{ keepalive_audit.findings | map(attribute='message') | join('; ') }}"
+'''
+
+RETURN = r'''
+compliant:
+  description: True when no namespace has an error or warning finding.
+  returned: success
+  type: bool
+  sample: false
+findings:
+  description: Every finding of every namespace.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    id:
+      description: Finding id, C(KA001) to C(KA008) (see the notes).
+      type: str
+      sample: KA003
+    severity:
+      description: V(error), V(warning) or V(info).
+      type: str
+      sample: error
+    namespace:
+      description: Label of the namespace.
+      type: str
+      sample: host
+    key:
+      description: The sysctl, C(detection_seconds), C(sockets), or null.
+      type: str
+      sample: detection_seconds
+    observed:
+      description: The value found.
+      type: raw
+      sample: 7875
+    expected:
+      description: What the policy (or the persisted file) wants.
+      type: raw
+      sample: "<= 239"
+    message:
+      description: What is wrong, in words.
+      type: str
+      sample: dead-peer detection takes 7875 s (time 7200 + intvl 75 x probes 9), above the policy maximum 239 s
+namespaces:
+  description: One entry per network namespace read, the host's first.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    label:
+      description: V(host), the namespace name, C(comm (pid N)) or C(container ID12 (comm)).
+      type: str
+      sample: host
+    kind:
+      description: V(host), V(named) or V(process).
+      type: str
+    inode:
+      description: Namespace inode.
+      type: int
+    name:
+      description: Name under O(netns_dir), or null.
+      type: str
+    pid:
+      description: A process in the namespace (for namespaces only processes hold), or null.
+      type: int
+    comm:
+      description: That process's name.
+      type: str
+    container_id:
+      description: Container id from the process's cgroup, or null.
+      type: str
+    values:
+      description: Runtime values, keys C(time), C(intvl), C(probes) (absent when unreadable).
+      type: dict
+    detection_seconds:
+      description: C(time + intvl x probes).
+      type: int
+      sample: 7875
+    sockets:
+      description: Keepalive sockets of the namespace.
+      type: dict
+      contains:
+        established:
+          description: Established TCP sockets.
+          type: int
+        keepalive:
+          description: Established sockets with a keepalive timer running.
+          type: int
+        overrides:
+          description: Sockets whose timer is longer than C(tcp_keepalive_time).
+          type: int
+        max_timer_seconds:
+          description: Longest remaining keepalive timer.
+          type: float
+        override_examples:
+          description: Up to O(max_examples) override sockets (C(local), C(remote), C(timer_seconds), C(inode)).
+          type: list
+          elements: dict
+        top_processes:
+          description: Up to O(top_processes) processes holding most keepalive sockets (C(pid), C(comm), C(sockets)).
+          type: list
+          elements: dict
+        owners_complete:
+          description: False when the owner lookup stopped at O(max_fd_scan).
+          type: bool
+    findings:
+      description: The namespace's findings (same fields as RV(findings)).
+      type: list
+      elements: dict
+    compliant:
+      description: No error or warning finding.
+      type: bool
+    remediation:
+      description:
+        - Compliant values (C(time), C(intvl), C(probes)) to set when a finding can be fixed with the sysctls
+          (policy target, else the closest to the observed values); null when nothing to fix or impossible.
+      type: dict
+    error:
+      description: Why the namespace could not be read.
+      type: str
+      returned: when unreadable
+persisted:
+  description: Persisted values.
+  returned: success
+  type: dict
+  contains:
+    root:
+      description: The O(root) read.
+      type: str
+    values:
+      description: Per key (C(time), C(intvl), C(probes)) the C(value) and the C(file) that sets it.
+      type: dict
+    files:
+      description: The files read, in the order applied.
+      type: list
+      elements: str
+drift:
+  description: Host keys whose runtime value differs from the value after a reboot.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    key:
+      description: The sysctl.
+      type: str
+    runtime:
+      description: Runtime value.
+      type: int
+    persisted:
+      description: Value after a reboot (the kernel default when no file sets it).
+      type: int
+    file:
+      description: The file that sets it, or null.
+      type: str
+policy:
+  description: The policy applied, normalised (preset expanded).
+  returned: success
+  type: dict
+summary:
+  description: C(namespaces) (count), C(findings) (count per severity), C(detection_seconds_max).
+  returned: success
+  type: dict
+notes:
+  description: Limits that applied (capped owner lookup, skipped namespaces).
+  returned: success
+  type: list
+  elements: str
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.tcplab.keepalive.plugins.module_utils._audit import AuditError, run_audit
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            policy=dict(type='dict', default={}, options=dict(
+                preset=dict(type='str', choices=['azure-lb', 'aws-nlb', 'gcp-vpc', 'kernel-default']),
+                max_detection_seconds=dict(type='int'),
+                time=dict(type='dict'),
+                intvl=dict(type='dict'),
+                probes=dict(type='dict'),
+                target=dict(type='dict'),
+            )),
+            namespaces=dict(type='str', choices=['host', 'all'], default='host'),
+            namespace_include=dict(type='list', elements='str', default=['*']),
+            root=dict(type='path', default='/'),
+            netns_dir=dict(type='path', default='/run/netns'),
+            sockets=dict(type='bool', default=True),
+            top_processes=dict(type='int', default=10),
+            max_examples=dict(type='int', default=20),
+            max_fd_scan=dict(type='int', default=100000),
+            max_namespaces=dict(type='int', default=256),
+            timeout=dict(type='float', default=10),
+        ),
+        supports_check_mode=True,
+    )
+    params = dict(module.params)
+    params['policy'] = dict((k, v) for k, v in (params['policy'] or {}).items() if v is not None)
+    try:
+        result = run_audit(params)
+    except (AuditError, OSError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == '__main__':
+    main()

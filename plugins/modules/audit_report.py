@@ -1,0 +1,153 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: audit_report
+short_description: Aggregate keepalive audit results of many hosts and write the fleet report (run it on the controller)
+version_added: 1.0.0
+description:
+  - Aggregates the registered results of M(tcplab.keepalive.audit) of every host of a play, in one pass
+    over the hosts, and writes into O(dest) C(audit.json), C(audit.csv), C(audit.junit.xml) (one test
+    case per host and namespace) and C(audit.html) (one self-contained page - summary counts, a sortable
+    table and a histogram of detection times as inline SVG; no external assets).
+  - Hosts in O(hosts) without a result are reported as V(unreachable) (not in O(reachable)) or V(failed);
+    no host is dropped.
+  - The C(tcplab.keepalive.audit) role runs it once, delegated to C(localhost).
+author: tcplab.keepalive developers (@tcplab)
+extends_documentation_fragment:
+  - tcplab.keepalive.attributes
+attributes:
+  check_mode:
+    support: none
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+options:
+  dest:
+    description: Directory of the report (created if needed).
+    type: path
+    required: true
+  hosts:
+    description: Every host of the play (C(ansible_play_hosts_all)), in report order.
+    type: list
+    elements: str
+    required: true
+  reachable:
+    description: The hosts still in the play (C(ansible_play_hosts)).
+    type: list
+    elements: str
+    default: []
+  results:
+    description: Inventory hostname to the registered result of M(tcplab.keepalive.audit) (or null).
+    type: dict
+    default: {}
+  remediation:
+    description: Inventory hostname to a summary of what remediation did on that host.
+    type: dict
+    default: {}
+  fail_on:
+    description:
+      - Sets RV(fail) - V(error) when any error finding or any host that could not be audited,
+        V(warning) also for warning findings, V(none) never. The module itself does not fail.
+    type: str
+    choices: [none, warning, error]
+    default: none
+'''
+
+EXAMPLES = r'''
+- name: Write the fleet report
+  tcplab.keepalive.audit_report:
+    dest: /tmp/audit
+    hosts: "{{ ansible_play_hosts_all }}"
+    reachable: "{{ ansible_play_hosts }}"
+    results: "{{ dict(ansible_play_hosts_all | zip(ansible_play_hosts_all | map('extract', hostvars, 'audit_result'))) }}"
+  run_once: true
+  delegate_to: localhost
+'''
+
+RETURN = r'''
+summary:
+  description: The C(summary) of C(audit.json).
+  returned: success
+  type: dict
+  contains:
+    hosts:
+      description: Hosts in the report.
+      type: int
+    compliant:
+      description: Hosts without error or warning findings.
+      type: int
+    noncompliant:
+      description: Audited hosts with error or warning findings.
+      type: int
+    unreachable:
+      description: Hosts that could not be reached.
+      type: int
+    failed:
+      description: Hosts where the audit failed.
+      type: int
+    namespaces:
+      description: Namespaces audited.
+      type: int
+    findings:
+      description: Count of findings per severity (C(error), C(warning), C(info)).
+      type: dict
+    findings_by_id:
+      description: Count of findings per id.
+      type: dict
+    detection_seconds:
+      description: C(min), C(median) and C(max) detection time over all namespaces.
+      type: dict
+lines:
+  description: A short human summary.
+  returned: success
+  type: list
+  elements: str
+fail:
+  description: Whether the play should fail according to O(fail_on).
+  returned: success
+  type: bool
+files:
+  description: The four files written.
+  returned: success
+  type: list
+  elements: str
+'''
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.tcplab.keepalive.plugins.module_utils._audit_report import (
+    FILES, ReportError, aggregate, should_fail, summary_lines, write_reports)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            dest=dict(type='path', required=True),
+            hosts=dict(type='list', elements='str', required=True),
+            reachable=dict(type='list', elements='str', default=[]),
+            results=dict(type='dict', default={}),
+            remediation=dict(type='dict', default={}),
+            fail_on=dict(type='str', choices=['none', 'warning', 'error'], default='none'),
+        ),
+        supports_check_mode=False,
+    )
+    p = module.params
+    try:
+        report = aggregate(p['hosts'], p['reachable'], p['results'], p['remediation'])
+        changed = write_reports(p['dest'], report)
+    except (ReportError, OSError) as exc:
+        module.fail_json(msg='cannot write the audit report in %s: %s' % (p['dest'], exc))
+    module.exit_json(changed=bool(changed), summary=report['summary'], lines=summary_lines(report),
+                     fail=should_fail(report, p['fail_on']), files=[os.path.join(p['dest'], name) for name in FILES])
+
+
+if __name__ == '__main__':
+    main()
