@@ -59,6 +59,9 @@ tcplab_apt
 tcplab_venv
 tcplab_collection
 
+# Let Python cache bytecode: every ansible run imports hundreds of modules,
+# and without the cache each run compiles them again (seconds per command).
+unset PYTHONDONTWRITEBYTECODE
 export PATH="$TCPLAB_ROOT/.venv/bin:$PATH"
 export ANSIBLE_CONFIG="$TCPLAB_ROOT/ansible.cfg"
 export ANSIBLE_COLLECTIONS_PATH="$TCPLAB_ROOT/.build/collections"

@@ -19,9 +19,25 @@ description:
     for example C(su) or C(sudo) with C(NOPASSWD) when Ansible already runs as root.
 author: tcplab.keepalive developers (@tcplab)
 version_added: 1.0.0
-extends_documentation_fragment:
-  - connection_pipelining
 options:
+  pipelining:
+    description:
+      - Run modules by piping them into the interpreter's standard input instead of copying them
+        to a temporary file first. On by default here - the namespace shares the controller's file
+        system and no TTY is involved, so nothing stands in its way - which saves two C(nsenter)
+        round trips per task.
+      - Set it to V(false) (for example with C(ANSIBLE_PIPELINING=0)) to debug module transfers.
+    type: boolean
+    default: true
+    env:
+      - name: ANSIBLE_PIPELINING
+    ini:
+      - section: defaults
+        key: pipelining
+      - section: connection
+        key: pipelining
+    vars:
+      - name: ansible_pipelining
   netns_name:
     description:
       - Name of the network namespace to run in.

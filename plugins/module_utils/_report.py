@@ -233,7 +233,8 @@ def picture(path, pcap, report, lines, client_port, capture_start=None):
 def _packets(pcap, client_port):
     """(time, direction, kind) of every TCP segment of the client's port in a pcap (scapy: tiny files)."""
     try:
-        from scapy.all import PcapReader, TCP  # pylint: disable=import-error
+        from scapy.layers.inet import TCP  # pylint: disable=import-error
+        from scapy.utils import PcapReader  # pylint: disable=import-error
     except ImportError:
         return []
     points = []

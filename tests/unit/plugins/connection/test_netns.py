@@ -98,7 +98,7 @@ def test_option_defaults_and_resolution(make_conn, monkeypatch):
     assert c.get_option('netns_name') is None
     assert c.get_option('netns_dir') == '/run/netns'
     assert c.get_option('nsenter_path') == 'nsenter'
-    assert c.get_option('pipelining') is False  # from the connection_pipelining fragment
+    assert c.get_option('pipelining') is True  # on by default: shared file system, no TTY
     assert c._netns_name() == 'h1'
 
     c = make_conn(inventory_hostname='h1', ansible_netns_name='lab1', ansible_netns_dir='/x/y', ansible_pipelining=True)
