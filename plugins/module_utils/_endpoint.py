@@ -58,16 +58,22 @@ while True:
     print(json.dumps({"event": "accepted", "peer": list(peer[:2]), "at": time.time()}), flush=True)
 '''
 
-# A client with SO_KEEPALIVE and no per-socket keepalive options: the
-# namespace's sysctls govern. It blocks in recv() until the connection ends.
-CLIENT_CODE = r'''
-import errno, json, os, socket, sys, time
+# Shared start of the client programs: their settings, and record(), which
+# replaces the outcome file atomically.
+RECORD_CODE = r'''
+import errno, json, os, sys, time
 cfg = json.loads(sys.argv[2])
 def record(data):
     tmp = cfg["outcome"] + ".tmp"
     with open(tmp, "w") as handle:
         json.dump(data, handle)
     os.rename(tmp, cfg["outcome"])
+'''
+
+# A client with SO_KEEPALIVE and no per-socket keepalive options: the
+# namespace's sysctls govern. It blocks in recv() until the connection ends.
+CLIENT_CODE = RECORD_CODE + r'''
+import socket
 family = socket.AF_INET6 if ":" in cfg["address"] else socket.AF_INET
 sock = socket.socket(family, socket.SOCK_STREAM)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -97,14 +103,8 @@ except OSError as exc:
 '''
 
 # curl as in the walk-through, wrapped to record its exit code and timing.
-CURL_WRAPPER_CODE = r'''
-import errno, json, os, re, subprocess, sys, time
-cfg = json.loads(sys.argv[2])
-def record(data):
-    tmp = cfg["outcome"] + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle)
-    os.rename(tmp, cfg["outcome"])
+CURL_WRAPPER_CODE = RECORD_CODE + r'''
+import subprocess
 start = time.time()
 record({"state": "starting", "connected_at": None})
 proc = subprocess.Popen(cfg["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
