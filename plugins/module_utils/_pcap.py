@@ -789,7 +789,9 @@ def _fits(value, expected, tol):
 
 def _override(values, expected, tol):
     """The whole number of seconds all values fit when it is not the expected one, else None."""
-    if not values:
+    if not values or all(_fits(v, expected, tol) for v in values):
+        # values within tolerance of the expected one are the expected one
+        # (long timers come late by the timer wheel's granularity: 30 s -> ~31.2 s)
         return None
     guess = int(round(sorted(values)[len(values) // 2]))
     if guess < 1 or guess == expected:

@@ -777,3 +777,11 @@ def test_tolerance_partial_and_message(tmp_path):
     assert result['tolerance'] == {'seconds': 0.25, 'percent': 0.0}
     reasons = result['connections'][0]['probers'][0]['reasons']
     assert 'probe 4 came 1.01 s after probe 3, expected 2 s ± 0.25 s' in reasons
+
+
+def test_no_override_claimed_within_tolerance():
+    from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import _override
+    tol = {'seconds': 0.25, 'percent': 10.0}
+    # the walk-through's 30 s idle time comes out as ~31.2 s (timer wheel granularity)
+    assert _override([31.225, 30.719], 30, tol) is None
+    assert _override([60.1, 60.0], 30, tol) == 60
