@@ -20,6 +20,7 @@ fi
 TCPLAB_APT_PACKAGES=(
   iproute2 iptables tcpdump tshark openssh-server openssh-client util-linux procps
   netcat-openbsd curl bc sudo python3 python3-venv python3-pip git ca-certificates
+  chromium fonts-dejavu-core shellcheck
 )
 
 tcplab_apt() {

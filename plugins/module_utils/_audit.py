@@ -185,11 +185,6 @@ def detection_seconds(values):
     return values['time'] + values['intvl'] * values['probes']
 
 
-def policy_is_empty(policy):
-    return (policy['max_detection_seconds'] is None
-            and all(policy[k]['min'] is None and policy[k]['max'] is None for k in KEYS))
-
-
 def finding(fid, namespace, key, observed, expected, message):
     return {'id': fid, 'severity': FINDING_SEVERITY[fid], 'namespace': namespace, 'key': key,
             'observed': observed, 'expected': expected, 'message': message}

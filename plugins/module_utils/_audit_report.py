@@ -43,8 +43,12 @@ def _counts(findings):
 
 
 def host_entry(result, reachable=True):
-    """The audit.json entry of one host from its registered audit result (or None)."""
-    if result is None or not isinstance(result, dict):
+    """The audit.json entry of one host from its registered audit result (or None).
+
+    A host no longer in the play (not reachable) is never reported as audited:
+    its registered result, if any, may be from an earlier play.
+    """
+    if not isinstance(result, dict) or (not reachable and not result.get('unreachable')):
         return {'status': 'unreachable' if not reachable else 'failed', 'compliant': False,
                 'message': MSG_NOT_RUN, 'namespaces': [], 'findings': [], 'drift': [], 'notes': []}
     if result.get('unreachable'):

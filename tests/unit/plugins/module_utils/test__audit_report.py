@@ -82,6 +82,13 @@ def test_a_host_in_the_play_without_result_is_failed():
     assert rep['hosts']['a']['status'] == 'failed'
 
 
+def test_a_stale_result_of_a_host_that_left_the_play_is_not_used():
+    rep = aggregate(['good'], [], {'good': RESULTS['good']})
+    assert rep['hosts']['good']['status'] == 'unreachable'
+    assert rep['hosts']['good']['message'] == _audit_report.MSG_NOT_RUN
+    assert rep['summary']['compliant'] == 0
+
+
 def test_aggregate_rejects_bad_hosts():
     with pytest.raises(ReportError) as exc:
         aggregate('good', [], {})
