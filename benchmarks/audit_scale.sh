@@ -55,8 +55,8 @@ EOF
 now() { date +%s.%N; }
 # best (smallest) wall time of ROUNDS runs of a command, in seconds
 timed() {
-  local best="" start end t i
-  for i in $(seq 1 "$ROUNDS"); do
+  local best="" start end t
+  for _ in $(seq 1 "$ROUNDS"); do
     start=$(now)
     "$@" > "$WORK/last.log" 2>&1 || { echo "FAILED: $*" >&2; tail -20 "$WORK/last.log" >&2; return 1; }
     end=$(now)
@@ -81,8 +81,10 @@ for n in $SIZES; do
     naive=$(timed ansible-playbook -i "$INVENTORY" -f "$FORKS" "$WORK/naive.yml")
   fi
   PER_HOST[$n]=$(printf '%.1f' "$(echo "$audit * 1000 / $n" | bc -l)")
+  naive_ratio=-
+  if [ "$naive" != - ]; then naive_ratio=$(ratio "$naive" "$audit"); fi
   printf '%-6s %-9s %-9s %-9s %-14s %-14s %-12s\n' "$n" "$audit" "$ping" "$naive" "$(ratio "$audit" "$ping")" \
-    "$([ "$naive" = - ] && echo - || ratio "$naive" "$audit")" "${PER_HOST[$n]}"
+    "$naive_ratio" "${PER_HOST[$n]}"
 done
 
 read -r -a sizes <<< "$SIZES"

@@ -50,4 +50,4 @@ ansible-playbook -i "$LAB_DIR/inventory.yml" tcplab.keepalive.experiment \
   -e "experiment_client=$CLIENT experiment_server=$SERVER experiment_report_dir=$REPORTS"
 
 tcplab_step "reports in $REPORTS (newest last)"
-ls -1d "$REPORTS"/*/ | tail -3
+find "$REPORTS" -mindepth 1 -maxdepth 1 -type d | sort | tail -3

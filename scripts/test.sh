@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317  # the stage_* functions are called indirectly ("stage_$stage")
 # The whole test suite (README: "Test it"). Run as root on Debian 12.
 #
 # Stages (each runs even if an earlier one failed; the script fails if any did):
@@ -31,7 +32,8 @@ rootns_state() {
   done
   echo "# iptables -S"; iptables -w 10 -S
   echo "# ip6tables -S"; ip6tables -w 10 -S
-  echo "# named network namespaces of this project"; ls /run/netns 2>/dev/null | grep -E '^(tcplab|tk)' || true
+  echo "# named network namespaces of this project"
+  find /run/netns -mindepth 1 -maxdepth 1 \( -name 'tcplab*' -o -name 'tk*' \) -printf '%f\n' 2>/dev/null | sort
 }
 rootns_state > "$OUT/rootns.before"
 
@@ -72,7 +74,7 @@ class Python:
     version = "3.11"
 print(get_venv_packages(Python())["pip"])') || return 1
   mkdir -p ~/.ansible/test/cache
-  cp scripts/ansible_test_get_pip.py ~/.ansible/test/cache/get_pip_${version//./_}.py
+  cp scripts/ansible_test_get_pip.py ~/.ansible/test/cache/"get_pip_${version//./_}.py"
 }
 
 stage_sanity() {
@@ -131,7 +133,7 @@ stage_build() {
 
 stage_integration() {
   local dir rc targets
-  targets=$(ls tests/integration/targets 2>/dev/null | wc -l)
+  targets=$(find tests/integration/targets -mindepth 1 -maxdepth 1 -type d | wc -l)
   if [ "$targets" -eq 0 ]; then
     SUMMARY[integration]="no targets yet"; return 0
   fi
@@ -146,7 +148,9 @@ stage_molecule() {
   # scenarios live in molecule/ at the collection root (DESIGN.md)
   MOLECULE_GLOB='molecule/*/molecule.yml' NO_COLOR=1 molecule test --all 2>&1 | tee "$OUT/molecule.log"
   local rc=${PIPESTATUS[0]}
-  SUMMARY[molecule]="$(ls -d molecule/*/molecule.yml 2>/dev/null | wc -l) scenarios: $(ls -d molecule/*/molecule.yml | xargs -n1 dirname | xargs -n1 basename | tr '\n' ' ')"
+  local scenarios
+  scenarios=$(find molecule -mindepth 2 -maxdepth 2 -name molecule.yml -printf '%h\n' | sed 's|^molecule/||' | sort)
+  SUMMARY[molecule]="$(echo "$scenarios" | wc -l) scenarios: $(echo "$scenarios" | tr '\n' ' ')"
   return "$rc"
 }
 

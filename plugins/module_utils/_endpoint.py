@@ -203,6 +203,13 @@ def cmdline(pid):
         return []
 
 
+def netns_of(pid):
+    try:
+        return os.stat('/proc/%d/ns/net' % pid).st_ino
+    except OSError:
+        return None
+
+
 def is_ours(info):
     """The recorded process still runs and is the one we started."""
     if not info or not info.get('pid'):
@@ -413,16 +420,18 @@ class Endpoints:
         return result
 
     def purged(self):
-        """Stop every endpoint recorded in state_dir (the rollback's panic button)."""
+        """Stop every endpoint recorded in state_dir that runs in this network namespace (the rollback's panic button)."""
         stopped = []
         try:
             names = sorted(n[:-5] for n in os.listdir(self.state_dir)
                            if n.endswith('.json') and not n.endswith('.outcome.json'))
         except OSError:
             names = []
+        own = os.stat('/proc/self/ns/net').st_ino
         for name in names:
             info = self.load(name)
-            if is_ours(info):
+            # lab hosts share one file system: only the endpoints of this host's network namespace
+            if is_ours(info) and netns_of(int(info['pid'])) == own:
                 stopped.append(name)
                 if not self.check_mode:
                     self._terminate(info)

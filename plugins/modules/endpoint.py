@@ -64,7 +64,7 @@ options:
   state:
     description:
       - V(started), V(stopped) or V(status) of one endpoint; V(purged) stops every endpoint recorded in
-        O(state_dir) (the rollback's panic button).
+        O(state_dir) that runs in the target's network namespace (the rollback's panic button).
     type: str
     choices: [started, stopped, status, purged]
     default: started

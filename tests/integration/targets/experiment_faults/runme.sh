@@ -12,7 +12,7 @@ REPORTS=$(mktemp -d)
 PLAY_PID=
 
 cleanup() {
-  [ -n "$PLAY_PID" ] && kill -9 -- "-$PLAY_PID" 2>/dev/null || true
+  if [ -n "$PLAY_PID" ]; then kill -9 -- "-$PLAY_PID" 2>/dev/null || true; fi
   ansible-playbook -i "$INV" rollback.yml >/dev/null 2>&1 || true
   ansible-playbook tcplab.keepalive.lab -e "$LAB_VARS" -e lab_state=absent "$@" >/dev/null
   rm -rf "$REPORTS" /var/tmp/tcplab-keepalive/captures/exp-faulty*
@@ -26,7 +26,7 @@ host_state() {
   ip netns exec "$NS" cat /proc/sys/net/ipv4/tcp_keepalive_time /proc/sys/net/ipv4/tcp_keepalive_intvl /proc/sys/net/ipv4/tcp_keepalive_probes
   ip netns exec "$NS" iptables -w 10 -S
   ip netns exec "$NS" ip6tables -w 10 -S
-  ps -eo args | grep -E 'tcplab-keepalive-(endpoint|capture|drop-rule-timer)' | grep -v grep || true
+  pgrep -af 'tcplab-keepalive-(endpoint|capture|drop-rule-timer)' | cut -d' ' -f2- || true
 }
 BEFORE=$(host_state)
 
@@ -54,10 +54,10 @@ kill_play() {
 
 sysctl_changed() { [ "$(ip netns exec "$NS" cat /proc/sys/net/ipv4/tcp_keepalive_time)" = 2 ]; }
 rule_in() { ip netns exec "$NS" iptables -w 10 -S | grep -q tcplab-keepalive; }
-client_running() { ps -eo args | grep -v grep | grep -q 'tcplab-keepalive-endpoint:exp-.*-client'; }
+client_running() { pgrep -f 'tcplab-keepalive-endpoint:exp-.*-client' >/dev/null; }
 
 for point in sysctl client drop waiting; do
-  experiment
+  experiment "$@"
   case $point in
     sysctl) wait_for "the sysctl change" sysctl_changed ;;
     client) wait_for "the client" client_running ;;
@@ -73,7 +73,8 @@ done
 
 # A failing step: the capture cannot start (its path holds a file that is not
 # a capture). The play fails with the reason, and the host is as before.
-mkdir -p -m 0700 /var/tmp/tcplab-keepalive/captures
+mkdir -p /var/tmp/tcplab-keepalive/captures
+chmod 0700 /var/tmp/tcplab-keepalive/captures
 echo "not a capture" > /var/tmp/tcplab-keepalive/captures/exp-faultyrun-faulty.pcap
 if ansible-playbook -i "$INV" tcplab.keepalive.experiment \
     -e '{"experiment_keepalive": {"time": 2, "intvl": 1, "probes": 3}}' \

@@ -13,7 +13,7 @@ ansible-playbook -i "${INVENTORY_PATH}" main.yml "$@"
 NS=tcplab-it-killed
 JOURNAL=/run/tcplab-keepalive/it-sysctl-killed
 cleanup() {
-  [ -n "${PLAY_PID:-}" ] && kill -9 -- "-${PLAY_PID}" 2>/dev/null || true
+  if [ -n "${PLAY_PID:-}" ]; then kill -9 -- "-${PLAY_PID}" 2>/dev/null || true; fi
   ip netns del "$NS" 2>/dev/null || true
   rm -rf "$JOURNAL"
 }
