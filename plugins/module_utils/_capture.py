@@ -28,6 +28,7 @@ import tempfile
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import LANG_ENV
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline as proc_cmdline, starttime as proc_starttime
 
 MARKER = 'tcplab-keepalive-capture'
 DEFAULT_DIR = '/var/tmp/tcplab-keepalive/captures'
@@ -313,27 +314,6 @@ def resolve_target(handle, path):
         raise CaptureError(MSG_HANDLE_PATH % (from_handle, path))
     target = from_handle or path
     return os.path.abspath(target) if target else None
-
-
-def proc_starttime(pid):
-    """Start time (clock ticks after boot) of a live, non-zombie process, or None."""
-    try:
-        with open('/proc/%d/stat' % pid) as handle:
-            fields = handle.read().rsplit(')', 1)[1].split()
-    except (IOError, OSError, IndexError):
-        return None
-    if fields[0] in ('Z', 'X'):
-        return None
-    return int(fields[19])
-
-
-def proc_cmdline(pid):
-    try:
-        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
-            raw = handle.read()
-    except (IOError, OSError):
-        return None
-    return [part.decode('utf-8', 'replace') for part in raw.split(b'\0')[:-1]]
 
 
 def ownership(pid, starttime, path):

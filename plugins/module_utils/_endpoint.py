@@ -27,6 +27,7 @@ import sys
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, netns_inode, netns_of, starttime
 
 MARKER = 'tcplab-keepalive-endpoint'
 NAME_RE = re.compile(r'^[A-Za-z0-9_-]{1,48}$')
@@ -186,36 +187,12 @@ def child_argv(cfg, python, binaries, outcome):
 
 # -- processes ----------------------------------------------------------------
 
-def proc_start(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as handle:
-            fields = handle.read().rsplit(')', 1)[1].split()
-        return None if fields[0] == 'Z' else fields[19]
-    except (IOError, OSError, IndexError):
-        return None
-
-
-def cmdline(pid):
-    try:
-        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
-            return handle.read().decode('utf-8', 'replace').split('\0')
-    except (IOError, OSError):
-        return []
-
-
-def netns_of(pid):
-    try:
-        return os.stat('/proc/%d/ns/net' % pid).st_ino
-    except OSError:
-        return None
-
-
 def is_ours(info):
     """The recorded process still runs and is the one we started."""
     if not info or not info.get('pid'):
         return False
     pid = int(info['pid'])
-    start = proc_start(pid)
+    start = starttime(pid)
     if start is None or start != info.get('start'):
         return False
     argv = cmdline(pid)
@@ -365,7 +342,7 @@ class Endpoints:
                 os.unlink(stale)
         argv, tag = child_argv(cfg, self.python, self.binaries, outcome)
         proc = spawn(argv, log)
-        info = dict(cfg, pid=proc.pid, start=proc_start(proc.pid), tag=tag, argv=argv[:1],
+        info = dict(cfg, pid=proc.pid, start=starttime(proc.pid), tag=tag, argv=argv[:1],
                     started_at=time.time(), outcome_file=outcome)
         atomic_write(state, json.dumps(info) + '\n', 0o600)
         deadline = time.monotonic() + timeout
@@ -402,9 +379,9 @@ class Endpoints:
                 if exc.errno != errno.ESRCH:
                     raise
             deadline = time.monotonic() + 3
-            while time.monotonic() < deadline and proc_start(pid) is not None:
+            while time.monotonic() < deadline and starttime(pid) is not None:
                 time.sleep(0.02)
-            if proc_start(pid) is None:
+            if starttime(pid) is None:
                 return True
         return True
 
@@ -427,7 +404,7 @@ class Endpoints:
                            if n.endswith('.json') and not n.endswith('.outcome.json'))
         except OSError:
             names = []
-        own = os.stat('/proc/self/ns/net').st_ino
+        own = netns_inode()
         for name in names:
             info = self.load(name)
             # lab hosts share one file system: only the endpoints of this host's network namespace

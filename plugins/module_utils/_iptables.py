@@ -24,6 +24,7 @@ import sys
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, netns_inode, starttime
 
 COMMENT_PREFIX = 'tcplab-keepalive:'
 TAG_RE = re.compile(r'^[A-Za-z0-9_-]{1,32}$')
@@ -329,29 +330,9 @@ except OSError:
 '''
 
 
-def netns_inode():
-    return os.stat('/proc/self/ns/net').st_ino
-
-
 def timer_key(version, chain, spec):
     digest = hashlib.sha1(json.dumps([version, chain, spec]).encode('utf-8')).hexdigest()[:16]
     return '%d-%s' % (netns_inode(), digest)
-
-
-def _proc_start(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as handle:
-            return handle.read().rsplit(')', 1)[1].split()[19]
-    except (IOError, OSError, IndexError):
-        return None
-
-
-def _cmdline(pid):
-    try:
-        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
-            return handle.read().decode('utf-8', 'replace').split('\0')
-    except (IOError, OSError):
-        return []
 
 
 class Timers:
@@ -375,7 +356,7 @@ class Timers:
         if not info or not info.get('pid'):
             return False
         pid = int(info['pid'])
-        return TIMER_MARKER in _cmdline(pid) and _proc_start(pid) == info.get('start')
+        return TIMER_MARKER in cmdline(pid) and starttime(pid) == info.get('start')
 
     def arm(self, key, seconds, check_argv, delete_argv):
         if not os.path.isdir(self.directory):
@@ -387,7 +368,7 @@ class Timers:
             [sys.executable, '-c', TIMER_CODE, TIMER_MARKER, args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             close_fds=True, start_new_session=True, cwd='/')
-        info = {'pid': proc.pid, 'start': _proc_start(proc.pid), 'expires_at': expires_at,
+        info = {'pid': proc.pid, 'start': starttime(proc.pid), 'expires_at': expires_at,
                 'expire_after': seconds, 'rule': delete_argv, 'handle': state}
         atomic_write(state, json.dumps(info) + '\n', 0o600)
         return info
@@ -477,7 +458,7 @@ def _purge(rule, tables, timers, check_mode):
     versions = ['4', '6'] if rule['ip_version'] == 'both' else [rule['ip_version']]
     removed = []
     backend = None
-    before, after = [], []
+    before = []
     for version in versions:
         iptables = tables[version]
         backend = backend or iptables.backend()

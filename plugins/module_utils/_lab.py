@@ -29,6 +29,7 @@ import socket
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, netns_inode, netns_of, pids, starttime
 
 LAB_RANGE = ipaddress.ip_network('198.18.0.0/15')
 NETNS_DIR = '/run/netns'
@@ -164,19 +165,7 @@ def render_sshd_config(address, host_dir, authorized_keys, sftp_server):
     return '\n'.join(lines) + '\n'
 
 
-def read_cmdline(pid):
-    try:
-        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
-            return [part.decode('utf-8', 'replace') for part in handle.read().split(b'\0') if part]
-    except (IOError, OSError):
-        return []
-
-
-def list_pids():
-    return [int(entry) for entry in os.listdir('/proc') if entry.isdigit()]
-
-
-def sshd_pids_of(state_dir, pids=None, cmdline=read_cmdline):
+def sshd_pids_of(state_dir, candidates=None, read=cmdline):
     """Pids of sshd listeners started for this lab (their -f config lies in state_dir).
 
     sshd re-titles itself ("sshd: /usr/sbin/sshd -f <config> [listener] ..."),
@@ -184,41 +173,25 @@ def sshd_pids_of(state_dir, pids=None, cmdline=read_cmdline):
     """
     marker = '-f ' + state_dir.rstrip('/') + '/'
     found = []
-    for pid in pids if pids is not None else list_pids():
-        text = ' '.join(cmdline(pid))
+    for pid in candidates if candidates is not None else pids():
+        text = ' '.join(read(pid))
         if 'sshd' in text and marker in text:
             found.append(pid)
     return found
 
 
-def netns_inode(path):
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None
-
-
-def pids_in_netns(ns_path, pids=None):
-    """Pids whose network namespace is the one mounted at ns_path."""
+def pids_in_netns(ns_path):
+    """Pids (but this one) whose network namespace is the one mounted at ns_path."""
     inode = netns_inode(ns_path)
     if inode is None:
         return []
-    found = []
-    for pid in pids if pids is not None else list_pids():
-        if pid == os.getpid():
-            continue
-        try:
-            if os.stat('/proc/%d/ns/net' % pid).st_ino == inode:
-                found.append(pid)
-        except OSError:
-            continue
-    return found
+    return [pid for pid in pids() if pid != os.getpid() and netns_of(pid) == inode]
 
 
-def terminate(pids, timeout=5.0):
+def terminate(targets, timeout=5.0):
     """SIGTERM, wait, then SIGKILL what is left. Returns the pids signalled."""
     signalled = []
-    for pid in pids:
+    for pid in targets:
         try:
             os.kill(pid, signal.SIGTERM)
             signalled.append(pid)
@@ -228,7 +201,7 @@ def terminate(pids, timeout=5.0):
     deadline = time.monotonic() + timeout
     alive = list(signalled)
     while alive and time.monotonic() < deadline:
-        alive = [pid for pid in alive if os.path.exists('/proc/%d' % pid) and not _is_zombie(pid)]
+        alive = [pid for pid in alive if starttime(pid) is not None]
         if alive:
             time.sleep(0.05)
     for pid in alive:
@@ -237,14 +210,6 @@ def terminate(pids, timeout=5.0):
         except OSError:
             pass
     return signalled
-
-
-def _is_zombie(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as handle:
-            return handle.read().rsplit(')', 1)[1].split()[0] == 'Z'
-    except (IOError, OSError, IndexError):
-        return True
 
 
 class Lab:
@@ -286,14 +251,14 @@ class Lab:
             uid = pwd.getpwnam(user).pw_uid
         except KeyError:
             return []
-        pids = []
-        for pid in list_pids():
+        found = []
+        for pid in pids():
             try:
                 if os.stat('/proc/%d' % pid).st_uid == uid:
-                    pids.append(pid)
+                    found.append(pid)
             except OSError:
                 continue
-        return pids
+        return found
 
     def _act_missing_ok(self, argv):
         """Like _act for a deletion; a device that is already gone is not an error."""
@@ -555,10 +520,7 @@ class Lab:
             return None
         if pid not in sshd_pids_of(host_dir, [pid]):
             return None
-        try:
-            if os.stat('/proc/%d/ns/net' % pid).st_ino != netns_inode(ns_path):
-                return None
-        except OSError:
+        if netns_of(pid) != netns_inode(ns_path):
             return None
         return pid
 
@@ -589,12 +551,12 @@ class Lab:
             return False
 
     def _stop_sshd(self, directory):
-        pids = sshd_pids_of(directory)
-        if pids:
+        victims = sshd_pids_of(directory)
+        if victims:
             self.changed = True
-            self.actions.append(['kill', '-TERM'] + [str(p) for p in pids])
+            self.actions.append(['kill', '-TERM'] + [str(p) for p in victims])
             if not self.check_mode:
-                terminate(pids)
+                terminate(victims)
 
     def _write_manifest(self, net, hosts):
         previous = self.load_manifest().get('created_users') or []
@@ -615,12 +577,12 @@ class Lab:
     # -- absent ----------------------------------------------------------
     def _remove_netns(self, netns):
         """Stop every process of a lab namespace, then delete it (its veth pair goes with it)."""
-        pids = pids_in_netns(self.ns_path(netns))
-        if pids:
+        victims = pids_in_netns(self.ns_path(netns))
+        if victims:
             self.changed = True
-            self.actions.append(['kill', '-TERM'] + [str(p) for p in pids])
+            self.actions.append(['kill', '-TERM'] + [str(p) for p in victims])
             if not self.check_mode:
-                terminate(pids)
+                terminate(victims)
         self._act(self.ip('netns', 'del', netns), 'deleting network namespace %s' % netns)
 
     def absent(self):

@@ -184,7 +184,7 @@ def markdown(report, lines):
     return '\n'.join(out)
 
 
-def picture(path, pcap, report, lines, client_port, capture_start=None):
+def picture(path, pcap, report, lines, client_port, capture_start=None, connection_start=0.0):
     """timeline.png: the packets over time by direction, with the DROP and the RST marked."""
     try:
         import matplotlib
@@ -194,7 +194,7 @@ def picture(path, pcap, report, lines, client_port, capture_start=None):
         raise ReportError('matplotlib is missing on the controller: pip install matplotlib '
                           '(requirements-dev.txt pins it), or set the report picture off')
     points = _packets(pcap, client_port) if pcap else []
-    base = (report['observed'].get('connection_start') or 0.0) + (capture_start or (points[0][0] if points else 0.0))
+    base = connection_start + (capture_start or (points[0][0] if points else 0.0))
     fig, ax = plt.subplots(figsize=(10, 3.6), dpi=110)
     styles = {'probe': ('o', '#d62728', 'keepalive probe'), 'ack': ('s', '#2ca02c', 'ACK (answer)'),
               'rst': ('X', '#000000', 'RST'), 'other': ('.', '#7f7f7f', 'other segment')}
@@ -271,7 +271,6 @@ def write_experiment(dest, data):
     client_port = int(data['client_port'])
     analysis = data.get('analysis') or {}
     observed = observe(analysis, client_port)
-    observed['connection_start'] = observed.get('connection_start') or 0.0
     client = data.get('client') or {}
     expect = {k: int(v) for k, v in data['expected'].items()}
     verdict, reasons = judge(data['settings'], expect, observed, client, int(data.get('idle_probes', 0)),
@@ -297,13 +296,10 @@ def write_experiment(dest, data):
     }
     lines = timeline(observed, client, data.get('drop_at'), analysis.get('start'), expect)
     report['timeline'] = [{'t': round(t, 3), 'who': who, 'what': what} for t, who, what in lines]
-    atomic_write(os.path.join(dest, 'report.json'), json.dumps(report, indent=2, sort_keys=True) + '\n', 0o644)
     text = markdown(report, lines)
     atomic_write(os.path.join(dest, 'report.md'), text, 0o644)
     pcaps = report['pcaps']
-    report['observed']['connection_start'] = observed['connection_start']
     picture(os.path.join(dest, 'timeline.png'), pcaps[0] if pcaps else None, report, lines, client_port,
-            analysis.get('start'))
-    del report['observed']['connection_start']
+            analysis.get('start'), observed.get('connection_start') or 0.0)
     atomic_write(os.path.join(dest, 'report.json'), json.dumps(report, indent=2, sort_keys=True) + '\n', 0o644)
     return report, text

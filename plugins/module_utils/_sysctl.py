@@ -19,6 +19,7 @@ import re
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import netns_inode, netns_of, pids
 
 KEYS = ('time', 'intvl', 'probes')
 SYSCTL = 'net.ipv4.tcp_keepalive_%s'
@@ -189,19 +190,12 @@ class Journal:
 
 def live_netns_inodes(netns_dir='/run/netns'):
     """Inodes of every network namespace that still exists (named or held by a process)."""
-    inodes = set()
-    for directory, pattern in ((netns_dir, '%s'), ('/proc', '%s/ns/net')):
-        try:
-            entries = os.listdir(directory)
-        except OSError:
-            continue
-        for entry in entries:
-            if directory == '/proc' and not entry.isdigit():
-                continue
-            try:
-                inodes.add(os.stat(os.path.join(directory, pattern % entry)).st_ino)
-            except OSError:
-                continue
+    try:
+        named = [os.path.join(netns_dir, name) for name in os.listdir(netns_dir)]
+    except OSError:
+        named = []
+    inodes = {netns_inode(path) for path in named} | {netns_of(pid) for pid in pids()}
+    inodes.discard(None)
     return inodes
 
 

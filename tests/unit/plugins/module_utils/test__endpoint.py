@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils import _endpoint
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _endpoint, _proc
 from ansible_collections.tcplab.keepalive.plugins.module_utils._endpoint import (
     EndpointError, Endpoints, curl_argv, outcome_summary, parse_proc_net_tcp, validate)
 
@@ -72,7 +72,7 @@ def test_stop_never_signals_a_foreign_process(tmp_path):
     sleeper = subprocess.Popen(['sleep', '30'])  # pylint: disable=consider-using-with
     try:
         state = tmp_path / 'client-12345.json'
-        state.write_text(json.dumps({'pid': sleeper.pid, 'start': _endpoint.proc_start(sleeper.pid),
+        state.write_text(json.dumps({'pid': sleeper.pid, 'start': _proc.starttime(sleeper.pid),
                                      'tag': 'tcplab-keepalive-endpoint:client-12345', 'role': 'client'}))
         result = Endpoints(str(tmp_path)).stopped(cfg())
         assert not result['changed']
