@@ -6,8 +6,9 @@
 This file is private to the collection: its names may change at any time
 and must not be used from outside tcplab.keepalive.
 
-A lab is identified by its bridge, its namespace prefix and its state
-directory. Each lab host is a network namespace ``<prefix><name>`` with
+A lab is identified by its state directory, whose manifest (_lab_manifest)
+lists every object the lab made: only those are ever changed or removed.
+Each lab host is a network namespace ``<prefix><name>`` with
 loopback up and a veth (``eth0`` inside, ``tk<hash>`` outside) enslaved to
 the bridge; addresses come from 198.18.0.0/15. With the ssh transport an
 sshd runs inside the namespace on the host's lab address. The lab never
@@ -18,7 +19,6 @@ touches the root namespace's sysctls or firewall: it only adds the bridge
 from __future__ import annotations
 
 import errno
-import hashlib
 import ipaddress
 import json
 import os
@@ -29,16 +29,17 @@ import socket
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
+from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_manifest import (
+    LAB_RANGE, MSG_SUDOERS_FOREIGN, OURS, USER_COMMENT, LabError, Manifest, check_bridge, check_netns, check_network,
+    check_veth, claim, claim_link, inet_networks, read_text, remove_path, render_sudoers, sudoers_path, users_of_other_labs,
+    veth_name)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, netns_inode, netns_of, pids, starttime
 
-LAB_RANGE = ipaddress.ip_network('198.18.0.0/15')
 NETNS_DIR = '/run/netns'
 TRANSPORTS = ('netns', 'ssh')
 HOST_NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_-]{0,31}$')
 PREFIX_RE = re.compile(r'^[a-z][a-z0-9-]{0,15}$')
 BRIDGE_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_-]{0,14}$')
-VETH_PREFIX = 'tk'
-MANIFEST = 'lab.json'
 
 MSG_HOST_NAME = ('lab host name %r is invalid: use 1 to 32 letters, digits, "-" or "_", '
                  'starting with a letter')
@@ -52,15 +53,11 @@ MSG_NETWORK_FULL = 'lab network %s has room for %d lab hosts, %d asked: use a la
 MSG_PREFIX = 'netns_prefix %r is invalid: use 1 to 16 lower-case letters, digits or "-", starting with a letter'
 MSG_BRIDGE = 'bridge name %r is invalid: use 1 to 15 letters, digits, "-" or "_", starting with a letter'
 MSG_STATE_DIR = 'state_dir must be an absolute path that is not "/", got %r'
+MSG_STATE_DIR_FILE = 'state_dir %s exists and is not a directory: choose another state_dir (lab_state_dir)'
 MSG_SSH_USER = 'ssh_user must be root or a user name (lower-case letters, digits, "_", "-"; 1 to 32), got %r'
 MSG_NO_SUDO = ('ssh_user %s needs sudo on this machine for become: install it (Debian/Ubuntu: apt-get install sudo) '
                'or use ssh_user: root')
 SSH_USER_RE = re.compile(r'^[a-z_][a-z0-9_-]{0,31}$')
-SUDOERS = '/etc/sudoers.d/tcplab-keepalive-lab'
-
-
-class LabError(Exception):
-    """Invalid lab request; the message names the fix."""
 
 
 def normalize_hosts(hosts, default_transport):
@@ -136,11 +133,6 @@ def plan_addresses(net, names, previous):
         taken[name] = candidate
         used.add(candidate)
     return {name: str(ipaddress.ip_address(taken[name])) for name in names}
-
-
-def veth_name(netns):
-    """Root-side veth name of a lab namespace (at most 15 characters)."""
-    return VETH_PREFIX + hashlib.sha1(netns.encode('utf-8')).hexdigest()[:11]
 
 
 def render_sshd_config(address, host_dir, authorized_keys, sftp_server):
@@ -230,9 +222,13 @@ class Lab:
         if not self.state_dir or not os.path.isabs(self.state_dir) or os.path.normpath(self.state_dir) == '/':
             raise LabError(MSG_STATE_DIR % (self.state_dir,))
         self.state_dir = os.path.normpath(self.state_dir)
+        if os.path.lexists(self.state_dir) and not os.path.isdir(self.state_dir):
+            raise LabError(MSG_STATE_DIR_FILE % self.state_dir)
         self.ssh_user = params.get('ssh_user') or 'root'
         if not SSH_USER_RE.match(self.ssh_user):
             raise LabError(MSG_SSH_USER % (self.ssh_user,))
+        self.manifest = Manifest(self.state_dir, check_mode)
+        self.veth_wait = 5.0
         self.actions = []
         self.changed = False
 
@@ -243,6 +239,15 @@ class Lab:
         self.actions.append(list(argv))
         if not self.check_mode:
             self.run(argv, what=what)
+
+    def _note(self, argv):
+        """Record a change made in Python (not by a command)."""
+        self.changed = True
+        self.actions.append(list(argv))
+
+    def _save(self, saved):
+        if saved:
+            self.changed = True
 
     @staticmethod
     def _user_pids(user):
@@ -282,61 +287,44 @@ class Lab:
             return []
 
     def root_links(self):
-        return {link['ifname']: link for link in self._ip_json('link', 'show')}
+        """Links of the root namespace by name, with their kind (`-d`)."""
+        return {link['ifname']: link for link in self._ip_json('-d', 'link', 'show')}
 
     def ns_path(self, netns):
         return os.path.join(self.netns_dir, netns)
 
-    def our_namespaces(self):
-        try:
-            names = os.listdir(self.netns_dir)
-        except OSError:
-            return []
-        return sorted(name for name in names if name.startswith(self.prefix))
+    def _netns_claim(self, netns):
+        return claim(self.manifest.entry('namespaces', netns), netns_inode(self.ns_path(netns)), 'inode')
 
-    def manifest_path(self):
-        return os.path.join(self.state_dir, MANIFEST)
+    def _link_claim(self, section, name, links, kind):
+        return claim_link(self.manifest.entry(section, name), links.get(name), kind)
 
-    def load_manifest(self):
-        try:
-            with open(self.manifest_path()) as handle:
-                data = json.load(handle)
-            return data if isinstance(data, dict) else {}
-        except (IOError, OSError, ValueError):
-            return {}
+    def _our_bridges(self, links):
+        return [name for name in sorted(self.manifest.section('bridges'))
+                if self._link_claim('bridges', name, links, 'bridge') == OURS]
+
+    def _preflight(self, net, namespaces, links):
+        """Refuse objects of others, before the lab changes anything."""
+        check_bridge(self.manifest, self.bridge, links)
+        check_network(net, inet_networks(self._ip_json('addr', 'show')), set(self._our_bridges(links)))
+        for netns in namespaces:
+            check_netns(self.manifest, netns, netns_inode(self.ns_path(netns)))
+            check_veth(self.manifest, netns, links)
 
     # -- present ---------------------------------------------------------
     def present(self, hosts, network):
         net = parse_network(network)
-        manifest = self.load_manifest()
-        previous = {name: info.get('address') for name, info in (manifest.get('hosts') or {}).items()}
-        if manifest.get('network') not in (None, str(net)):
-            previous = {}
-        addresses = plan_addresses(net, [h['name'] for h in hosts], previous)
-        wanted = {self.prefix + h['name'] for h in hosts}
-
-        # hosts no longer listed, and leftovers of crashed runs, go first
-        for netns in self.our_namespaces():
-            if netns not in wanted:
-                self._remove_netns(netns)
-
+        wanted = [self.prefix + h['name'] for h in hosts]
         links = self.root_links()
+        self._preflight(net, wanted, links)
+        addresses = plan_addresses(net, [h['name'] for h in hosts], self._previous_addresses(net))
+
+        # hosts no longer listed, and leftovers of a crashed run of this lab, go first
+        self._remove_unlisted(set(wanted))
+        self._remove_other_bridges(links)
         self._ensure_bridge(net, links.get(self.bridge))
         links = self.root_links() if not self.check_mode else links
-        result_hosts = []
-        for host in hosts:
-            netns = self.prefix + host['name']
-            address = addresses[host['name']]
-            self._ensure_host(netns, address, net.prefixlen, links)
-            info = {
-                'name': host['name'],
-                'netns': netns,
-                'netns_path': self.ns_path(netns),
-                'address': address,
-                'transport': host['transport'],
-                'veth': veth_name(netns),
-            }
-            result_hosts.append(info)
+        result_hosts = [self._ensure_host(host, addresses[host['name']], net.prefixlen, links) for host in hosts]
 
         ssh_hosts = [h for h in result_hosts if h['transport'] == 'ssh']
         ssh = {}
@@ -344,7 +332,7 @@ class Lab:
             ssh = self._ensure_ssh(ssh_hosts)
         else:
             self._stop_sshd(self.state_dir)
-        self._write_manifest(net, result_hosts)
+        self._record_hosts(net, result_hosts)
         return {
             'hosts': result_hosts,
             'bridge': self.bridge,
@@ -354,11 +342,40 @@ class Lab:
             'ssh': ssh,
         }
 
+    def _previous_addresses(self, net):
+        data = self.manifest.data
+        if data.get('network') not in (None, str(net)):
+            return {}
+        return {name: info.get('address') for name, info in (data.get('hosts') or {}).items() if isinstance(info, dict)}
+
+    def _remove_unlisted(self, wanted):
+        for netns in sorted(self.manifest.section('namespaces')):
+            if netns in wanted:
+                continue
+            if self._netns_claim(netns) == OURS:
+                self._remove_netns(netns)
+            self.manifest.forget('namespaces', netns)
+            self.manifest.forget('veths', veth_name(netns))
+
+    def _remove_other_bridges(self, links):
+        """Bridges of this lab under an earlier lab_bridge name."""
+        for name in self._our_bridges(links):
+            if name != self.bridge:
+                self._act(self.ip('link', 'del', name), 'deleting bridge %s' % name)
+                self.manifest.forget('bridges', name)
+
+    def _link_ifindex(self, name):
+        found = self._ip_json('link', 'show', 'dev', name)
+        return found[0].get('ifindex') if found else None
+
     def _ensure_bridge(self, net, link):
         cidr = '%s/%d' % (gateway_of(net), net.prefixlen)
         if link is None:
+            self._save(self.manifest.intend('bridges', self.bridge))
             self._act(self.ip('link', 'add', 'name', self.bridge, 'type', 'bridge'), 'creating bridge %s' % self.bridge)
             link = {'flags': []}
+        if not self.check_mode:
+            self._save(self.manifest.record('bridges', self.bridge, link.get('ifindex') or self._link_ifindex(self.bridge)))
         addrs = self._inet_addrs('', self.bridge) if 'ifindex' in link else []
         if addrs != [cidr]:
             if addrs:
@@ -376,28 +393,51 @@ class Lab:
                     result.append('%s/%s' % (addr['local'], addr['prefixlen']))
         return result
 
-    def _ensure_host(self, netns, address, prefixlen, root_links):
+    def _ensure_host(self, host, address, prefixlen, root_links):
+        netns = self.prefix + host['name']
+        info = {'name': host['name'], 'netns': netns, 'netns_path': self.ns_path(netns), 'address': address,
+                'transport': host['transport'], 'veth': veth_name(netns)}
+        if self._ensure_netns(netns):
+            ns_links = {link['ifname']: link for link in self._ip_json('-n', netns, 'link', 'show')}
+            if 'UP' not in ns_links.get('lo', {}).get('flags', []):
+                self._act(self.ip('-n', netns, 'link', 'set', 'lo', 'up'))
+            self._ensure_veth(netns, ns_links, root_links)
+            self._ensure_eth0(netns, ns_links, '%s/%d' % (address, prefixlen))
+        return info
+
+    def _ensure_netns(self, netns):
+        """Make (or adopt from a crashed run of this lab) the namespace; False when only planned (check mode)."""
+        if os.path.exists(self.ns_path(netns)):
+            if self.manifest.entry('namespaces', netns).get('inode') is None and not self.check_mode:
+                self._save(self.manifest.record('namespaces', netns, netns_inode(self.ns_path(netns))))
+            return True
+        self._save(self.manifest.intend('namespaces', netns))
+        self._save(self.manifest.intend('veths', veth_name(netns)))
+        self._act(self.ip('netns', 'add', netns), 'creating network namespace %s' % netns)
+        if self.check_mode:
+            return False
+        self._save(self.manifest.record('namespaces', netns, netns_inode(self.ns_path(netns))))
+        return True
+
+    def _ensure_veth(self, netns, ns_links, root_links):
         veth = veth_name(netns)
-        if not os.path.exists(self.ns_path(netns)):
-            self._act(self.ip('netns', 'add', netns), 'creating network namespace %s' % netns)
-            if self.check_mode:
-                return
-        ns_links = {link['ifname']: link for link in self._ip_json('-n', netns, 'link', 'show')}
-        if 'UP' not in ns_links.get('lo', {}).get('flags', []):
-            self._act(self.ip('-n', netns, 'link', 'set', 'lo', 'up'))
         root = root_links.get(veth)
         if root is None:
             if 'eth0' in ns_links:
                 self._act(self.ip('-n', netns, 'link', 'del', 'eth0'))
+            self._save(self.manifest.intend('veths', veth))
             self._act(self.ip('link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns),
                       'creating veth %s for %s' % (veth, netns))
             root = {'flags': []}
             ns_links['eth0'] = {'flags': []}
+        if not self.check_mode:
+            self._save(self.manifest.record('veths', veth, root.get('ifindex') or self._link_ifindex(veth)))
         if root.get('master') != self.bridge:
             self._act(self.ip('link', 'set', veth, 'master', self.bridge))
         if 'UP' not in root.get('flags', []):
             self._act(self.ip('link', 'set', veth, 'up'))
-        cidr = '%s/%d' % (address, prefixlen)
+
+    def _ensure_eth0(self, netns, ns_links, cidr):
         addrs = self._inet_addrs(netns, 'eth0') if 'ifindex' in ns_links.get('eth0', {}) else []
         if addrs != [cidr]:
             if addrs:
@@ -405,6 +445,16 @@ class Lab:
             self._act(self.ip('-n', netns, 'addr', 'add', cidr, 'dev', 'eth0'))
         if 'UP' not in ns_links.get('eth0', {}).get('flags', []):
             self._act(self.ip('-n', netns, 'link', 'set', 'eth0', 'up'))
+
+    def _record_hosts(self, net, hosts):
+        self.manifest.data.update({
+            'bridge': self.bridge,
+            'network': str(net),
+            'netns_prefix': self.prefix,
+            'hosts': {h['name']: {'address': h['address'], 'netns': h['netns'], 'transport': h['transport']}
+                      for h in hosts},
+        })
+        self._save(self.manifest.save())
 
     # -- ssh -------------------------------------------------------------
     def _mkdir(self, path, mode=0o700):
@@ -453,41 +503,45 @@ class Lab:
             self._ensure_user()
         # sshd's privilege separation directory (created by the service unit normally)
         self._mkdir('/run/sshd', 0o755)
-        known = []
-        wanted_dirs = set()
-        for host in hosts:
-            host_dir = os.path.join(state, 'hosts', host['name'])
-            wanted_dirs.add(host['name'])
-            self._mkdir(host_dir)
-            host_key = os.path.join(host_dir, 'ssh_host_ed25519_key')
-            self._keygen(host_key, 'tcplab-keepalive-lab-%s' % host['name'])
-            config = os.path.join(host_dir, 'sshd_config')
-            text = render_sshd_config(host['address'], host_dir, authorized, self.bin.get('sftp-server'))
-            config_changed = self._write_if_changed(config, text)
-            pid = self._sshd_pid(host_dir, host['netns_path'])
-            if pid and config_changed:
-                terminate([pid])
-                pid = None
-            if not pid:
-                pid = self._start_sshd(host, config)
-            host['sshd_pid'] = pid
-            if not self.check_mode:
-                with open(host_key + '.pub') as handle:
-                    keytype, keydata = handle.read().split()[:2]
-                known.append('%s %s %s' % (host['address'], keytype, keydata))
-        # sshds and directories of hosts that are no longer ssh hosts
-        for name in self._listdir(os.path.join(state, 'hosts')):
-            if name not in wanted_dirs:
-                host_dir = os.path.join(state, 'hosts', name)
-                self._stop_sshd(host_dir)
-                self.changed = True
-                if not self.check_mode:
-                    shutil.rmtree(host_dir, ignore_errors=True)
+        known = [self._ensure_host_sshd(host, authorized) for host in hosts]
+        self._remove_other_sshds({host['name'] for host in hosts})
         known_hosts = os.path.join(state, 'known_hosts')
         if not self.check_mode:
             self._write_if_changed(known_hosts, '\n'.join(sorted(known)) + '\n')
         return {'private_key': key, 'known_hosts': known_hosts, 'user': self.ssh_user, 'port': 22,
                 'become': self.ssh_user != 'root'}
+
+    def _ensure_host_sshd(self, host, authorized):
+        """Start (or keep) one host's sshd; returns its known_hosts line."""
+        host_dir = os.path.join(self.state_dir, 'hosts', host['name'])
+        self._mkdir(host_dir)
+        host_key = os.path.join(host_dir, 'ssh_host_ed25519_key')
+        self._keygen(host_key, 'tcplab-keepalive-lab-%s' % host['name'])
+        config = os.path.join(host_dir, 'sshd_config')
+        text = render_sshd_config(host['address'], host_dir, authorized, self.bin.get('sftp-server'))
+        config_changed = self._write_if_changed(config, text)
+        pid = self._sshd_pid(host_dir, host['netns_path'])
+        if pid and config_changed:
+            terminate([pid])
+            pid = None
+        if not pid:
+            pid = self._start_sshd(host, config)
+        host['sshd_pid'] = pid
+        if self.check_mode:
+            return ''
+        with open(host_key + '.pub') as handle:
+            keytype, keydata = handle.read().split()[:2]
+        return '%s %s %s' % (host['address'], keytype, keydata)
+
+    def _remove_other_sshds(self, wanted):
+        """sshds and directories of hosts that are no longer ssh hosts."""
+        for name in self._listdir(os.path.join(self.state_dir, 'hosts')):
+            if name not in wanted:
+                host_dir = os.path.join(self.state_dir, 'hosts', name)
+                self._stop_sshd(host_dir)
+                self.changed = True
+                if not self.check_mode:
+                    shutil.rmtree(host_dir, ignore_errors=True)
 
     def _ensure_user(self):
         """A lab user with passwordless sudo, as lab VMs are usually reached."""
@@ -497,12 +551,41 @@ class Lab:
         try:
             pwd.getpwnam(self.ssh_user)
         except KeyError:
+            self._save(self.manifest.intend('users', self.ssh_user))
             # '*': no password, but not a locked account (sshd refuses locked ones without PAM)
             self._act([self.bin.get('useradd', 'useradd'), '--create-home', '--shell', '/bin/sh', '--password', '*',
-                       '--comment', 'tcplab.keepalive lab user', self.ssh_user], 'creating the lab user %s' % self.ssh_user)
-            self._created_user = self.ssh_user
-        text = '# Managed by tcplab.keepalive (lab role); removed with lab_state: absent.\n%s ALL=(ALL:ALL) NOPASSWD: ALL\n' % self.ssh_user
-        self._write_if_changed(SUDOERS, text, 0o440)
+                       '--comment', USER_COMMENT, self.ssh_user], 'creating the lab user %s' % self.ssh_user)
+            if not self.check_mode:
+                self._save(self.manifest.record('users', self.ssh_user, pwd.getpwnam(self.ssh_user).pw_uid))
+        self._ensure_sudoers()
+
+    def _ensure_sudoers(self):
+        """The lab's own sudoers file (one per lab), checked with visudo before it is installed."""
+        path = sudoers_path(self.state_dir)
+        if self.manifest.data.get('sudoers') not in (None, path):
+            self._remove_sudoers()  # a version 1 lab's shared file
+        text = render_sudoers(self.state_dir, self.ssh_user)
+        current = read_text(path)
+        if current == text:
+            return
+        if current is not None and not self.manifest.owns_sudoers(path, current):
+            raise LabError(MSG_SUDOERS_FOREIGN % path)
+        self._check_sudoers(text)
+        self.manifest.data['sudoers'] = path
+        self._save(self.manifest.save())
+        self._write_if_changed(path, text, 0o440)
+
+    def _check_sudoers(self, text):
+        visudo = self.bin.get('visudo')
+        if not visudo or self.check_mode:
+            return
+        # a name with a "." (sudo skips such files in sudoers.d) in the lab's own directory
+        tmp = os.path.join(self.state_dir, '.sudoers.check')
+        atomic_write(tmp, text, 0o440)
+        try:
+            self.run([visudo, '-cf', tmp], what='checking the lab sudoers rule with visudo')
+        finally:
+            os.unlink(tmp)
 
     @staticmethod
     def _listdir(path):
@@ -551,73 +634,74 @@ class Lab:
             return False
 
     def _stop_sshd(self, directory):
-        victims = sshd_pids_of(directory)
+        """Stop the sshds started with a configuration in the lab's own directory."""
+        victims = sshd_pids_of(os.path.join(directory, 'hosts') if directory == self.state_dir else directory)
         if victims:
-            self.changed = True
-            self.actions.append(['kill', '-TERM'] + [str(p) for p in victims])
+            self._note(['kill', '-TERM'] + [str(p) for p in victims])
             if not self.check_mode:
                 terminate(victims)
-
-    def _write_manifest(self, net, hosts):
-        previous = self.load_manifest().get('created_users') or []
-        created = sorted(set(previous) | ({self._created_user} if getattr(self, '_created_user', None) else set()))
-        data = {
-            'created_users': created,
-            'bridge': self.bridge,
-            'network': str(net),
-            'netns_prefix': self.prefix,
-            'hosts': {h['name']: {'address': h['address'], 'netns': h['netns'], 'transport': h['transport']}
-                      for h in hosts},
-        }
-        text = json.dumps(data, indent=2, sort_keys=True) + '\n'
-        self._mkdir(os.path.dirname(self.state_dir), 0o755)
-        self._mkdir(self.state_dir, 0o711)
-        self._write_if_changed(self.manifest_path(), text)
 
     # -- absent ----------------------------------------------------------
     def _remove_netns(self, netns):
         """Stop every process of a lab namespace, then delete it (its veth pair goes with it)."""
         victims = pids_in_netns(self.ns_path(netns))
         if victims:
-            self.changed = True
-            self.actions.append(['kill', '-TERM'] + [str(p) for p in victims])
+            self._note(['kill', '-TERM'] + [str(p) for p in victims])
             if not self.check_mode:
                 terminate(victims)
         self._act(self.ip('netns', 'del', netns), 'deleting network namespace %s' % netns)
 
     def absent(self):
-        created_users = self.load_manifest().get('created_users') or []
+        """Remove what the manifest says this lab made, and nothing else."""
         self._stop_sshd(self.state_dir)
-        for netns in self.our_namespaces():
-            self._remove_netns(netns)
+        for netns in sorted(self.manifest.section('namespaces')):
+            if self._netns_claim(netns) == OURS:
+                self._remove_netns(netns)
+            self.manifest.forget('namespaces', netns)
+        links = self._remove_veths()
+        for name in self._our_bridges(links):
+            self._act(self.ip('link', 'del', name), 'deleting bridge %s' % name)
+        self._remove_users()
+        self._remove_sudoers()
+        self._remove_state_dir()
+        return {'hosts': [], 'bridge': self.bridge, 'state_dir': self.state_dir}
+
+    def _remove_veths(self):
+        """Delete the manifest's veths still there once their namespaces are gone; returns the root links."""
         # The kernel tears a deleted namespace down asynchronously; its veth
         # pair goes with it a moment later. Wait for that, then delete what
         # is still there (a veth gone in between is fine).
-        deadline = time.monotonic() + 5
+        names = sorted(self.manifest.section('veths'))
+        deadline = time.monotonic() + self.veth_wait
         while True:
             links = self.root_links()
-            ours = sorted(name for name, link in links.items()
-                          if name.startswith(VETH_PREFIX) and link.get('master') == self.bridge)
+            ours = [name for name in names if self._link_claim('veths', name, links, 'veth') == OURS]
             if not ours or self.check_mode or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         for name in ours:
             self._act_missing_ok(self.ip('link', 'del', name))
-        if self.bridge in links:
-            self._act(self.ip('link', 'del', self.bridge), 'deleting bridge %s' % self.bridge)
-        for user in created_users:
-            if SSH_USER_RE.match(user) and user != 'root':
-                for pid in self._user_pids(user):
-                    terminate([pid])
-                self._act_missing_ok([self.bin.get('userdel', 'userdel'), '--remove', user])
-        if created_users and os.path.exists(SUDOERS):
-            self.changed = True
-            self.actions.append(['rm', SUDOERS])
-            if not self.check_mode:
-                os.unlink(SUDOERS)
-        if os.path.lexists(self.state_dir):
-            self.changed = True
-            self.actions.append(['rm', '-rf', self.state_dir])
-            if not self.check_mode:
-                shutil.rmtree(self.state_dir, ignore_errors=True)
-        return {'hosts': [], 'bridge': self.bridge, 'state_dir': self.state_dir}
+        return links
+
+    def _remove_users(self):
+        import pwd  # pylint: disable=import-outside-toplevel
+        for user in self.manifest.users_to_delete(pwd.getpwnam, users_of_other_labs(self.manifest.sudoers_files())):
+            for pid in self._user_pids(user):
+                terminate([pid])
+            self._act_missing_ok([self.bin.get('userdel', 'userdel'), '--remove', user])
+
+    def _remove_sudoers(self):
+        for path in self.manifest.sudoers_files():
+            if self.manifest.owns_sudoers(path, read_text(path)):
+                self._note(['rm', path])
+                if not self.check_mode:
+                    os.unlink(path)
+        self.manifest.data['sudoers'] = None
+
+    def _remove_state_dir(self):
+        """The state directory if the lab made it, else only the lab's own files in it."""
+        for path in self.manifest.own_paths():
+            if os.path.lexists(path):
+                self._note(['rm', '-rf', path])
+                if not self.check_mode:
+                    remove_path(path)

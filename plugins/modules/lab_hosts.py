@@ -17,9 +17,18 @@ description:
     takes the first address of O(network); lab hosts keep their address across runs.
   - Lab hosts using the C(ssh) transport get an sshd inside their namespace, listening on their lab
     address, with a host key and a lab key pair generated in O(state_dir).
-  - The lab is exactly O(hosts) - namespaces with the prefix that are not listed are removed, also
-    leftovers of a crashed run. O(state=absent) removes everything the lab made (namespaces,
-    processes in them, veths, bridge, sshd processes, keys, state).
+  - The lab keeps a manifest (C(lab.json) in O(state_dir)) of everything it made - namespaces with
+    their inode, the bridge and the veths with their ifindex, users with their uid, its sudoers file
+    - written before each object is made and completed right after. It only ever changes or removes
+    what the manifest lists, never objects selected by name or prefix alone.
+  - The lab is exactly O(hosts) - namespaces of this lab that are not listed are removed, also
+    leftovers of a crashed run of this lab. O(state=absent) removes everything the lab made
+    (namespaces, processes in them, veths, bridge, sshd processes, users, keys, state) and nothing
+    else - another lab's namespaces, even with a prefix that starts with O(netns_prefix), stay.
+  - Before it changes anything, the module refuses an existing interface named O(bridge) that this
+    lab did not make (or that is not a bridge), an existing namespace it would need that this lab did
+    not make (it is not adopted), and a O(network) that overlaps an address of another interface
+    in the root namespace (such as another lab's bridge).
   - The lab never changes the root namespace's keepalive sysctls or firewall rules.
   - Most users want the C(tcplab.keepalive.lab) role, which also writes an inventory for the lab.
 author: tcplab.keepalive developers (@tcplab)
@@ -55,28 +64,38 @@ options:
     type: str
     default: 198.18.0.0/24
   bridge:
-    description: Name of the bridge in the root namespace (at most 15 characters).
+    description:
+      - Name of the bridge in the root namespace (at most 15 characters).
+      - The lab creates it; an existing interface of that name that this lab did not create is refused.
     type: str
     default: tcplab0
   netns_prefix:
-    description: Prefix of the namespace names; it identifies the lab's namespaces.
+    description:
+      - Prefix of the namespace names. It does not select what the lab removes - the manifest does -
+        so labs whose prefixes start alike (V(tcplab-) and V(tcplab-demo-)) do not touch each other.
     type: str
     default: tcplab-
   state_dir:
-    description: Directory for the lab's state - manifest, keys, sshd configurations.
+    description:
+      - Directory for the lab's state - manifest, keys, sshd configurations. It identifies the lab - use
+        one per lab. O(state=absent) removes it if the lab created it, else only the lab's files in it.
     type: path
     default: /run/tcplab-keepalive/lab
   ssh_user:
     description:
       - The user the C(ssh) transport logs in as. Other than V(root), the module creates that user on
-        this machine (if missing) with passwordless sudo (C(/etc/sudoers.d/tcplab-keepalive-lab)), as
-        lab VMs are usually reached; O(state=absent) removes a user it created and the sudoers file.
+        this machine (if missing) and gives it passwordless sudo in a sudoers file of this lab's own,
+        C(/etc/sudoers.d/tcplab-keepalive-lab-<hash of state_dir>), checked with C(visudo -cf) (when
+        installed) before it is installed, as lab VMs are usually reached.
+      - O(state=absent) removes this lab's sudoers file and a user this lab created (unless another
+        lab's sudoers file still grants it); a user that existed before is kept.
     type: str
     default: root
 requirements:
   - root on the machine the lab runs on
   - iproute2 (C(ip)) and util-linux (C(nsenter))
-  - openssh-server and openssh-client for the C(ssh) transport
+  - openssh-server and openssh-client for the C(ssh) transport; sudo and passwd (C(useradd)) for a
+    non-root O(ssh_user)
 '''
 
 EXAMPLES = r'''
@@ -214,6 +233,7 @@ def main():
             if params['ssh_user'] != 'root':
                 binaries['sudo'] = find_binary(module, 'sudo', required=False)
                 binaries['useradd'] = find_binary(module, 'useradd')
+                binaries['visudo'] = find_binary(module, 'visudo', required=False)
             binaries['sftp-server'] = find_binary(module, 'sftp-server', required=False,
                                                   extra=('/usr/lib/openssh', '/usr/libexec/openssh',
                                                          '/usr/lib/ssh', '/usr/libexec'))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
 
@@ -161,15 +162,23 @@ def test_lab_rejects_bad_params(params, message):
     assert str(exc.value) == message
 
 
-def test_absent_removes_only_our_veths_and_bridge(tmp_path):
+def test_absent_removes_only_what_the_manifest_lists(tmp_path):
     netns_dir = tmp_path / 'netns'
     netns_dir.mkdir()
-    (netns_dir / 'tku-a').write_text('')
-    (netns_dir / 'other').write_text('')
-    links = ('[{"ifname": "tkbr0"}, {"ifname": "tkaaaa", "master": "tkbr0"},'
-             ' {"ifname": "tkbbbb", "master": "docker0"}, {"ifname": "eth0"}]')
-    run = FakeRunner({'ip -j link show': links})
-    lab = Lab(run, dict(PARAMS, netns_dir=str(netns_dir), state_dir=str(tmp_path / 'state')), binaries={'ip': 'ip'})
+    for name in ('tku-a', 'tku-b', 'other'):
+        (netns_dir / name).write_text('')
+    state = tmp_path / 'state'
+    state.mkdir()
+    (state / 'lab.json').write_text(json.dumps({
+        'version': 2, 'namespaces': {'tku-a': {'inode': (netns_dir / 'tku-a').stat().st_ino}},
+        'bridges': {'tkbr0': {'ifindex': 5}}, 'veths': {'tkaaaa': {'ifindex': 6}}, 'state_dir_created': True}))
+    links = ('[{"ifname": "tkbr0", "ifindex": 5, "linkinfo": {"info_kind": "bridge"}},'
+             ' {"ifname": "tkaaaa", "ifindex": 6, "master": "tkbr0", "linkinfo": {"info_kind": "veth"}},'
+             ' {"ifname": "tkbbbb", "ifindex": 7, "master": "tkbr0", "linkinfo": {"info_kind": "veth"}},'
+             ' {"ifname": "eth0", "ifindex": 2}]')
+    run = FakeRunner({'ip -j -d link show': links})
+    lab = Lab(run, dict(PARAMS, netns_dir=str(netns_dir), state_dir=str(state)), binaries={'ip': 'ip'})
+    lab.veth_wait = 0  # the fake veth never goes away with its namespace
     lab.absent()
     changing = [c for c in run.calls if c[:2] != ['ip', '-j']]
     assert changing == [
@@ -177,3 +186,25 @@ def test_absent_removes_only_our_veths_and_bridge(tmp_path):
         ['ip', 'link', 'del', 'tkaaaa'],
         ['ip', 'link', 'del', 'tkbr0'],
     ]
+    assert not state.exists()
+
+
+def test_absent_without_a_manifest_touches_nothing(tmp_path):
+    netns_dir = tmp_path / 'netns'
+    netns_dir.mkdir()
+    (netns_dir / 'tku-a').write_text('')
+    links = '[{"ifname": "tkbr0", "ifindex": 5, "linkinfo": {"info_kind": "bridge"}}]'
+    run = FakeRunner({'ip -j -d link show': links})
+    lab = Lab(run, dict(PARAMS, netns_dir=str(netns_dir), state_dir=str(tmp_path / 'state')), binaries={'ip': 'ip'})
+    lab.absent()
+    assert [c for c in run.calls if c[:2] != ['ip', '-j']] == []
+    assert not lab.changed
+
+
+def test_state_dir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / 'notes.txt'
+    path.write_text('mine')
+    with pytest.raises(LabError) as exc:
+        Lab(FakeRunner(), dict(PARAMS, state_dir=str(path)))
+    assert str(exc.value) == _lab.MSG_STATE_DIR_FILE % path
+    assert path.read_text() == 'mine'
