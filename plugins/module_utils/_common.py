@@ -77,6 +77,11 @@ PACKAGE_OF = {
     'nsenter': 'util-linux',
     'tcpdump': 'tcpdump',
     'sysctl': 'procps',
+    'nc': 'netcat-openbsd',
+    'curl': 'curl',
+    'useradd': 'passwd',
+    'userdel': 'passwd',
+    'sudo': 'sudo',
 }
 
 

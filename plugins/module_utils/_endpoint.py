@@ -6,12 +6,20 @@
 This file is private to the collection: its names may change at any time
 and must not be used from outside tcplab.keepalive.
 
-Each endpoint is a detached process (new session, stdio to a log file) whose
-command line carries MARKER and its name, so that stop only ever signals our
-own processes (checked with the command line and the start time). The
-client records its outcome in a JSON file when its connection ends: the
-errno name (ETIMEDOUT when keepalive gave up), curl's exit code, and the
-seconds from connect to failure.
+Each endpoint is one unit of two processes: a supervisor (a new session,
+stdio to the endpoint's log, MARKER and the endpoint's name on its command
+line) and its program (the python server or client, nc or curl), which the
+kernel kills when the supervisor dies (PR_SET_PDEATHSIG), so that neither is
+ever orphaned. The supervisor records how the program ended - exit code or
+signal - in an exit record; the client programs record their connection's
+outcome (errno, curl's exit code, seconds from connect to failure).
+
+The state files of an endpoint live in STATE_DIR/netns-<inode>/ of the network
+namespace it runs in (lab hosts share one file system). Its state record
+holds the pids and start times of both processes and the namespace inode: stop
+and purge signal only processes that match that record, and record that they
+asked for the stop, so that status can tell our own stop from a kill from
+outside.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import math
 import os
 import re
 import signal
@@ -27,11 +36,15 @@ import sys
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
-from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, netns_inode, netns_of, starttime
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, netns_inode, netns_of, pids, starttime
 
 MARKER = 'tcplab-keepalive-endpoint'
 NAME_RE = re.compile(r'^[A-Za-z0-9_-]{1,48}$')
 CURL_DEFAULT_KEEPALIVE = 60
+TIMEOUT_MAX = 3600
+TERM_WAIT = 3.0  # seconds each of SIGTERM and SIGKILL gets to end an endpoint
+EXIT_WAIT = 2.0  # seconds status waits for the supervisor to record a program that has just ended
+PACKAGES = {'nc': 'netcat-openbsd', 'curl': 'curl'}
 
 MSG_PORT = '%s must be an integer 1..65535, got %r'
 MSG_ADDRESS = 'address must be an IP address, got %r'
@@ -39,9 +52,15 @@ MSG_KIND = 'kind %r is not a %s kind: use %s'
 MSG_KEEPALIVE_TIME = ('keepalive_time must be an integer 1..32767 seconds and applies to kind: curl only '
                       '(the python client sets no per-socket options), got %r')
 MSG_NAME = 'name must be 1 to 48 letters, digits, "-" or "_", got %r'
+MSG_TIMEOUT = 'timeout must be a number of seconds greater than 0 and at most %d, got %r'
+MSG_PROGRAM = 'kind %s needs %s, but %r is not an executable file: install it (Debian/Ubuntu: apt-get install %s)'
 MSG_NOT_READY = '%s %s did not become ready within %s s: %s'
+MSG_START_KEPT = '; %s could not be stopped either, so its state record is kept: run state=stopped once that is fixed'
+MSG_STATE_DIR = 'state_dir %r exists and is not a directory: remove it or pick another state_dir'
 MSG_RUNNING_OTHER = ('an endpoint named %s already runs with other settings (%s); stop it first '
                      '(state: stopped) or pick another name')
+MSG_STOP_FAILED = 'could not stop %s %s: %s still running after SIGTERM and SIGKILL'
+MSG_PURGE_FAILED = 'could not stop every endpoint: %s'
 
 # A server that accepts connections, holds them and never sends (like nc -l).
 SERVER_CODE = r'''
@@ -50,8 +69,12 @@ cfg = json.loads(sys.argv[2])
 family = socket.AF_INET6 if ":" in cfg["address"] else socket.AF_INET
 srv = socket.socket(family, socket.SOCK_STREAM)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((cfg["address"], cfg["port"]))
-srv.listen(16)
+try:
+    srv.bind((cfg["address"], cfg["port"]))
+    srv.listen(16)
+except OSError as exc:
+    print("cannot listen on %s port %d: %s" % (cfg["address"], cfg["port"], exc), file=sys.stderr, flush=True)
+    sys.exit(1)
 held = []
 while True:
     conn, peer = srv.accept()
@@ -59,35 +82,35 @@ while True:
     print(json.dumps({"event": "accepted", "peer": list(peer[:2]), "at": time.time()}), flush=True)
 '''
 
-# Shared start of the client programs: their settings, and record(), which
-# replaces the outcome file atomically.
-RECORD_CODE = r'''
-import errno, json, os, sys, time
+# A client with SO_KEEPALIVE and no per-socket keepalive options: the
+# namespace's sysctls govern. It blocks in recv() until the connection ends,
+# and record()s its outcome atomically.
+CLIENT_CODE = r'''
+import errno, json, os, socket, sys, time
 cfg = json.loads(sys.argv[2])
 def record(data):
     tmp = cfg["outcome"] + ".tmp"
     with open(tmp, "w") as handle:
         json.dump(data, handle)
     os.rename(tmp, cfg["outcome"])
-'''
-
-# A client with SO_KEEPALIVE and no per-socket keepalive options: the
-# namespace's sysctls govern. It blocks in recv() until the connection ends.
-CLIENT_CODE = RECORD_CODE + r'''
-import socket
+def give_up(phase, exc):
+    print("%s failed: %s" % (phase, exc), file=sys.stderr, flush=True)
+    record({"state": "failed", "phase": phase, "errno": errno.errorcode.get(exc.errno, str(exc.errno)),
+            "error": str(exc), "connected_at": None, "failed_at": time.time(), "seconds": 0.0})
+    sys.exit(1)
 family = socket.AF_INET6 if ":" in cfg["address"] else socket.AF_INET
 sock = socket.socket(family, socket.SOCK_STREAM)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 if cfg.get("local_port"):
-    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", cfg["local_port"]))
-start = time.time()
+    try:
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", cfg["local_port"]))
+    except OSError as exc:
+        give_up("bind", exc)
 try:
     sock.connect((cfg["address"], cfg["port"]))
 except OSError as exc:
-    record({"state": "failed", "phase": "connect", "errno": errno.errorcode.get(exc.errno, str(exc.errno)),
-            "error": str(exc), "connected_at": None, "failed_at": time.time(), "seconds": 0.0})
-    sys.exit(1)
+    give_up("connect", exc)
 connected = time.time()
 record({"state": "connected", "connected_at": connected})
 try:
@@ -103,21 +126,77 @@ except OSError as exc:
             "connected_at": connected, "failed_at": now, "seconds": now - connected})
 '''
 
-# curl as in the walk-through, wrapped to record its exit code and timing.
-CURL_WRAPPER_CODE = RECORD_CODE + r'''
-import subprocess
+# The supervisor of every endpoint: runs the program as its child, which the
+# kernel kills when the supervisor dies (PR_SET_PDEATHSIG), forwards the
+# signals it can catch, and records how the program ended (exit code or
+# signal) in the exit record. For curl it also records the outcome: curl's
+# exit code, the errno named in its error and the timing.
+SUPERVISOR_CODE = r'''
+import errno, json, os, signal, subprocess, sys, time
+spec = json.loads(sys.argv[2])
+def write(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle)
+    os.rename(tmp, path)
+try:
+    import ctypes
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (ImportError, OSError, AttributeError):  # no ctypes: stop and purge still end the program by its record
+    prctl = None
+parent = os.getpid()
+def one_unit():
+    if prctl is not None:
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(70)
+received = []
+proc = None
+def forward(signum, frame):
+    received.append(signal.Signals(signum).name)
+    if proc is not None:
+        try:
+            os.kill(proc.pid, signum)
+        except OSError:
+            pass
+for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+    signal.signal(signum, forward)
+curl = spec["curl"]
 start = time.time()
-record({"state": "starting", "connected_at": None})
-proc = subprocess.Popen(cfg["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-record({"state": "connected", "connected_at": start, "curl_pid": proc.pid})
-err = proc.communicate()[1].decode("utf-8", "replace")
-now = time.time()
-names = {os.strerror(code): name for code, name in errno.errorcode.items()}
-found = [names[text] for text in names if text in err]
-record({"state": "failed" if proc.returncode else "closed", "exit_code": proc.returncode,
-        "errno": found[0] if found else None, "error": err.strip().splitlines()[-1] if err.strip() else "",
-        "connected_at": start, "failed_at": now, "seconds": now - start})
+if curl:
+    write(spec["outcome"], {"state": "starting", "connected_at": None})
+try:
+    proc = subprocess.Popen(spec["argv"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE if curl else None,
+                            preexec_fn=one_unit, close_fds=True)
+except OSError as exc:
+    text = "cannot run %s: %s" % (spec["argv"][0], exc.strerror)
+    print(text, file=sys.stderr, flush=True)
+    write(spec["exit"], {"pid": None, "exit_code": 127, "signal": None, "received": None, "error": text, "at": time.time()})
+    sys.exit(127)
+if received:
+    os.kill(proc.pid, getattr(signal, received[0]))
+if curl:
+    write(spec["outcome"], {"state": "connected", "connected_at": start, "curl_pid": proc.pid})
+    err = proc.communicate()[1].decode("utf-8", "replace")
+    sys.stderr.write(err)
+    sys.stderr.flush()
+    now = time.time()
+    if proc.returncode >= 0:
+        names = {os.strerror(code): name for code, name in errno.errorcode.items()}
+        found = [names[text] for text in names if text in err]
+        write(spec["outcome"], {"state": "failed" if proc.returncode else "closed", "exit_code": proc.returncode,
+                                "errno": found[0] if found else None,
+                                "error": err.strip().splitlines()[-1] if err.strip() else "",
+                                "connected_at": start, "failed_at": now, "seconds": now - start})
+else:
+    proc.wait()
+rc = proc.returncode
+write(spec["exit"], {"pid": proc.pid, "exit_code": rc if rc >= 0 else None,
+                     "signal": signal.Signals(-rc).name if rc < 0 else None,
+                     "received": received[0] if received else None, "at": time.time()})
 '''
+
+PROGRAMS = {'server': SERVER_CODE, 'client': CLIENT_CODE, 'supervisor': SUPERVISOR_CODE}
 
 
 class EndpointError(Exception):
@@ -132,6 +211,18 @@ def _port(key, value):
     return value
 
 
+def _timeout(value):
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise EndpointError(MSG_TIMEOUT % (TIMEOUT_MAX, value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+            or not 0 < value <= TIMEOUT_MAX:
+        raise EndpointError(MSG_TIMEOUT % (TIMEOUT_MAX, value))
+    return float(value)
+
+
 def validate(params):
     role = params['role']
     kinds = ('python', 'nc') if role == 'server' else ('python', 'curl')
@@ -142,7 +233,8 @@ def validate(params):
         address = str(ipaddress.ip_address(params.get('address') or '127.0.0.1'))
     except ValueError:
         raise EndpointError(MSG_ADDRESS % (params.get('address'),))
-    cfg = {'role': role, 'kind': kind, 'address': address, 'port': _port('port', params.get('port', 12345))}
+    cfg = {'role': role, 'kind': kind, 'address': address, 'port': _port('port', params.get('port', 12345)),
+           'timeout': _timeout(params['timeout'] if params.get('timeout') is not None else 10)}
     if role == 'client':
         local = params.get('local_port')
         cfg['local_port'] = _port('local_port', local) if local is not None else None
@@ -170,42 +262,86 @@ def curl_argv(curl, cfg):
     return argv + ['http://%s:%d/' % (host, cfg['port'])]
 
 
-def child_argv(cfg, python, binaries, outcome):
-    """argv of the detached process of an endpoint."""
-    tag = '%s:%s' % (MARKER, cfg['name'])
+def program_argv(cfg, python, binaries, outcome, tag):
+    """argv of the endpoint's program (the supervisor's child)."""
     if cfg['role'] == 'server':
         if cfg['kind'] == 'nc':
             # netcat-openbsd: listen on address:port, keep the connection, send nothing
-            return [binaries['nc'], '-l', cfg['address'], str(cfg['port'])], tag
-        return [python, '-c', SERVER_CODE, tag, json.dumps({'address': cfg['address'], 'port': cfg['port']})], tag
+            return [binaries['nc'], '-l', cfg['address'], str(cfg['port'])]
+        return [python, '-c', SERVER_CODE, tag, json.dumps({'address': cfg['address'], 'port': cfg['port']})]
     if cfg['kind'] == 'curl':
-        args = {'argv': curl_argv(binaries['curl'], cfg), 'outcome': outcome}
-        return [python, '-c', CURL_WRAPPER_CODE, tag, json.dumps(args)], tag
+        return curl_argv(binaries['curl'], cfg)
     args = {'address': cfg['address'], 'port': cfg['port'], 'local_port': cfg.get('local_port'), 'outcome': outcome}
-    return [python, '-c', CLIENT_CODE, tag, json.dumps(args)], tag
+    return [python, '-c', CLIENT_CODE, tag, json.dumps(args)]
+
+
+def child_argv(cfg, python, binaries, paths):
+    """argv of the detached supervisor of an endpoint, and the tag on its command line."""
+    tag = '%s:%s' % (MARKER, cfg['name'])
+    spec = {'argv': program_argv(cfg, python, binaries, paths['outcome'], tag), 'outcome': paths['outcome'],
+            'exit': paths['exit'], 'curl': cfg['kind'] == 'curl'}
+    return [python, '-c', SUPERVISOR_CODE, tag, json.dumps(spec)], tag
 
 
 # -- processes ----------------------------------------------------------------
 
-def is_ours(info):
-    """The recorded process still runs and is the one we started."""
-    if not info or not info.get('pid'):
+def _stat(pid):
+    """The fields of /proc/PID/stat after the command name, or None."""
+    try:
+        with open('/proc/%d/stat' % pid) as handle:
+            return handle.read().rsplit(')', 1)[1].split()
+    except (IOError, OSError, IndexError):
+        return None
+
+
+def children(pid):
+    """Pids of the live children of pid."""
+    found = []
+    for entry in pids():
+        fields = _stat(entry)
+        if fields and fields[1] == str(pid) and fields[0] not in ('Z', 'X'):
+            found.append(entry)
+    return found
+
+
+def _matches(pid, start, netns):
+    """pid is still the process that started at start, in network namespace netns."""
+    return bool(pid) and start is not None and starttime(int(pid)) == start and netns_of(int(pid)) == netns
+
+
+def supervisor_is_ours(info, netns):
+    """The recorded supervisor still runs, in netns, and is the one we started."""
+    if not info or info.get('netns') != netns or not _matches(info.get('pid'), info.get('start'), netns):
         return False
-    pid = int(info['pid'])
-    start = starttime(pid)
-    if start is None or start != info.get('start'):
+    return info.get('tag') in cmdline(int(info['pid']))
+
+
+def program_is_ours(info, netns):
+    """The recorded program (the supervisor's child) still runs, in netns, and is the one we started."""
+    info = info or {}
+    program = info.get('program') or {}
+    if info.get('netns') != netns or not _matches(program.get('pid'), program.get('start'), netns):
         return False
-    argv = cmdline(pid)
-    return info.get('tag') in argv or (info.get('kind') == 'nc' and argv[:1] == info.get('argv', [None])[:1])
+    argv = cmdline(int(program['pid']))
+    return info.get('tag') in argv or argv[:1] == [program.get('argv0')]
 
 
 def spawn(argv, log_path):
-    """Start argv detached: new session, stdin from /dev/null, output to log_path."""
-    with open(log_path, 'ab') as log:
+    """Start argv detached: new session, stdin from /dev/null, output to a new log_path."""
+    with open(log_path, 'wb') as log:
+        os.chmod(log_path, 0o600)
         proc = subprocess.Popen(  # pylint: disable=consider-using-with
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
             start_new_session=True, cwd='/')
     return proc
+
+
+def _signal(pid, sig, group=False):
+    try:
+        (os.killpg if group else os.kill)(int(pid), sig)
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
 
 
 # -- sockets (/proc/net/tcp) ----------------------------------------------------
@@ -240,19 +376,17 @@ def sockets():
 def session_socket_inodes(session):
     """Inodes of the sockets held by the processes of a session (the endpoint and its children)."""
     inodes = set()
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
+    for entry in pids():
+        fields = _stat(entry)
+        if not fields or fields[3] != str(session):
             continue
         try:
-            with open('/proc/%s/stat' % entry) as handle:
-                if int(handle.read().rsplit(')', 1)[1].split()[3]) != session:
-                    continue
-            fds = os.listdir('/proc/%s/fd' % entry)
-        except (IOError, OSError, ValueError, IndexError):
+            fds = os.listdir('/proc/%d/fd' % entry)
+        except OSError:
             continue
         for fd in fds:
             try:
-                link = os.readlink('/proc/%s/fd/%s' % (entry, fd))
+                link = os.readlink('/proc/%d/fd/%s' % (entry, fd))
             except OSError:
                 continue
             if link.startswith('socket:['):
@@ -274,165 +408,335 @@ def ready(cfg, pid):
     return False
 
 
+# -- outcome ------------------------------------------------------------------
+
+FINAL = ('failed', 'closed')
+OUTCOME_KEYS = ('state', 'reason', 'errno', 'exit_code', 'signal', 'error', 'seconds', 'connected_at', 'failed_at')
+
+
+def _who(info):
+    program = info.get('program') or {}
+    return 'the %s (pid %s, %s)' % (info.get('role'), program.get('pid') or info.get('pid'), info.get('kind'))
+
+
+def _ended(who, out):
+    """Reason of a client whose connection ended (the program recorded it)."""
+    if out['state'] == 'closed':
+        return '%s: %s' % (who, out.get('error') or 'the connection was closed')
+    how = out.get('errno') or ('exit code %s' % out['exit_code'] if out.get('exit_code') is not None else 'an error')
+    after = ' after %.1f s' % out['seconds'] if out.get('seconds') else ''
+    return '%s failed with %s%s: %s' % (who, how, after, out.get('error') or 'no error text')
+
+
+def _death(info, exit_rec, supervisor_alive, program_alive, last_line):
+    """state, reason, exit_code, signal and error of an endpoint whose program no longer runs."""
+    who = _who(info)
+    stop_at = info.get('stop_requested')
+    if exit_rec:
+        sig = exit_rec.get('signal')
+        if stop_at is not None and (exit_rec.get('at') or 0) >= stop_at:
+            return {'state': 'stopped', 'signal': sig, 'reason': '%s was stopped (state=stopped or purged)' % who}
+        if sig:
+            via = ' (sent to its supervisor, pid %s)' % info.get('pid') if exit_rec.get('received') == sig else ''
+            return {'state': 'died', 'signal': sig, 'reason': '%s was killed by %s%s' % (who, sig, via)}
+        code = exit_rec.get('exit_code')
+        # the last line of the log says why a program failed; after a clean exit it is just output (nc's data)
+        text = (exit_rec.get('error') or last_line) if code else None
+        return {'state': 'exited' if code == 0 else 'died', 'exit_code': code, 'error': text or None,
+                'reason': '%s exited with code %s%s' % (who, code, ': %s' % text if text else '')}
+    if stop_at is not None:
+        return {'state': 'stopped', 'signal': 'SIGKILL', 'reason': '%s was stopped (state=stopped or purged)' % who}
+    if supervisor_alive:
+        return {'state': 'died', 'reason': '%s has ended; its supervisor (pid %s) has not recorded how' % (who, info.get('pid'))}
+    left = 'still runs orphaned: state=stopped or purged ends it' if program_alive else 'ended with it'
+    return {'state': 'died', 'signal': 'SIGKILL',
+            'reason': 'the supervisor (pid %s) of %s was killed by SIGKILL (it records every other end), and %s %s'
+                      % (info.get('pid'), who, info.get('kind'), left)}
+
+
+def derive(role, info, outcome, exit_rec, supervisor_alive, program_alive, last_line=''):
+    """The outcome of an endpoint from its records and whether its processes run.
+
+    program_alive is None while the program is not recorded yet (the start window).
+    """
+    out = dict.fromkeys(OUTCOME_KEYS)
+    outcome = outcome or {}
+    for key in ('errno', 'exit_code', 'error', 'connected_at', 'failed_at'):
+        out[key] = outcome.get(key)
+    if outcome.get('seconds') is not None:
+        out['seconds'] = round(outcome['seconds'], 3)
+    if not info:
+        out.update(state='unknown', reason='no %s of this name was started in this network namespace' % role)
+        return out
+    recorded = outcome.get('state')
+    if recorded in FINAL:
+        out['state'] = recorded
+        out['reason'] = _ended(_who(info), out)
+    elif supervisor_alive and program_alive is not False:
+        out['state'] = recorded if recorded in ('starting', 'connected') else 'running'
+        out['reason'] = '%s is %s' % (_who(info), 'connected' if out['state'] == 'connected' else 'running')
+    else:
+        out.update(_death(info, exit_rec, supervisor_alive, program_alive, last_line))
+    return out
+
+
+def _last_line(path):
+    try:
+        with open(path, 'rb') as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 4096))
+            lines = [line.strip() for line in handle.read().decode('utf-8', 'replace').splitlines() if line.strip()]
+    except (IOError, OSError):
+        return ''
+    return lines[-1][:300] if lines else ''
+
+
+def _read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (IOError, OSError, ValueError):
+        return None
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 class Endpoints:
-    """Start, stop and report endpoints; state files live in state_dir."""
+    """Start, stop and report the endpoints of this network namespace; state files live in state_dir/netns-<inode>."""
 
     def __init__(self, state_dir, python=None, binaries=None, check_mode=False):
         self.state_dir = state_dir
         self.python = python or sys.executable
         self.binaries = binaries or {}
         self.check_mode = check_mode
+        self.netns = netns_inode()
+        self.dir = os.path.join(state_dir, 'netns-%s' % self.netns)
 
     def _paths(self, name):
-        base = os.path.join(self.state_dir, name)
-        return base + '.json', base + '.outcome.json', base + '.log'
+        base = os.path.join(self.dir, name)
+        return {'state': base + '.json', 'outcome': base + '.outcome.json', 'exit': base + '.exit.json', 'log': base + '.log'}
 
     def load(self, name):
-        state, dummy, dummy2 = self._paths(name)
-        try:
-            with open(state) as handle:
-                return json.load(handle)
-        except (IOError, OSError, ValueError):
-            return None
+        """The state record of name in this network namespace (None for a record of another namespace that had
+        the same inode)."""
+        info = _read_json(self._paths(name)['state'])
+        return info if isinstance(info, dict) and info.get('netns') == self.netns else None
 
-    def outcome(self, name):
-        dummy, path, dummy2 = self._paths(name)
-        try:
-            with open(path) as handle:
-                return json.load(handle)
-        except (IOError, OSError, ValueError):
-            return None
+    def _save(self, info):
+        atomic_write(self._paths(info['name'])['state'], json.dumps(info) + '\n', 0o600)
+
+    def _alive(self, info):
+        """(supervisor runs, program runs - None while not recorded)."""
+        program = (info or {}).get('program')
+        return supervisor_is_ours(info, self.netns), program_is_ours(info, self.netns) if program else None
 
     def report(self, cfg, info, changed, msg):
-        running = is_ours(info)
-        outcome = self.outcome(cfg['name']) if cfg['role'] == 'client' else None
+        paths = self._paths(cfg['name'])
+        supervisor, program = self._alive(info)
+        role = (info or {}).get('role') or cfg['role']
+        outcome = derive(role, info, _read_json(paths['outcome']) if role == 'client' else None,
+                         _read_json(paths['exit']), supervisor, program, _last_line(paths['log']))
         result = {
             'changed': changed,
-            'msg': msg,
+            'msg': msg or outcome['reason'],
             'name': cfg['name'],
             'role': cfg['role'],
             'kind': cfg['kind'],
-            'running': running,
-            'pid': info.get('pid') if info else None,
-            'log': self._paths(cfg['name'])[2],
+            'running': bool(supervisor and program is not False),
+            'pid': ((info or {}).get('program') or {}).get('pid') or (info or {}).get('pid'),
+            'supervisor_pid': (info or {}).get('pid'),
+            'log': paths['log'],
+            'outcome': outcome,
         }
-        if cfg['role'] == 'client':
-            result['outcome'] = outcome_summary(outcome, running)
-            if cfg['kind'] == 'curl':
-                effective = cfg.get('keepalive_time') or (info or {}).get('keepalive_time')
-                result['keepalive_time'] = effective or CURL_DEFAULT_KEEPALIVE
-                result['keepalive_time_source'] = 'option' if effective else 'curl default'
+        if cfg['role'] == 'client' and cfg['kind'] == 'curl':
+            effective = cfg.get('keepalive_time') or (info or {}).get('keepalive_time')
+            result['keepalive_time'] = effective or CURL_DEFAULT_KEEPALIVE
+            result['keepalive_time_source'] = 'option' if effective else 'curl default'
         return result
 
-    def started(self, cfg, timeout=10.0):
+    # -- start ----------------------------------------------------------------
+
+    def _preflight(self, cfg):
+        """The state directory can be made and the programs the endpoint needs are there - before anything is written."""
+        for path in (self.state_dir, self.dir):
+            if os.path.lexists(path) and not os.path.isdir(path):
+                raise EndpointError(MSG_STATE_DIR % (path,))
+        needed = {'python': self.python}
+        if cfg['kind'] in PACKAGES:
+            needed[cfg['kind']] = self.binaries.get(cfg['kind'])
+        for what, path in needed.items():
+            if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
+                raise EndpointError(MSG_PROGRAM % (cfg['kind'], what, path, PACKAGES.get(what, 'python3')))
+
+    def _make_dirs(self):
+        """Create state_dir and the namespace's directory; return those created (to remove after a failed start)."""
+        created = []
+        for path in (self.state_dir, self.dir):
+            if not os.path.isdir(path):
+                os.makedirs(path, 0o700)
+                created.append(path)
+        return created
+
+    def _forget(self, name, created):
+        """Remove every file of the endpoint, and the directories this start created when empty."""
+        for path in self._paths(name).values():
+            _remove(path)
+            _remove(path + '.tmp')
+        for path in reversed(created):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+
+    def _failure(self, name, running, role):
+        paths = self._paths(name)
+        outcome, exit_rec = _read_json(paths['outcome']) or {}, _read_json(paths['exit']) or {}
+        detail = outcome.get('error') if outcome.get('state') in FINAL else None
+        detail = detail or exit_rec.get('error') or _last_line(paths['log'])
+        if running:
+            waiting = 'still not listening' if role == 'server' else 'still not connected'
+            return '%s%s' % (waiting, ' (%s)' % detail if detail else '')
+        if not detail and exit_rec:
+            detail = 'killed by %s' % exit_rec['signal'] if exit_rec.get('signal') else 'exit code %s' % exit_rec.get('exit_code')
+        return detail or 'no output'
+
+    def started(self, cfg, timeout=None):
+        timeout = cfg.get('timeout', 10) if timeout is None else timeout
         info = self.load(cfg['name'])
-        if is_ours(info):
-            same = all(info.get(k) == cfg.get(k) for k in ('role', 'kind', 'address', 'port'))
-            if not same:
-                raise EndpointError(MSG_RUNNING_OTHER % (cfg['name'], ', '.join(
-                    '%s=%s' % (k, info.get(k)) for k in ('role', 'kind', 'address', 'port'))))
+        if supervisor_is_ours(info, self.netns):
+            keys = ('role', 'kind', 'address', 'port')
+            if not all(info.get(k) == cfg.get(k) for k in keys):
+                raise EndpointError(MSG_RUNNING_OTHER % (cfg['name'], ', '.join('%s=%s' % (k, info.get(k)) for k in keys)))
             return self.report(cfg, info, False, 'already running')
+        self._preflight(cfg)
         if self.check_mode:
             return self.report(cfg, None, True, 'would start')
-        if not os.path.isdir(self.state_dir):
-            os.makedirs(self.state_dir, 0o700)
-        state, outcome, log = self._paths(cfg['name'])
-        for stale in (outcome, outcome + '.tmp'):
-            if os.path.exists(stale):
-                os.unlink(stale)
-        argv, tag = child_argv(cfg, self.python, self.binaries, outcome)
-        proc = spawn(argv, log)
-        info = dict(cfg, pid=proc.pid, start=starttime(proc.pid), tag=tag, argv=argv[:1],
-                    started_at=time.time(), outcome_file=outcome)
-        atomic_write(state, json.dumps(info) + '\n', 0o600)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if ready(cfg, proc.pid):
-                return self.report(cfg, info, True, 'started')
-            if proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        detail = self._tail(log) or 'no output'
-        out = self.outcome(cfg['name'])
-        if out and out.get('error'):
-            detail = out['error']
-        self._terminate(info)
-        raise EndpointError(MSG_NOT_READY % (cfg['role'], cfg['name'], timeout, detail))
+        if info and program_is_ours(info, self.netns) and not self._terminate(info):
+            raise EndpointError(MSG_STOP_FAILED % (cfg['role'], cfg['name'], _who(info)))
+        created = self._make_dirs()
+        paths, info = self._paths(cfg['name']), None
+        try:
+            for key in ('outcome', 'exit'):
+                _remove(paths[key])
+            argv, tag = child_argv(cfg, self.python, self.binaries, paths)
+            proc = spawn(argv, paths['log'])
+            info = dict(cfg, pid=proc.pid, start=starttime(proc.pid), tag=tag, argv0=argv[0], started_at=time.time(),
+                        netns=self.netns, program=None, outcome_file=paths['outcome'])
+            self._save(info)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc.poll() is None:
+                if ready(cfg, proc.pid):
+                    info['program'] = self._program(proc.pid)
+                    self._save(info)
+                    return self.report(cfg, info, True, 'started')
+                time.sleep(0.02)
+            detail = self._failure(cfg['name'], proc.poll() is None, cfg['role'])
+        except BaseException:
+            self._abandon(cfg['name'], info, created)
+            raise
+        msg = MSG_NOT_READY % (cfg['role'], cfg['name'], timeout, detail)
+        if not self._abandon(cfg['name'], info, created):
+            msg += MSG_START_KEPT % _who(info)
+        proc.poll()
+        raise EndpointError(msg)
+
+    def _abandon(self, name, info, created):
+        """After a failed start: stop what it started and remove every file of it; False (files kept) if that
+        could not be stopped."""
+        if info and not self._terminate(info):
+            return False
+        self._forget(name, created)
+        return True
 
     @staticmethod
-    def _tail(path):
-        try:
-            with open(path, 'rb') as handle:
-                return handle.read()[-2000:].decode('utf-8', 'replace').strip()
-        except (IOError, OSError):
-            return ''
+    def _program(supervisor):
+        """pid, start time and argv[0] of the supervisor's child."""
+        for pid in children(supervisor):
+            argv = cmdline(pid)
+            if argv:
+                return {'pid': pid, 'start': starttime(pid), 'argv0': argv[0]}
+        return None
+
+    # -- stop -----------------------------------------------------------------
+
+    def _gone(self, info):
+        supervisor, program = self._alive(info)
+        return not supervisor and not program
 
     def _terminate(self, info):
-        """SIGTERM the endpoint's process group (ours only), then SIGKILL what is left."""
-        if not is_ours(info):
-            return False
-        pid = int(info['pid'])
+        """SIGTERM, then SIGKILL, the endpoint's process group and its program - each only after checking it is
+        ours (pid, start time, namespace, command line). True once nothing of it runs, False when something
+        survived both."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pid, sig)
-            except OSError as exc:
-                if exc.errno != errno.ESRCH:
-                    raise
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline and starttime(pid) is not None:
-                time.sleep(0.02)
-            if starttime(pid) is None:
+            if self._gone(info):
                 return True
-        return True
+            supervisor, program = self._alive(info)
+            if supervisor:
+                _signal(info['pid'], sig, group=True)  # the supervisor leads its own session and group
+            if program:
+                _signal(info['program']['pid'], sig)
+            deadline = time.monotonic() + TERM_WAIT
+            while time.monotonic() < deadline and not self._gone(info):
+                time.sleep(0.02)
+        return self._gone(info)
+
+    def _stop(self, info):
+        """Stop one endpoint (ours only); the message, or None when nothing of it ran. Raise if it survives."""
+        supervisor, program = self._alive(info)
+        if not supervisor and not program:
+            return None
+        if self.check_mode:
+            return 'would stop'
+        if supervisor and program is not False:
+            # ours: status tells this stop from a kill from outside
+            info['stop_requested'] = time.time()
+            self._save(info)
+        if not self._terminate(info):
+            raise EndpointError(MSG_STOP_FAILED % (info.get('role'), info.get('name'), _who(info)))
+        if supervisor:
+            return 'stopped'
+        return 'stopped %s, which its killed supervisor (pid %s) had left running' % (_who(info), info.get('pid'))
 
     def stopped(self, cfg):
         info = self.load(cfg['name'])
-        running = is_ours(info)
-        if self.check_mode:
-            return self.report(cfg, info, running, 'would stop' if running else 'not running')
-        result = self.report(cfg, info, running, 'stopped' if running else 'not running')
-        if running:
-            self._terminate(info)
-            result['running'] = False
-        return result
+        msg = self._stop(info) if info else None
+        return self.report(cfg, info, msg is not None, msg or 'not running')
 
     def purged(self):
-        """Stop every endpoint recorded in state_dir that runs in this network namespace (the rollback's panic button)."""
-        stopped = []
+        """Stop every endpoint whose state record says it runs in this network namespace (the rollback's panic button)."""
+        stopped, failed = [], []
         try:
-            names = sorted(n[:-5] for n in os.listdir(self.state_dir)
-                           if n.endswith('.json') and not n.endswith('.outcome.json'))
+            names = sorted(n[:-5] for n in os.listdir(self.dir)
+                           if n.endswith('.json') and not n.endswith(('.outcome.json', '.exit.json')))
         except OSError:
             names = []
-        own = netns_inode()
         for name in names:
             info = self.load(name)
-            # lab hosts share one file system: only the endpoints of this host's network namespace
-            if is_ours(info) and netns_of(int(info['pid'])) == own:
-                stopped.append(name)
-                if not self.check_mode:
-                    self._terminate(info)
+            if not info:
+                continue
+            try:
+                if self._stop(info):
+                    stopped.append(name)
+            except EndpointError as exc:
+                failed.append(str(exc))
+        if failed:
+            raise EndpointError(MSG_PURGE_FAILED % '; '.join(failed))
         return {'changed': bool(stopped), 'stopped': stopped,
-                'msg': 'stopped %s' % ', '.join(stopped) if stopped else 'no endpoint running'}
+                'msg': '%s %s' % ('would stop' if self.check_mode else 'stopped', ', '.join(stopped))
+                       if stopped else 'no endpoint running'}
+
+    # -- status ---------------------------------------------------------------
 
     def status(self, cfg):
         info = self.load(cfg['name'])
-        return self.report(cfg, info, False, 'running' if is_ours(info) else 'not running')
-
-
-def outcome_summary(outcome, running):
-    """The client's outcome for the module result."""
-    if not outcome:
-        return {'state': 'running' if running else 'unknown', 'errno': None, 'exit_code': None, 'seconds': None}
-    state = outcome.get('state')
-    if state in ('connected', 'starting') and not running:
-        state = 'stopped'
-    return {
-        'state': state,
-        'errno': outcome.get('errno'),
-        'exit_code': outcome.get('exit_code'),
-        'error': outcome.get('error'),
-        'seconds': round(outcome['seconds'], 3) if outcome.get('seconds') is not None else None,
-        'connected_at': outcome.get('connected_at'),
-        'failed_at': outcome.get('failed_at'),
-    }
+        supervisor, program = self._alive(info)
+        if supervisor and program is False:
+            # the program has just ended: give its supervisor a moment to record how
+            path, deadline = self._paths(cfg['name'])['exit'], time.monotonic() + EXIT_WAIT
+            while time.monotonic() < deadline and not os.path.exists(path) and supervisor_is_ours(info, self.netns):
+                time.sleep(0.02)
+        return self.report(cfg, info, False, None)

@@ -19,11 +19,20 @@ description:
     the connection ends. The V(curl) client is C(curl --local-port LOCAL http://ADDRESS:PORT/) as in
     the walk-through; curl sets TCP_KEEPIDLE and TCP_KEEPINTVL on its socket itself (60 s unless
     O(keepalive_time) is given), which overrides the sysctls - the result says which value governs.
-  - O(state=started) returns once the server listens or the client's connection is ESTABLISHED.
-    O(state=status) and O(state=stopped) return the client's outcome - still connected, or failed
-    with the errno name (C(ETIMEDOUT) when keepalive gave up), curl's exit code (56) and the seconds
-    from connect to failure.
-  - Stops only its own processes (checked by command line and start time); stopping twice is fine.
+  - Each endpoint is one unit of two processes, a supervisor and its program (the server or client); the
+    kernel ends the program when the supervisor dies, so neither is ever left orphaned. The supervisor
+    records how the program ended (exit code or signal).
+  - O(state=started) returns once the server listens or the client's connection is ESTABLISHED. A start
+    that fails (port in use, an address the host does not have, a missing program, a refused connection)
+    stops what it started and leaves no state, log or outcome file behind.
+  - O(state=status) and O(state=stopped) return the endpoint's outcome for both roles at once - the client
+    still connected, or failed with the errno name (C(ETIMEDOUT) when keepalive gave up), curl's exit code
+    (56) and the seconds from connect to failure; an endpoint that V(died) says which process and how
+    (C(the server (pid 4242, python\) was killed by SIGKILL\)), or that it exited with a code and the last
+    line of its log - distinct from one V(stopped) by this module.
+  - Stops only its own processes, each checked by pid, start time, command line and network namespace
+    against the endpoint's state record; stopping twice is fine. State records are kept per network
+    namespace (lab hosts share one file system), so a name only ever means this namespace's endpoint.
 author: tcplab.keepalive developers (@tcplab)
 extends_documentation_fragment:
   - tcplab.keepalive.attributes
@@ -50,33 +59,40 @@ options:
     type: str
     default: 127.0.0.1
   port:
-    description: The server's port.
+    description: The server's port, 1..65535.
     type: int
     default: 12345
   local_port:
-    description: The client's local port (C(curl --local-port)).
+    description: The client's local port (C(curl --local-port)), 1..65535.
     type: int
   keepalive_time:
     description:
-      - C(curl --keepalive-time) (seconds); O(kind=curl) only. When not set, curl's own 60 s applies
+      - C(curl --keepalive-time) (seconds, 1..32767); O(kind=curl) only. When not set, curl's own 60 s applies
         and the result says so.
     type: int
   state:
     description:
-      - V(started), V(stopped) or V(status) of one endpoint; V(purged) stops every endpoint recorded in
-        O(state_dir) that runs in the target's network namespace (the rollback's panic button).
+      - V(started), V(stopped) or V(status) of one endpoint; V(purged) stops every endpoint whose state record
+        in O(state_dir) says it runs in the target's network namespace, and only while its processes still
+        match that record (the rollback's panic button).
     type: str
     choices: [started, stopped, status, purged]
     default: started
   name:
-    description: Name of the endpoint (its state files); default C(<role>-<port>).
+    description:
+      - Name of the endpoint (its state files), 1 to 48 letters, digits, C(-) or C(_); default C(<role>-<port>).
+      - Names are per network namespace.
     type: str
   state_dir:
-    description: Directory of the endpoints' state, outcome and log files.
+    description:
+      - Directory of the endpoints' state, outcome, exit and log files, in a subdirectory C(netns-<inode>) per
+        network namespace.
     type: path
     default: /run/tcplab-keepalive/endpoint
   timeout:
-    description: Seconds O(state=started) waits for the server to listen or the client to connect.
+    description:
+      - Seconds O(state=started) waits for the server to listen or the client to connect; more than 0 and at
+        most 3600.
     type: float
     default: 10
 requirements:
@@ -94,11 +110,21 @@ EXAMPLES = r'''
     role: client
     local_port: 22345
 
-- name: Read the client's outcome
+- name: Wait for the client's connection to end - or for the client to die
   tcplab.keepalive.endpoint:
     role: client
     state: status
   register: client
+  until: client.outcome.state not in ['starting', 'connected', 'running']
+  retries: 60
+  delay: 1
+
+- name: Say how the server is doing (running, or which process died and how)
+  tcplab.keepalive.endpoint:
+    role: server
+    state: status
+  register: server
+  failed_when: server.outcome.state in ['died', 'exited']
 
 - name: Stop both
   tcplab.keepalive.endpoint:
@@ -127,47 +153,65 @@ kind:
   returned: unless O(state=purged)
   type: str
 running:
-  description: Whether the endpoint's process runs (after this task).
+  description: Whether the endpoint's program runs (after this task).
   returned: unless O(state=purged)
   type: bool
 pid:
-  description: Pid of the endpoint's process.
+  description: Pid of the endpoint's program (the server or client; its supervisor's while it starts).
+  returned: unless O(state=purged)
+  type: int
+supervisor_pid:
+  description: Pid of the endpoint's supervisor.
   returned: unless O(state=purged)
   type: int
 log:
-  description: The endpoint's log file.
+  description: The endpoint's log file (the program's output and error messages).
   returned: unless O(state=purged)
   type: str
 outcome:
-  description: The client's outcome.
-  returned: when O(role=client)
+  description: How the endpoint is doing, or how it ended (server and client).
+  returned: unless O(state=purged)
   type: dict
   contains:
     state:
-      description: V(connected), V(failed), V(closed), V(stopped) or V(unknown).
+      description:
+        - V(starting), V(connected) (client) or V(running) while the program runs.
+        - V(failed) or V(closed) - the client's connection ended (see RV(outcome.errno), RV(outcome.exit_code)).
+        - V(stopped) - ended by O(state=stopped) or O(state=purged) of this module.
+        - V(died) - ended by anything else - a signal from outside (RV(outcome.signal)) or a non-zero exit.
+        - V(exited) - the program exited with code 0 by itself (C(nc -l) does when its connection closes).
+        - V(unknown) - no endpoint of this name was started in this network namespace.
       type: str
-      sample: failed
+      sample: died
+    reason:
+      description: One sentence - which process (role, pid, program) is doing what or ended how.
+      type: str
+      sample: the server (pid 4242, python) was killed by SIGKILL
     errno:
-      description: The errno name the connection ended with.
+      description: The errno name the client's connection ended with.
       type: str
       sample: ETIMEDOUT
     exit_code:
-      description: curl's exit code (O(kind=curl)).
+      description: curl's exit code (O(kind=curl)), or the exit code of a program that exited by itself.
       type: int
       sample: 56
+    signal:
+      description: The signal that killed the program (V(died), V(stopped)).
+      type: str
+      sample: SIGKILL
     error:
-      description: The error text.
+      description: The error text (the client's error, or the last line of the log of a program that exited).
       type: str
       sample: 'curl: (56) Recv failure: Connection timed out'
     seconds:
-      description: Seconds from connect to failure.
+      description: Seconds from connect to failure (client).
       type: float
       sample: 9.03
     connected_at:
-      description: When the connection was made (seconds since the epoch).
+      description: When the connection was made (seconds since the epoch; client).
       type: float
     failed_at:
-      description: When it ended (seconds since the epoch).
+      description: When it ended (seconds since the epoch; client).
       type: float
 keepalive_time:
   description: The per-socket keepalive idle time and interval curl sets (O(kind=curl)).
@@ -221,7 +265,7 @@ def main():
                 binaries['curl'] = find_binary(module, 'curl')
         endpoints = Endpoints(module.params['state_dir'], sys.executable, binaries, module.check_mode)
         if module.params['state'] == 'started':
-            result = endpoints.started(cfg, module.params['timeout'])
+            result = endpoints.started(cfg)
         elif module.params['state'] == 'stopped':
             result = endpoints.stopped(cfg)
         else:

@@ -15,7 +15,7 @@ import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _endpoint, _proc
 from ansible_collections.tcplab.keepalive.plugins.module_utils._endpoint import (
-    EndpointError, Endpoints, curl_argv, outcome_summary, parse_proc_net_tcp, validate)
+    EndpointError, Endpoints, curl_argv, derive, parse_proc_net_tcp, validate)
 
 
 def cfg(**kw):
@@ -39,6 +39,11 @@ def test_defaults():
     ({'keepalive_time': 5}, _endpoint.MSG_KEEPALIVE_TIME % 5),
     ({'kind': 'curl', 'keepalive_time': 0}, _endpoint.MSG_KEEPALIVE_TIME % 0),
     ({'name': 'a b'}, _endpoint.MSG_NAME % 'a b'),
+    ({'port': 65536}, _endpoint.MSG_PORT % ('port', 65536)),
+    ({'local_port': 0}, _endpoint.MSG_PORT % ('local_port', 0)),
+    ({'port': True}, _endpoint.MSG_PORT % ('port', True)),
+    ({'kind': 'curl', 'keepalive_time': 32768}, _endpoint.MSG_KEEPALIVE_TIME % 32768),
+    ({'timeout': -1}, _endpoint.MSG_TIMEOUT % (3600, -1)),
 ])
 def test_bad_input(kw, message):
     with pytest.raises(EndpointError) as exc:
@@ -61,20 +66,65 @@ def test_parse_proc_net_tcp():
     assert parse_proc_net_tcp(text) == [(12345, 0, 'LISTEN', 1111), (22333, 12345, 'ESTABLISHED', 2222)]
 
 
-def test_outcome_summary():
-    assert outcome_summary(None, True)['state'] == 'running'
-    assert outcome_summary({'state': 'connected'}, False)['state'] == 'stopped'
-    got = outcome_summary({'state': 'failed', 'errno': 'ETIMEDOUT', 'seconds': 9.12345}, False)
-    assert got['errno'] == 'ETIMEDOUT' and got['seconds'] == 9.123
+def test_programs_compile():
+    for name, code in _endpoint.PROGRAMS.items():
+        compile(code, '<%s>' % name, 'exec')
+
+
+INFO = {'role': 'server', 'kind': 'python', 'pid': 100, 'program': {'pid': 101}, 'name': 's'}
+CLIENT_INFO = dict(INFO, role='client', kind='curl')
+
+
+@pytest.mark.parametrize('role, info, outcome, exit_rec, alive, last, want', [
+    ('server', None, None, None, (False, None), '',
+     {'state': 'unknown', 'reason': 'no server of this name was started in this network namespace'}),
+    ('server', INFO, None, None, (True, True), '', {'state': 'running', 'reason': 'the server (pid 101, python) is running'}),
+    ('server', dict(INFO, program=None), None, None, (True, None), '', {'state': 'running'}),
+    ('server', INFO, None, {'signal': 'SIGKILL', 'at': 5}, (False, False), '',
+     {'state': 'died', 'signal': 'SIGKILL', 'reason': 'the server (pid 101, python) was killed by SIGKILL'}),
+    ('server', INFO, None, {'signal': 'SIGTERM', 'received': 'SIGTERM', 'at': 5}, (False, False), '',
+     {'state': 'died', 'reason': 'the server (pid 101, python) was killed by SIGTERM (sent to its supervisor, pid 100)'}),
+    ('server', dict(INFO, stop_requested=4), None, {'signal': 'SIGTERM', 'received': 'SIGTERM', 'at': 5}, (False, False), '',
+     {'state': 'stopped', 'signal': 'SIGTERM', 'reason': 'the server (pid 101, python) was stopped (state=stopped or purged)'}),
+    # killed before our stop came: still a death
+    ('server', dict(INFO, stop_requested=6), None, {'signal': 'SIGKILL', 'at': 5}, (False, False), '', {'state': 'died'}),
+    ('server', INFO, None, {'exit_code': 1, 'at': 5}, (False, False), 'OSError: [Errno 24] Too many open files',
+     {'state': 'died', 'exit_code': 1, 'error': 'OSError: [Errno 24] Too many open files',
+      'reason': 'the server (pid 101, python) exited with code 1: OSError: [Errno 24] Too many open files'}),
+    ('server', dict(INFO, kind='nc'), None, {'exit_code': 0, 'at': 5}, (False, False), '',
+     {'state': 'exited', 'exit_code': 0, 'reason': 'the server (pid 101, nc) exited with code 0'}),
+    ('client', CLIENT_INFO, {'state': 'connected'}, None, (False, False), '',
+     {'state': 'died', 'signal': 'SIGKILL', 'reason': 'the supervisor (pid 100) of the client (pid 101, curl) was killed by '
+                                                      'SIGKILL (it records every other end), and curl ended with it'}),
+    ('client', CLIENT_INFO, {'state': 'connected'}, None, (False, True), '',
+     {'state': 'died', 'reason': 'the supervisor (pid 100) of the client (pid 101, curl) was killed by SIGKILL (it records '
+                                 'every other end), and curl still runs orphaned: state=stopped or purged ends it'}),
+    ('client', CLIENT_INFO, {'state': 'connected'}, None, (True, True), '', {'state': 'connected'}),
+    ('client', CLIENT_INFO, {'state': 'connected'}, None, (True, False), '', {'state': 'died'}),
+    ('client', CLIENT_INFO, {'state': 'failed', 'errno': 'ETIMEDOUT', 'exit_code': 56, 'seconds': 9.12345,
+                             'error': 'curl: (56) Recv failure: Connection timed out'}, {'exit_code': 56}, (False, False), '',
+     {'state': 'failed', 'errno': 'ETIMEDOUT', 'exit_code': 56, 'seconds': 9.123,
+      'reason': 'the client (pid 101, curl) failed with ETIMEDOUT after 9.1 s: curl: (56) Recv failure: Connection timed out'}),
+    ('client', dict(CLIENT_INFO, kind='python'), {'state': 'closed', 'error': 'the server closed the connection'}, None,
+     (False, False), '', {'state': 'closed', 'reason': 'the client (pid 101, python): the server closed the connection'}),
+])
+def test_derive(role, info, outcome, exit_rec, alive, last, want):
+    got = derive(role, info, outcome, exit_rec, alive[0], alive[1], last)
+    assert set(got) == set(_endpoint.OUTCOME_KEYS)
+    assert {k: got[k] for k in want} == want
 
 
 def test_stop_never_signals_a_foreign_process(tmp_path):
     sleeper = subprocess.Popen(['sleep', '30'])  # pylint: disable=consider-using-with
     try:
-        state = tmp_path / 'client-12345.json'
-        state.write_text(json.dumps({'pid': sleeper.pid, 'start': _proc.starttime(sleeper.pid),
-                                     'tag': 'tcplab-keepalive-endpoint:client-12345', 'role': 'client'}))
-        result = Endpoints(str(tmp_path)).stopped(cfg())
+        eps = Endpoints(str(tmp_path))
+        os.makedirs(eps.dir)
+        record = {'pid': sleeper.pid, 'start': _proc.starttime(sleeper.pid), 'netns': eps.netns, 'name': 'client-12345',
+                  'tag': 'tcplab-keepalive-endpoint:client-12345', 'role': 'client', 'kind': 'python',
+                  'program': {'pid': sleeper.pid, 'start': _proc.starttime(sleeper.pid), 'argv0': 'curl'}}
+        with open(eps._paths('client-12345')['state'], 'w') as handle:
+            json.dump(record, handle)
+        result = eps.stopped(cfg())
         assert not result['changed']
         time.sleep(0.2)
         assert sleeper.poll() is None, 'a process that is not ours was signalled'
@@ -93,7 +143,7 @@ def netns_python(ns, code):
 
 @pytest.fixture
 def netns():
-    name = 'tkep-%s' % secrets.token_hex(3)
+    name = 'tken-%s' % secrets.token_hex(3)
     subprocess.run(['ip', 'netns', 'add', name], check=True)
     subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)
     subprocess.run(['ip', 'netns', 'exec', name, 'sysctl', '-q', '-w', 'net.ipv4.tcp_keepalive_time=1',
@@ -129,8 +179,8 @@ def in_ns(ns, state_dir, steps):
     return json.loads(out.stdout)
 
 
-SERVER = {'role': 'server', 'kind': 'python', 'port': 12345}
-CLIENT = {'role': 'client', 'kind': 'python', 'port': 12345, 'local_port': 22345}
+SERVER = {'role': 'server', 'kind': 'python', 'port': 41345}
+CLIENT = {'role': 'client', 'kind': 'python', 'port': 41345, 'local_port': 41346}
 
 
 @needs_root
@@ -145,7 +195,7 @@ def test_client_times_out_when_the_server_goes_silent(netns, tmp_path, server_ki
     assert again['c']['running'] and not again['s']['changed']
     time.sleep(2.5)  # answered probes at +1 s, +2 s: still connected
     assert in_ns(netns, state, [{'id': 'c', 'op': 'status', 'cfg': CLIENT}])['c']['outcome']['state'] == 'connected'
-    subprocess.run(['ip', 'netns', 'exec', netns, 'iptables', '-w', '5', '-I', 'INPUT', '-p', 'tcp', '--dport', '12345',
+    subprocess.run(['ip', 'netns', 'exec', netns, 'iptables', '-w', '5', '-I', 'INPUT', '-p', 'tcp', '--dport', '41345',
                     '-j', 'DROP'], check=True)
     deadline = time.time() + 15
     while time.time() < deadline:
@@ -167,7 +217,7 @@ def test_curl_client_reports_its_keepalive_override(netns, tmp_path):
     curl = dict(CLIENT, kind='curl', keepalive_time=1)
     got = in_ns(netns, state, [{'id': 's', 'op': 'started', 'cfg': SERVER}, {'id': 'c', 'op': 'started', 'cfg': curl}])
     assert got['c']['keepalive_time'] == 1 and got['c']['keepalive_time_source'] == 'option'
-    subprocess.run(['ip', 'netns', 'exec', netns, 'iptables', '-w', '5', '-I', 'INPUT', '-p', 'tcp', '--dport', '12345',
+    subprocess.run(['ip', 'netns', 'exec', netns, 'iptables', '-w', '5', '-I', 'INPUT', '-p', 'tcp', '--dport', '41345',
                     '-j', 'DROP'], check=True)
     deadline = time.time() + 20
     while time.time() < deadline:
