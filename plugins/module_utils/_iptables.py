@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The DROP rule that silences a peer: validation, argv, idempotent add and
 remove through iptables -C with the xtables lock wait, purge of our tagged
-rules, the lockout guard and the dead-man timer.
+rules in every iptables backend of the namespace (nf_tables and legacy), the
+lockout guard and the dead-man timer.
 
 This file is private to the collection: its names may change at any time
 and must not be used from outside tcplab.keepalive.
@@ -29,9 +30,16 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdl
 COMMENT_PREFIX = 'tcplab-keepalive:'
 TAG_RE = re.compile(r'^[A-Za-z0-9_-]{1,32}$')
 IFACE_RE = re.compile(r'^[A-Za-z0-9_.:@-]{1,15}\+?$')
+INT_RE = re.compile(r'^[+-]?[0-9]{1,20}$')
+VERSION_RE = re.compile(r'^(ip6?tables) v[0-9]')
 CHAINS = ('INPUT', 'OUTPUT')
 TIMER_MARKER = 'tcplab-keepalive-drop-rule-timer'
 TIMER_DIR = '/run/tcplab-keepalive/drop_rule'
+SBIN_DIRS = ('/usr/sbin', '/sbin', '/usr/bin', '/bin')
+# the legacy tables that exist in this network namespace (what iptables-nft reads to warn about them)
+LEGACY_TABLES = {'4': '/proc/net/ip_tables_names', '6': '/proc/net/ip6_tables_names'}
+# options that only describe one rule; state: purged works on tags, not on rules
+RULE_OPTIONS = ('port', 'source', 'destination', 'in_interface', 'out_interface', 'expire_after')
 
 MSG_PORT = 'port must be an integer 1..65535, got %r'
 MSG_PORT_REQUIRED = 'port is required with state: %s'
@@ -42,23 +50,48 @@ MSG_ADDRESS = '%s must be an IPv%s address or CIDR (ip_version: %s), got %r'
 MSG_IFACE = '%s must be an interface name (1 to 15 letters, digits, ".", "_", "-", ":", "@"; "+" at the end), got %r'
 MSG_IFACE_CHAIN = '%s cannot be used with chain %s (iptables allows in_interface on INPUT, out_interface on OUTPUT)'
 MSG_IP_VERSION = 'ip_version must be 4 or 6 (both only with state: purged), got %r'
-MSG_EXPIRE = 'expire_after must be an integer number of seconds 1..604800, got %r'
+MSG_EXPIRE = 'expire_after must be an integer number of seconds 1..604800 (7 days), got %r'
+MSG_EXPIRE_STATE = ('expire_after applies only to state: present (absent cancels the rule\'s timer, purged '
+                    'cancels every timer of the tag), got state: %s')
 MSG_WAIT = 'wait must be an integer number of seconds 0..3600, got %r'
+MSG_PURGE_OPTION = ('state: purged takes no %s: it removes every rule of the tag (of every tag when tag is not '
+                    'given); to remove one rule use state: absent with that rule\'s options')
 MSG_LOCKOUT = ('refusing to DROP %s %s %d on %s: Ansible manages this host over SSH (%s:%s from %s:%s, '
                'SSH_CONNECTION) and the rule would cut that connection. Pick another port, narrow the '
                'rule with source/destination, or set allow_lockout: true if you really mean it')
 MSG_LOCK_BUSY = ('the xtables lock is held by another program and was not released within wait (%d s): '
                  'nothing was changed; retry, or raise wait')
+MSG_EXEC_HINT = 'give the path of %(family)s, %(family)s-legacy or %(family)s-nft'
+MSG_EXEC_NOT_FOUND = ('%(program)s not found in PATH or %(dirs)s: install iptables (Debian/Ubuntu: apt-get install '
+                      'iptables), or ' + MSG_EXEC_HINT)
+MSG_EXEC_RELATIVE = 'executable %(program)s is a relative path: ' + MSG_EXEC_HINT + ' (absolute), or a program name in PATH'
+MSG_EXEC_DIR = 'executable %(program)s is a directory, not a program: ' + MSG_EXEC_HINT
+MSG_EXEC_NOT_PROGRAM = 'executable %(program)s is not an executable program (%(why)s): ' + MSG_EXEC_HINT
+MSG_NOT_IPTABLES = ('executable %(program)s did not behave like %(family)s: "%(program)s -V" exited with rc=%(rc)d '
+                    'and printed %(out)r, where %(family)s prints "%(family)s v1.8.9 (nf_tables)" or similar: '
+                    + MSG_EXEC_HINT)
+MSG_WRONG_FAMILY = ('executable %(program)s is %(other)s, the program of IPv%(other_version)s rules: for IPv%(other_version)s '
+                    'set ip_version: %(other_version)s (the module then runs %(other)s); for IPv%(version)s ' + MSG_EXEC_HINT)
+MSG_FAILED = '%s failed (rc=%d): %s'
+MSG_TIMER_STUCK = 'the dead-man timer (pid %d) did not stop after SIGTERM and SIGKILL: %s'
 
 
 class RuleError(Exception):
     """Invalid request or failed iptables call; the message says what to do."""
 
 
-def _int_in(value, low, high, message):
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise RuleError(message % (value,))
+def _to_int(value):
+    """value as an int if it is one, also as text ('300', as k=v arguments and -e variables arrive), else unchanged."""
+    if isinstance(value, str) and INT_RE.match(value.strip()):
+        return int(value.strip())
     return value
+
+
+def _int_in(value, low, high, message):
+    number = _to_int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+        raise RuleError(message % (value,))
+    return number
 
 
 def validate(params):
@@ -75,18 +108,22 @@ def validate(params):
         'state': state,
         'ip_version': version,
         'tag': tag,
-        'wait': _int_in(params.get('wait', 30) if params.get('wait') is not None else 30, 0, 3600, MSG_WAIT),
+        'wait': _int_in(params.get('wait') if params.get('wait') is not None else 30, 0, 3600, MSG_WAIT),
         'allow_lockout': bool(params.get('allow_lockout')),
         'expire_after': None,
     }
     if state == 'purged':
+        for key in RULE_OPTIONS:
+            if params.get(key) is not None:
+                raise RuleError(MSG_PURGE_OPTION % key)
         return rule
-    port = params.get('port')
-    if isinstance(port, str) and port.isdigit() and len(port) <= 5:
-        port = int(port)
-    if port is None:
+    if params.get('expire_after') is not None:
+        if state != 'present':
+            raise RuleError(MSG_EXPIRE_STATE % state)
+        rule['expire_after'] = _int_in(params['expire_after'], 1, 604800, MSG_EXPIRE)
+    if params.get('port') is None:
         raise RuleError(MSG_PORT_REQUIRED % state)
-    rule['port'] = _int_in(port, 1, 65535, MSG_PORT)
+    rule['port'] = _int_in(params['port'], 1, 65535, MSG_PORT)
     rule['match'] = params.get('match') or 'dport'
     rule['protocol'] = params.get('protocol') or 'tcp'
     chain = params.get('chain') or 'INPUT'
@@ -104,8 +141,6 @@ def validate(params):
                 raise RuleError(MSG_IFACE_CHAIN % (key, chain))
         rule[key] = value
     rule['position'] = params.get('position') or 'insert'
-    if params.get('expire_after') is not None:
-        rule['expire_after'] = _int_in(params['expire_after'], 1, 604800, MSG_EXPIRE)
     return rule
 
 
@@ -233,35 +268,115 @@ def lockout_check(rule, ssh_connection):
                                    server_ip, server_port, client_ip, client_port))
 
 
-# -- iptables -----------------------------------------------------------------
+# -- the iptables programs -----------------------------------------------------
+
+def family_program(name, version):
+    """The program of the family: iptables-legacy stays for IPv4 and becomes ip6tables-legacy for IPv6."""
+    head, base = os.path.split(name)
+    if version == '6' and base.startswith('iptables'):
+        base = 'ip6tables' + base[len('iptables'):]
+    return os.path.join(head, base) if head else base
+
+
+def find_program(name, version, which):
+    """Absolute path of the iptables program name (a name looked up by which, or an absolute path).
+
+    Refuses, with the fix in the message, what cannot be an iptables program before it is run."""
+    facts = {'program': name, 'family': binary_name(version), 'dirs': ', '.join(SBIN_DIRS)}
+    if '/' not in name:
+        path = which(name)
+        if not path:
+            raise RuleError(MSG_EXEC_NOT_FOUND % facts)
+        return path
+    if not os.path.isabs(name):
+        raise RuleError(MSG_EXEC_RELATIVE % facts)
+    if os.path.isdir(name):
+        raise RuleError(MSG_EXEC_DIR % facts)
+    if not os.path.exists(name):
+        raise RuleError(MSG_EXEC_NOT_FOUND % facts)
+    why = _not_runnable(name)
+    if why:
+        raise RuleError(MSG_EXEC_NOT_PROGRAM % dict(facts, why=why))
+    return name
+
+
+def _not_runnable(path):
+    """Why path cannot be run as a program, or None."""
+    if not os.path.isfile(path):
+        return 'not a regular file'
+    if not os.access(path, os.X_OK):
+        return 'no execute permission'
+    try:
+        with open(path, 'rb') as handle:
+            head = handle.read(4)
+    except (IOError, OSError):
+        return None
+    if head != b'\x7fELF' and not head.startswith(b'#!'):
+        return 'neither an ELF binary nor a #! script'
+    return None
+
+
+def legacy_tables_present(version, paths=None):
+    """True if this network namespace has a legacy (x_tables) filter table of the family.
+
+    Listing with iptables-legacy would create an empty one, so a namespace without one is not listed."""
+    path = (paths or LEGACY_TABLES)[version]
+    try:
+        with open(path) as handle:
+            return 'filter' in handle.read().split()
+    except (IOError, OSError):
+        return False
+
 
 class Iptables:
-    """One family's iptables binary, always with the lock wait (-w)."""
+    """One family's iptables program, always with the lock wait (-w)."""
 
-    def __init__(self, run, binary, wait):
+    def __init__(self, run, binary, wait, version='4'):
         self.run = run
         self.binary = binary
         self.wait = wait
+        self.version = version
+        self._backend = None
 
     def _cmd(self, *args):
         return [self.binary, '-w', str(self.wait)] + list(args)
 
-    def _call(self, argv, ok_rc=(0,)):
-        rc, out, err = self.run(argv, check=False)
+    def _fail(self, argv, rc, out, err):
         if rc == 4 and 'xtables lock' in (err or ''):
             raise RuleError(MSG_LOCK_BUSY % self.wait)
+        raise RuleError(MSG_FAILED % (' '.join(argv), rc, (err or out or '').strip() or '(no output)'))
+
+    def _call(self, argv, ok_rc=(0,)):
+        rc, out, err = self.run(argv, check=False)
         if rc not in ok_rc:
-            raise RuleError('%s failed (rc=%d): %s' % (' '.join(argv), rc, (err or out).strip()))
+            self._fail(argv, rc, out, err)
         return rc, out, err
 
-    def backend(self):
+    def probe(self):
+        """The backend (nf_tables or legacy), from -V; a program that does not answer like iptables is refused."""
+        family = binary_name(self.version)
         rc, out, err = self.run([self.binary, '-V'], check=False)
-        text = (out or '') + (err or '')
-        if 'nf_tables' in text:
-            return 'nf_tables'
-        if 'legacy' in text:
-            return 'legacy'
-        return 'legacy' if rc == 0 else 'unknown'
+        text = ((out or '') + (err or '')).strip()
+        found = VERSION_RE.match(text)
+        if rc != 0 or not found:
+            raise RuleError(MSG_NOT_IPTABLES % {'program': self.binary, 'family': family, 'rc': rc, 'out': text[:200]})
+        if found.group(1) != family:
+            raise RuleError(MSG_WRONG_FAMILY % {'program': self.binary, 'family': family, 'version': self.version,
+                                                'other': found.group(1), 'other_version': '4' if self.version == '6' else '6'})
+        self._backend = 'nf_tables' if 'nf_tables' in text else 'legacy'
+        return self._backend
+
+    def backend(self):
+        return self._backend or self.probe()
+
+    def usable(self):
+        """True if the program can hold rules here (a second backend is looked at only then)."""
+        if self.backend() == 'legacy':
+            return legacy_tables_present(self.version)
+        rc, out, err = self.run(self._cmd('-S', 'INPUT'), check=False)
+        if rc == 4 and 'xtables lock' in (err or ''):
+            raise RuleError(MSG_LOCK_BUSY % self.wait)
+        return rc == 0
 
     def exists(self, chain, spec):
         """True/False from -C; a busy lock or any other error raises (never read as absent)."""
@@ -271,20 +386,59 @@ class Iptables:
             return True
         if rc == 1 and 'does a matching rule exist' in (err or ''):
             return False
-        if rc == 4 and 'xtables lock' in (err or ''):
-            raise RuleError(MSG_LOCK_BUSY % self.wait)
-        raise RuleError('%s failed (rc=%d): %s' % (' '.join(argv), rc, (err or out).strip()))
+        return self._fail(argv, rc, out, err)
 
     def insert(self, chain, spec, position):
         self._call(self._cmd('-I' if position == 'insert' else '-A', chain, *spec))
 
     def delete(self, chain, spec):
-        self._call(self._cmd('-D', chain, *spec))
+        """Delete one copy; False if it was gone already (a timer or another run was faster)."""
+        argv = self._cmd('-D', chain, *spec)
+        rc, out, err = self.run(argv, check=False)
+        if rc == 0:
+            return True
+        if rc == 1 and 'does a matching rule exist' in (err or ''):
+            return False
+        return self._fail(argv, rc, out, err)
 
     def list_rules(self, chain=None):
         args = ['-S'] + ([chain] if chain else [])
         rc, out, err = self._call(self._cmd(*args))
         return out.splitlines()
+
+
+def open_tables(rule, executable, run, which):
+    """{ip_version: [Iptables, ...]}: first the program that adds (executable, else iptables/ip6tables), then,
+    for state purged and for state absent without executable, the other backends that hold tables here."""
+    versions = ['4', '6'] if rule['ip_version'] == 'both' else [rule['ip_version']]
+    tables = {}
+    for version in versions:
+        name = family_program(executable, version) if executable else binary_name(version)
+        first = Iptables(run, find_program(name, version, which), rule['wait'], version)
+        first.probe()
+        tables[version] = [first]
+        if rule['state'] == 'purged' or (rule['state'] == 'absent' and not executable):
+            tables[version] += other_backends(first, run, which)
+    return tables
+
+
+def other_backends(first, run, which):
+    """iptables-nft / iptables-legacy (of first's family) when they are another backend and hold tables here."""
+    seen = {first.backend()}
+    found = []
+    for suffix in ('-nft', '-legacy'):
+        path = which(binary_name(first.version) + suffix)
+        if not path:
+            continue
+        other = Iptables(run, path, first.wait, first.version)
+        try:
+            backend = other.probe()
+        except RuleError:
+            continue
+        if backend not in seen and other.usable():
+            seen.add(backend)
+            found.append(other)
+    return found
 
 
 def tagged_rules(lines, tag=None):
@@ -330,16 +484,30 @@ except OSError:
 '''
 
 
-def timer_key(version, chain, spec):
-    digest = hashlib.sha1(json.dumps([version, chain, spec]).encode('utf-8')).hexdigest()[:16]
+def timer_key(version, chain, spec, backend):
+    """The timer's name: this network namespace, the family, the backend and the rule."""
+    digest = hashlib.sha1(json.dumps([version, backend, chain, spec]).encode('utf-8')).hexdigest()[:16]
     return '%d-%s' % (netns_inode(), digest)
+
+
+def timer_version(info):
+    """'4' or '6': the family of the rule a timer removes (older records only name the program)."""
+    if info.get('ip_version'):
+        return str(info['ip_version'])
+    program = os.path.basename(((info.get('rule') or ['']) + [''])[0])
+    return '6' if program.startswith('ip6tables') else '4'
+
+
+def when(epoch):
+    return time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(epoch))
 
 
 class Timers:
     """Dead-man timers: detached processes that delete one rule when they expire."""
 
-    def __init__(self, directory=TIMER_DIR):
+    def __init__(self, directory=TIMER_DIR, patience=5.0):
         self.directory = directory
+        self.patience = patience
 
     def path(self, key):
         return os.path.join(self.directory, key + '.json')
@@ -347,18 +515,22 @@ class Timers:
     def load(self, key):
         try:
             with open(self.path(key)) as handle:
-                return json.load(handle)
+                info = json.load(handle)
         except (IOError, OSError, ValueError):
             return None
+        return info if isinstance(info, dict) else None
 
     def alive(self, info):
-        """True if the timer's process still runs and is ours (command line and start time)."""
-        if not info or not info.get('pid'):
+        """True if the timer's process still runs and is ours: the marker and our state file in its
+        command line, and the start time of the record."""
+        if not info or not info.get('pid') or not info.get('start'):
             return False
         pid = int(info['pid'])
-        return TIMER_MARKER in cmdline(pid) and starttime(pid) == info.get('start')
+        argv = cmdline(pid)
+        return (TIMER_MARKER in argv and starttime(pid) == info['start']
+                and (not info.get('handle') or any(info['handle'] in part for part in argv[-1:])))
 
-    def arm(self, key, seconds, check_argv, delete_argv):
+    def arm(self, key, seconds, check_argv, delete_argv, version='4'):
         if not os.path.isdir(self.directory):
             os.makedirs(self.directory, 0o700)
         state = self.path(key)
@@ -369,25 +541,60 @@ class Timers:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             close_fds=True, start_new_session=True, cwd='/')
         info = {'pid': proc.pid, 'start': starttime(proc.pid), 'expires_at': expires_at,
-                'expire_after': seconds, 'rule': delete_argv, 'handle': state}
+                'expire_after': seconds, 'rule': delete_argv, 'handle': state, 'ip_version': version}
         atomic_write(state, json.dumps(info) + '\n', 0o600)
         return info
 
     def cancel(self, key):
-        """Stop the timer of key, if any. Returns True if one was running."""
+        """Stop the timer of key, if any, and wait until it has gone. Returns True if one was running."""
         info = self.load(key)
         running = self.alive(info)
         if running:
-            try:
-                os.kill(int(info['pid']), signal.SIGTERM)
-            except OSError as exc:
-                if exc.errno != errno.ESRCH:
-                    raise
+            self.stop(info)
         try:
             os.unlink(self.path(key))
         except OSError:
             pass
         return running
+
+    def stop(self, info):
+        """SIGTERM, then SIGKILL, each only after the record's pid and start time matched again; returns
+        when the process has gone (or is a zombie), else raises."""
+        pid = int(info['pid'])
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            if not self._signal(pid, signum, info):
+                return
+            deadline = time.monotonic() + self.patience
+            while time.monotonic() < deadline:
+                if not self.alive(info):
+                    return
+                time.sleep(0.02)
+        raise RuleError(MSG_TIMER_STUCK % (pid, ' '.join(cmdline(pid))[:200]))
+
+    def _signal(self, pid, signum, info):
+        """Signal pid if it is still the recorded timer; False if it has gone. A pidfd, where the kernel
+        has them, pins the process between the check and the signal so a reused pid is never hit."""
+        pidfd = None
+        try:
+            pidfd = os.pidfd_open(pid) if hasattr(os, 'pidfd_open') else None
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return False
+        try:
+            if not self.alive(info):
+                return False
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, signum)
+            else:
+                os.kill(pid, signum)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+            return False
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        return True
 
     def keys_of_netns(self):
         prefix = '%d-' % netns_inode()
@@ -400,89 +607,152 @@ class Timers:
 
 # -- present / absent / purged -------------------------------------------------
 
+def _programs(tables, version):
+    found = tables[version]
+    return list(found) if isinstance(found, (list, tuple)) else [found]
+
+
 def manage(rule, tables, timers, check_mode=False, ssh_connection=None):
-    """Bring the rule to rule['state']. tables maps '4'/'6' to Iptables. Returns the result dict."""
+    """Bring the rule to rule['state']. tables maps '4'/'6' to a list of Iptables (the first adds; absent and
+    purged look in all of them). Returns the result dict."""
     if rule['state'] == 'purged':
         return _purge(rule, tables, timers, check_mode)
-    iptables = tables[rule['ip_version']]
-    chain, spec = rule['chain'], rule_spec(rule)
-    key = timer_key(rule['ip_version'], chain, spec)
+    programs = _programs(tables, rule['ip_version'])
+    first = programs[0]
     text = rule_text(rule)
     result = {
         'changed': False,
-        'rule': [iptables.binary, '-w', str(iptables.wait), '-I' if rule['position'] == 'insert' else '-A', chain] + spec,
+        'rule': first._cmd('-I' if rule['position'] == 'insert' else '-A', rule['chain']) + rule_spec(rule),
         'rule_text': text,
-        'backend': iptables.backend(),
+        'backend': first.backend(),
+        'backends': [program.backend() for program in programs],
         'expiry': None,
         'diff': {'before': '', 'after': ''},
     }
-    exists = iptables.exists(chain, spec)
     if rule['state'] == 'present':
         lockout_check(rule, ssh_connection)
-        result['diff'] = {'before': text + '\n' if exists else '', 'after': text + '\n'}
-        if not exists:
-            result['changed'] = True
-            if not check_mode:
-                iptables.insert(chain, spec, rule['position'])
-                if not iptables.exists(chain, spec):
-                    raise RuleError('the rule was inserted but iptables -C does not find it: %s' % text)
-        info = timers.load(key)
-        if rule['expire_after'] is not None:
-            if exists and timers.alive(info):
-                result['expiry'] = info
-            else:
-                result['changed'] = True
-                if not check_mode:
-                    timers.cancel(key)
-                    result['expiry'] = timers.arm(
-                        key, rule['expire_after'],
-                        iptables._cmd('-C', chain, *spec), iptables._cmd('-D', chain, *spec))
-        elif timers.alive(info):
-            result['expiry'] = info
-        result['msg'] = ('inserted' if rule['position'] == 'insert' else 'appended') if not exists else 'already present'
+        return _present(rule, first, timers, check_mode, result)
+    return _absent(rule, programs, timers, check_mode, result)
+
+
+def _present(rule, iptables, timers, check_mode, result):
+    chain, spec, text = rule['chain'], rule_spec(rule), result['rule_text']
+    exists = iptables.exists(chain, spec)
+    result['diff'] = {'before': text + '\n' if exists else '', 'after': text + '\n'}
+    if exists:
+        said = ['already present']
     else:
-        result['diff'] = {'before': text + '\n' if exists else '', 'after': ''}
+        result['changed'] = True
+        verb = 'insert' if rule['position'] == 'insert' else 'append'
+        said = ['would ' + verb if check_mode else verb + 'ed']
+        if not check_mode:
+            iptables.insert(chain, spec, rule['position'])
+            if not iptables.exists(chain, spec):
+                raise RuleError('the rule was inserted but iptables -C does not find it: %s' % text)
+    said += _present_timer(rule, iptables, timers, check_mode, exists, result)
+    result['msg'] = ', '.join(said)
+    return result
+
+
+def _present_timer(rule, iptables, timers, check_mode, exists, result):
+    """Arm, re-arm, keep or cancel the rule's dead-man timer; the phrases that say what happened."""
+    chain, spec, wanted = rule['chain'], rule_spec(rule), rule['expire_after']
+    key = timer_key(rule['ip_version'], chain, spec, iptables.backend())
+    info = timers.load(key)
+    running = timers.alive(info)
+    if running and exists and wanted in (None, info.get('expire_after')):
+        # the same expire_after, or none, keeps the timer armed earlier (and its deadline)
+        result['expiry'] = info
+        return ['the timer armed earlier stays: removes the rule at %s (expire_after %s)'
+                % (when(info['expires_at']), info.get('expire_after'))]
+    if wanted is None:
+        if not running:
+            return []
+        # a timer left behind by an earlier copy of the rule would remove this one, which asks for no timer
+        result['changed'] = True
+        if check_mode:
+            return ['would cancel the timer left by an earlier copy of the rule']
+        timers.cancel(key)
+        return ['cancelled the timer left by an earlier copy of the rule']
+    result['changed'] = True
+    verb = 're-arm' if running else 'arm'
+    if check_mode:
+        result['expiry'] = info if running else None
+        return ['would %s the timer: %d s from now%s' % (verb, wanted, _was(info, running))]
+    timers.cancel(key)
+    result['expiry'] = timers.arm(key, wanted, iptables._cmd('-C', chain, *spec), iptables._cmd('-D', chain, *spec),
+                                  rule['ip_version'])
+    return ['%sed the timer: removes the rule at %s (%d s from now)%s'
+            % (verb, when(result['expiry']['expires_at']), wanted, _was(info, running))]
+
+
+def _was(info, running):
+    if not running:
+        return ''
+    return ' instead of %s (expire_after %s)' % (when(info['expires_at']), info.get('expire_after'))
+
+
+def _absent(rule, programs, timers, check_mode, result):
+    chain, spec, text = rule['chain'], rule_spec(rule), result['rule_text']
+    found, timed = [], 0
+    for iptables in programs:
+        key = timer_key(rule['ip_version'], chain, spec, iptables.backend())
+        exists = iptables.exists(chain, spec)
         info = timers.load(key)
-        if exists or timers.alive(info) or info:
-            result['changed'] = bool(exists or timers.alive(info))
-            if not check_mode:
+        running = timers.alive(info)
+        found += [iptables.backend()] if exists else []
+        timed += 1 if running else 0
+        if running and check_mode:
+            result['expiry'] = info
+        if not check_mode:
+            # every copy (duplicates made by other tools) of exactly this tagged rule, then its timer
+            while iptables.exists(chain, spec):
+                iptables.delete(chain, spec)
+            if info:
                 timers.cancel(key)
-                # remove every copy (duplicates made by other tools) of exactly this tagged rule
-                while iptables.exists(chain, spec):
-                    iptables.delete(chain, spec)
-        result['msg'] = 'removed' if exists else 'already absent'
+    result['changed'] = bool(found or timed)
+    result['diff'] = {'before': text + '\n' if found else '', 'after': ''}
+    said = ['%s (%s)' % ('would remove' if check_mode else 'removed', ', '.join(found))] if found else [
+        'already absent (looked in %s)' % ', '.join(result['backends'])]
+    if timed:
+        said.append('%s its timer' % ('would cancel' if check_mode else 'cancelled'))
+    result['msg'] = ', '.join(said)
     return result
 
 
 def _purge(rule, tables, timers, check_mode):
-    versions = ['4', '6'] if rule['ip_version'] == 'both' else [rule['ip_version']]
     removed = []
-    backend = None
-    before = []
-    for version in versions:
-        iptables = tables[version]
-        backend = backend or iptables.backend()
-        for chain, spec in tagged_rules(iptables.list_rules(), rule['tag']):
-            removed.append({'ip_version': version, 'chain': chain, 'rule_text': '-A %s %s' % (chain, ' '.join(
-                shlex.quote(part) for part in spec))})
-            before.append(removed[-1]['rule_text'])
-            if not check_mode:
-                iptables.delete(chain, spec)
+    backends = []
+    for version in sorted(tables):
+        for iptables in _programs(tables, version):
+            backends.append(iptables.backend())
+            for chain, spec in tagged_rules(iptables.list_rules(), rule['tag']):
+                removed.append({'ip_version': version, 'chain': chain, 'backend': iptables.backend(),
+                                'program': iptables.binary,
+                                'rule_text': '-A %s %s' % (chain, ' '.join(shlex.quote(part) for part in spec))})
+                if not check_mode:
+                    iptables.delete(chain, spec)
+    # the timers go after their rules, so a failure half-way leaves every remaining rule its dead-man timer
     cancelled = 0
     for key in timers.keys_of_netns():
-        info = timers.load(key)
-        rule_argv = (info or {}).get('rule') or []
-        if rule['tag'] is not None and comment(rule['tag']) not in rule_argv:
+        info = timers.load(key) or {}
+        if timer_version(info) not in tables:
             continue
-        if not check_mode:
+        if rule['tag'] is not None and comment(rule['tag']) not in (info.get('rule') or []):
+            continue
+        if check_mode:
+            cancelled += 1 if timers.alive(info) else 0
+        else:
             cancelled += 1 if timers.cancel(key) else 0
-        elif timers.alive(info):
-            cancelled += 1
+    would = 'would ' if check_mode else ''
     return {
         'changed': bool(removed or cancelled),
         'removed': removed,
         'timers_cancelled': cancelled,
-        'backend': backend,
-        'msg': 'removed %d tagged rule(s), cancelled %d timer(s)' % (len(removed), cancelled),
-        'diff': {'before': ''.join(line + '\n' for line in before), 'after': ''},
+        'backend': backends[0] if backends else None,
+        'backends': sorted(set(backends), key=backends.index),
+        'msg': '%s %d tagged rule(s) and %s %d timer(s) (looked in %s)' % (
+            would + 'remove' if check_mode else 'removed', len(removed),
+            'cancel' if check_mode else 'cancelled', cancelled, ', '.join(sorted(set(backends), key=backends.index))),
+        'diff': {'before': ''.join(item['rule_text'] + '\n' for item in removed), 'after': ''},
     }

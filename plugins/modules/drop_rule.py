@@ -13,15 +13,21 @@ description:
   - Adds or removes one iptables (or ip6tables) rule C(-j DROP) for a TCP or UDP port in the C(INPUT)
     or C(OUTPUT) chain of the filter table, as the keepalive experiment does to make a peer silent.
   - Every rule carries the comment C(tcplab-keepalive:<tag>); the module never removes a rule without
-    that comment. O(state=purged) removes every rule with the prefix (of one tag, when O(tag) is given).
+    that comment. O(state=purged) removes every rule with the prefix (of one tag, when O(tag) is given)
+    from every iptables backend of the namespace, nf_tables and legacy, and cancels their timers.
   - Idempotent through C(iptables -C) with the xtables lock wait (C(-w)), so a busy lock is reported
     as an error and never mistaken for an absent rule.
-  - Works with the nf_tables and the legacy iptables backends and reports which one the host's
-    C(iptables) uses.
+  - Works with the nf_tables and the legacy iptables backends and reports which one the program uses.
+    O(state=present) adds with C(iptables) (the host's default backend) or O(executable).
+    O(state=absent) without O(executable), and O(state=purged) always, also look in the other backend
+    (C(iptables-nft), C(iptables-legacy)) when it holds tables in the namespace; a namespace without
+    legacy tables is not listed with C(iptables-legacy), which would create them.
   - Refuses a rule that would cut the SSH connection Ansible manages the host over (read from
     C(SSH_CONNECTION), also under become) unless O(allow_lockout=true).
   - O(expire_after) arms a dead-man timer, a detached process that removes exactly this rule after
     that many seconds, so a lost controller never leaves a host cut off. O(state=absent) cancels it.
+    A timer is stopped (SIGTERM, SIGKILL after 5 s) only when its process matches the pid and start
+    time of its record, and the module waits until it has gone.
   - Acts in the network namespace the module runs in (with the C(tcplab.keepalive.netns) connection,
     a lab host's namespace).
 author: tcplab.keepalive developers (@tcplab)
@@ -31,14 +37,17 @@ attributes:
   check_mode:
     support: full
     details:
-      - Check mode runs only probes (C(iptables -V), C(-C), C(-S)).
+      - Check mode runs only probes (C(iptables -V), C(-C), C(-S)) and says what would happen
+        (C(would insert), C(would remove), C(would re-arm the timer)).
   diff_mode:
     support: full
   platform:
     platforms: linux
 options:
   port:
-    description: The port, 1 to 65535. Required unless O(state=purged).
+    description:
+      - The port, 1 to 65535, an integer or integer text such as V('8080') (as C(k=v) arguments and
+        C(-e) variables arrive). Required unless O(state=purged), which does not take it.
     type: raw
   match:
     description: Match the destination (V(dport)) or source (V(sport)) port.
@@ -80,9 +89,11 @@ options:
     type: str
   state:
     description:
-      - V(present) adds the rule, V(absent) removes it (all copies) and cancels its timer,
-        V(purged) removes every rule carrying the C(tcplab-keepalive:) comment prefix and cancels
-        their timers.
+      - V(present) adds the rule, V(absent) removes it (all copies, in every backend unless
+        O(executable) names one) and cancels its timer, V(purged) removes every rule carrying the
+        C(tcplab-keepalive:) comment prefix (of O(tag), when given) in every backend and family of
+        O(ip_version) and cancels their timers. V(purged) takes none of the options of one rule
+        (O(port), O(source), O(destination), O(in_interface), O(out_interface), O(expire_after)).
     type: str
     choices: [present, absent, purged]
     default: present
@@ -92,13 +103,17 @@ options:
     choices: [insert, append]
     default: insert
   wait:
-    description: Seconds to wait for the xtables lock (C(iptables -w)).
+    description: Seconds to wait for the xtables lock (C(iptables -w)), 0 to 3600.
     type: int
     default: 30
   expire_after:
     description:
-      - Seconds after which a detached timer removes exactly this rule by itself (1 to 604800).
-        The timer survives the module's exit; the result returns its handle.
+      - Seconds after which a detached timer removes exactly this rule by itself (1 to 604800, 7 days).
+        The timer survives the module's exit; the result returns its handle and deadline.
+      - Asking again with the same value keeps the running timer and its deadline (V(changed=false));
+        another value re-arms it, that many seconds from now (V(changed=true)). Leaving it out keeps a
+        timer armed earlier; to make a timed rule permanent, remove it (O(state=absent)) and add it again.
+      - Only with O(state=present).
     type: int
   allow_lockout:
     description: Allow a rule that would drop the SSH connection Ansible manages the host over.
@@ -107,7 +122,11 @@ options:
   executable:
     description:
       - The iptables program to use instead of C(iptables) / C(ip6tables), for example
-        C(iptables-legacy) or C(iptables-nft).
+        C(iptables-legacy) or C(iptables-nft) - a name looked up in C(PATH) and the sbin directories, or
+        an absolute path. For O(ip_version=6) C(iptables) in its name becomes C(ip6tables).
+      - It must answer C(-V) as iptables does (C(iptables v1.8.9 (legacy))); a directory, a file that
+        cannot be run or another program is refused with a message before anything runs.
+      - With O(state=purged) the other backend is purged as well.
     type: str
 requirements:
   - iptables (C(iptables), C(ip6tables)) with the C(comment) match
@@ -124,6 +143,13 @@ EXAMPLES = r'''
     tag: experiment
     expire_after: 600
   register: silenced
+
+- name: Give the experiment more time (re-arms the timer, 900 s from now)
+  tcplab.keepalive.drop_rule:
+    port: 12345
+    destination: 127.0.0.1
+    tag: experiment
+    expire_after: 900
 
 - name: Remove it again
   tcplab.keepalive.drop_rule:
@@ -151,10 +177,16 @@ rule_text:
   type: str
   sample: -A INPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 12345 -m comment --comment "tcplab-keepalive:experiment" -j DROP
 backend:
-  description: The backend of the iptables program, V(nf_tables) or V(legacy).
+  description: The backend of the iptables program that adds the rule (the first one looked in), V(nf_tables) or V(legacy).
   returned: always
   type: str
   sample: nf_tables
+backends:
+  description: The backends looked in (O(state=absent) and O(state=purged) look in every backend that holds tables).
+  returned: always
+  type: list
+  elements: str
+  sample: [nf_tables, legacy]
 expiry:
   description: The dead-man timer of the rule, if one runs.
   returned: unless O(state=purged)
@@ -163,6 +195,12 @@ expiry:
     pid:
       description: Pid of the timer process.
       type: int
+    start:
+      description: Its start time (clock ticks after boot, from C(/proc/PID/stat)); with the pid, the proof that a process is this timer.
+      type: int
+    ip_version:
+      description: The family of the rule, V(4) or V(6).
+      type: str
     expires_at:
       description: When the rule is removed (seconds since the epoch).
       type: float
@@ -188,6 +226,12 @@ removed:
     chain:
       description: The chain.
       type: str
+    backend:
+      description: The backend that held it, V(nf_tables) or V(legacy).
+      type: str
+    program:
+      description: The program that removed it.
+      type: str
     rule_text:
       description: The rule as C(iptables -S) printed it.
       type: str
@@ -196,16 +240,17 @@ timers_cancelled:
   returned: when O(state=purged)
   type: int
 msg:
-  description: What was done.
+  description: What was done, or in check mode what would be done (C(would insert), C(would re-arm the timer) ...).
   returned: always
   type: str
+  sample: 'already present, re-armed the timer: removes the rule at 2025-01-01 12:10:00 UTC (600 s from now)'
 '''
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, Runner, find_binary
+from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, Runner
 from ansible_collections.tcplab.keepalive.plugins.module_utils._iptables import (
-    Iptables, RuleError, Timers, binary_name, find_ssh_connection, manage, validate)
+    SBIN_DIRS, RuleError, Timers, find_ssh_connection, manage, open_tables, validate)
 
 
 def main():
@@ -232,14 +277,8 @@ def main():
     )
     try:
         rule = validate(module.params)
-        versions = ['4', '6'] if rule['ip_version'] == 'both' else [rule['ip_version']]
-        run = Runner(module)
-        tables = {}
-        for version in versions:
-            binary = module.params['executable'] or binary_name(version)
-            if version == '6' and module.params['executable']:
-                binary = binary.replace('iptables', 'ip6tables', 1)
-            tables[version] = Iptables(run, find_binary(module, binary), rule['wait'])
+        tables = open_tables(rule, module.params['executable'], Runner(module),
+                             lambda name: module.get_bin_path(name, opt_dirs=list(SBIN_DIRS)))
         result = manage(rule, tables, Timers(), module.check_mode, find_ssh_connection())
     except CommandError as exc:
         module.fail_json(**exc.as_result())
