@@ -2,8 +2,9 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The three TCP keepalive sysctls: validation, reading and writing them in a
-network namespace, and the journal of original values that makes every
-change reversible.
+network namespace, the journal of original values that makes every change
+reversible, and the lease that lets one experiment at a time own a
+namespace's values.
 
 This file is private to the collection: its names may change at any time
 and must not be used from outside tcplab.keepalive.
@@ -11,11 +12,14 @@ and must not be used from outside tcplab.keepalive.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
+import copy
 import fcntl
 import json
 import os
 import re
+import stat
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
@@ -28,6 +32,11 @@ PROC = '/proc/sys/net/ipv4/tcp_keepalive_%s'
 BOUNDS = {'time': (1, 32767), 'intvl': (1, 32767), 'probes': (1, 127)}
 UNITS = {'time': ' seconds', 'intvl': ' seconds', 'probes': ''}
 NETNS_NAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
+# k=v arguments and -e variables arrive as text: a decimal integer, blanks around it allowed
+INT_TEXT_RE = re.compile(r'^\s*[+-]?[0-9]{1,18}\s*$')
+LEASE_TTL_BOUNDS = (1, 604800)
+LEASE_TEXT_MAX = 200
+ISO = '%Y-%m-%dT%H:%M:%SZ'
 
 MSG_VALUE = 'tcp_keepalive_%s must be an integer %d..%d%s, got %r'
 MSG_NOTHING = 'give at least one of time, intvl, probes (or state: restored)'
@@ -35,25 +44,80 @@ MSG_NETNS_NAME = ('netns %r is not a network namespace name or process id: give 
                   '/run/netns (ip netns list) or the pid of a process in the namespace')
 MSG_NETNS_MISSING = 'network namespace %r not found at %s: create it (ip netns add %s) or fix the name'
 MSG_NETNS_PID = 'no process %s (netns given as a pid): the process has gone or the pid is wrong'
+MSG_NETNS_ACCESS = ('cannot open network namespace %s at %s (%s): run as root (become: true), '
+                    'or name the namespace by another process in it')
+MSG_NETNS_NOT_NS = ('%s is %s, not a network namespace (no namespace is mounted on it): '
+                    'remove it (ip netns del %s) or fix the name')
 MSG_SAVED = ('saved must be the tcplab_keepalive_saved fact of an earlier task '
              '(a mapping with netns_inode and originals), got %r')
 MSG_SAVED_NETNS = ('saved values are for network namespace inode %s, but this task acts on inode %s '
                    '(%s): restore them where they were saved (same host and netns option)')
 MSG_NOTHING_TO_RESTORE = 'nothing to restore: no saved values for network namespace inode %s (%s)'
-MSG_PERSIST_NETNS = ('persist applies to the host itself: sysctl.d files are read at boot for the root '
-                     'network namespace only; drop persist or the netns option')
+MSG_PERSIST_NETNS = ('persist: true writes %s, which configures the network namespace of PID 1 at boot (inode %d), '
+                     'not network namespace %s (inode %d): lab hosts and containers get their keepalive settings '
+                     "from whoever creates their namespace at start (e.g. the container runtime's sysctls option, "
+                     'or the lab role); set them without persist')
+MSG_PERSIST_UNKNOWN = ('persist: true writes %s, which configures the network namespace of PID 1 at boot, but that '
+                       'namespace cannot be identified (%s): run as root (become: true), or set the values without persist')
+# paths
+MSG_RELATIVE = '%s %s is a relative path: give an absolute path'
+MSG_NOT_DIR = '%s %s is %s, not a directory: give a directory path'
+MSG_PARENT_NOT_DIR = '%s %s cannot be created: %s is %s, not a directory: give a path under a directory'
+MSG_NOT_FILE = 'persist_path %s is %s, not a regular file: give the path of a sysctl.d file'
+MSG_SYMLINK = ('persist_path %s is a symbolic link (to %s): give the path of the file itself '
+               '(a link to /dev/null masks the file; this module does not replace links)')
+MSG_PATH_ERROR = 'cannot use %s %s (%s): run as root (become: true) or give a path you can write'
+MSG_JOURNAL_FILE = ('%s is %s, not a regular file, so it is not this module\'s journal: move it away '
+                    'or give another %s')
+MSG_JOURNAL_JSON = 'journal %s is not valid JSON: inspect it, then remove it'
+MSG_JOURNAL_SHAPE = ('journal %s is not a journal of this module (a JSON object keyed by namespace inode): '
+                     'inspect it, then remove it or give another journal_dir')
+MSG_JOURNAL_ORIGINALS = ('journal %s has bad original values for network namespace inode %s (%r): '
+                         'inspect it, then remove that entry')
+# the lease
+MSG_LEASE_HOLDER = ('lease must be the run id of the experiment that takes the namespace: 1..%d printable '
+                    'characters without blanks, got %r')
+MSG_LEASE_OWNER = 'lease_owner must be printable text of at most %d characters (e.g. "controller host pid"), got %r'
+MSG_LEASE_OWNER_ALONE = 'lease_owner describes a lease: give lease (the run id) too, or drop lease_owner'
+MSG_LEASE_TTL = ('lease_ttl must be an integer %d..%d seconds (how long the lease lasts if it is never released), '
+                 'got %r')
+MSG_LEASE_BUSY = ('the keepalive sysctls of network namespace %s (inode %d) are leased to run %s (owner %s, since %s, '
+                  'expires %s): wait for it to finish (experiment_lease_wait), or if that run is dead run the '
+                  'tcplab.keepalive.rollback playbook on this host')
+MSG_LEASE_OTHER = ('nothing restored: the keepalive sysctls of network namespace %s (inode %d) are leased to run %s '
+                   '(owner %s, since %s, expires %s), not to run %s; that run restores them when it ends')
+MSG_LEASE_TAKE = '%s the lease for run %s until %s'
+MSG_LEASE_TAKE_OVER = '%s the expired lease of run %s (owner %s, since %s, expired %s)'
+MSG_LEASE_RELEASE = '%s the lease of run %s'
+MSG_LEASE_CLEAR = '%s the lease of run %s (owner %s, since %s, %s %s)'
 
 
 class SysctlError(Exception):
-    """Invalid request or failed change; the message says what to do."""
+    """Invalid request or failed change; the message says what to do, extra goes into the result."""
+
+    def __init__(self, msg, **extra):
+        super().__init__(msg)
+        self.extra = extra
+
+
+def as_int(value):
+    """value as int when it is an integer or the text of one (never a bool or float), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and INT_TEXT_RE.match(value):
+        return int(value)
+    return None
 
 
 def validate_value(key, value):
     """The value as int, or SysctlError naming key, value and range."""
     low, high = BOUNDS[key]
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    number = as_int(value)
+    if number is None or not low <= number <= high:
         raise SysctlError(MSG_VALUE % (key, low, high, UNITS[key], value))
-    return value
+    return number
 
 
 def validate_values(params):
@@ -66,43 +130,185 @@ def render(values):
     return ''.join('%s = %s\n' % (SYSCTL % key, values[key]) for key in KEYS if key in values)
 
 
+# -- paths --------------------------------------------------------------------
+
+def kind_of(mode):
+    """'a file', 'a directory', ... for a st_mode."""
+    for test, name in ((stat.S_ISREG, 'a file'), (stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO'),
+                       (stat.S_ISSOCK, 'a socket'), (stat.S_ISLNK, 'a symbolic link'),
+                       (stat.S_ISCHR, 'a device'), (stat.S_ISBLK, 'a device')):
+        if test(mode):
+            return name
+    return 'a special file'
+
+
+def _first_existing(path):
+    """(path, st_mode) of path or its nearest existing ancestor."""
+    while True:
+        try:
+            return path, os.stat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            parent = os.path.dirname(path)
+            if parent == path:
+                return path, stat.S_IFDIR
+            path = parent
+
+
+def check_dir(option, path):
+    """SysctlError unless path is a directory or can be created as one (nothing is created here)."""
+    if not os.path.isabs(path):
+        raise SysctlError(MSG_RELATIVE % (option, path))
+    path = os.path.normpath(path)
+    found, mode = _first_existing(path)
+    if stat.S_ISDIR(mode):
+        return
+    if found == path:
+        raise SysctlError(MSG_NOT_DIR % (option, path, kind_of(mode)))
+    raise SysctlError(MSG_PARENT_NOT_DIR % (option, path, found, kind_of(mode)))
+
+
+def check_file(path):
+    """SysctlError unless persist_path is a regular file or can be created as one."""
+    if not os.path.isabs(path):
+        raise SysctlError(MSG_RELATIVE % ('persist_path', path))
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    if mode is not None and stat.S_ISLNK(mode):
+        raise SysctlError(MSG_SYMLINK % (path, os.readlink(path)))
+    if mode is not None and not stat.S_ISREG(mode):
+        raise SysctlError(MSG_NOT_FILE % (path, kind_of(mode)))
+    found, mode = _first_existing(os.path.dirname(os.path.normpath(path)))
+    if not stat.S_ISDIR(mode):
+        raise SysctlError(MSG_PARENT_NOT_DIR % ('persist_path', path, found, kind_of(mode)))
+
+
+def check_paths(params):
+    """Every path option that this task will use, before anything changes."""
+    check_dir('journal_dir', params['journal_dir'])
+    persisting = params['persist'] and params['state'] == 'present'
+    if persisting or params['state'] == 'restored':
+        check_dir('persist_journal_dir', params['persist_journal_dir'])
+    if persisting:
+        check_file(params['persist_path'])
+    if params.get('netns') not in (None, ''):
+        check_dir('netns_dir', params['netns_dir'])
+
+
 # -- namespaces ---------------------------------------------------------------
+
+OWN_NETNS = '/proc/self/ns/net'
+
 
 class Namespace:
     """Where the values live: the module's own network namespace or another one."""
 
-    def __init__(self, path, label, own):
+    def __init__(self, path, label, own, inode=None, name=None):
         self.path = path
         self.label = label
         self.own = own
-        self.inode = os.stat(path).st_ino
+        self.inode = os.stat(path).st_ino if inode is None else inode
+        self.name = name or label
+        self.boot = None
 
     def as_dict(self):
-        return {'inode': self.inode, 'path': self.path, 'label': self.label}
+        return {'inode': self.inode, 'path': self.path, 'label': self.label, 'boot': self.boot}
+
+
+def name_of(inode, netns_dir='/run/netns'):
+    """A name under netns_dir of the namespace with this inode, or None."""
+    try:
+        names = sorted(os.listdir(netns_dir))
+    except OSError:
+        return None
+    for name in names:
+        if netns_inode(os.path.join(netns_dir, name)) == inode:
+            return name
+    return None
+
+
+def _stat_netns(path, label, hint, missing):
+    """os.stat of a namespace file that is really a namespace (nsfs), or SysctlError."""
+    try:
+        st = os.stat(path)
+        own = os.stat(OWN_NETNS)
+    except PermissionError as exc:
+        raise SysctlError(MSG_NETNS_ACCESS % (label, path, exc.strerror))
+    except OSError:
+        raise SysctlError(missing)
+    if st.st_dev != own.st_dev or not stat.S_ISREG(st.st_mode):
+        raise SysctlError(MSG_NETNS_NOT_NS % (path, kind_of(st.st_mode), hint))
+    return st
 
 
 def resolve_netns(netns, netns_dir='/run/netns'):
     """Namespace for the netns option (None: the module's own)."""
-    own = '/proc/self/ns/net'
+    own_inode = os.stat(OWN_NETNS).st_ino
     if netns is None or netns == '':
-        return Namespace(own, 'own', True)
+        return Namespace(OWN_NETNS, 'own', True, own_inode, name_of(own_inode, netns_dir) or 'own')
     text = str(netns)
     if isinstance(netns, bool) or not NETNS_NAME_RE.match(text) or text in ('.', '..'):
         raise SysctlError(MSG_NETNS_NAME % (netns,))
     if text.isdigit():
         path = '/proc/%s/ns/net' % text
-        if not os.path.exists(path):
-            raise SysctlError(MSG_NETNS_PID % text)
-        label = 'pid %s' % text
+        label, missing = 'pid %s' % text, MSG_NETNS_PID % text
     else:
         path = os.path.join(netns_dir, text)
-        if not os.path.exists(path):
-            raise SysctlError(MSG_NETNS_MISSING % (text, path, text))
-        label = text
-    ns = Namespace(path, label, False)
-    if ns.inode == os.stat(own).st_ino:
-        ns.own = True
+        label, missing = text, MSG_NETNS_MISSING % (text, path, text)
+    if not os.path.lexists(path):
+        raise SysctlError(missing)
+    st = _stat_netns(path, label, text, missing)
+    return Namespace(path, label, st.st_ino == own_inode, st.st_ino)
+
+
+def _is_kthreadd(pid, proc='/proc'):
+    """True when pid is the kernel's thread daemon (a kernel thread: no command line, parent 0)."""
+    try:
+        with open('%s/%d/status' % (proc, pid)) as handle:
+            status = dict(line.split(':', 1) for line in handle.read().splitlines() if ':' in line)
+        with open('%s/%d/cmdline' % (proc, pid), 'rb') as handle:
+            cmdline = handle.read()
+    except (IOError, OSError):
+        return False
+    return (status.get('Name', '').strip() == 'kthreadd' and status.get('PPid', '').strip() == '0'
+            and cmdline == b'')
+
+
+def boot_netns(proc='/proc'):
+    """(inode, None) of the network namespace that sysctl.d configures at boot (PID 1's), or (None, why).
+
+    A PID 1 that is not dumpable (a VM's init agent, for one) hides its namespaces even from root;
+    then the kernel's thread daemon (PID 2) stands in: kernel threads stay in the initial network
+    namespace, the one init starts in.
+    """
+    path = '%s/1/ns/net' % proc
+    try:
+        return os.stat(path).st_ino, None
+    except OSError as exc:
+        why = 'cannot read %s: %s' % (path, exc.strerror)
+    if _is_kthreadd(2, proc):
+        inode = netns_inode('%s/2/ns/net' % proc)
+        if inode is not None:
+            return inode, None
+    return None, why
+
+
+def mark_boot(ns, boot):
+    """Record in ns whether it is the boot namespace (None: unknown)."""
+    inode = boot[0]
+    ns.boot = None if inode is None else ns.inode == inode
     return ns
+
+
+def check_persist(ns, persist_path, boot):
+    """SysctlError (persist_refused) unless ns is the namespace that sysctl.d configures at boot."""
+    inode, why = boot
+    if inode is None:
+        raise SysctlError(MSG_PERSIST_UNKNOWN % (persist_path, why), persist_refused=True, netns=ns.as_dict())
+    if ns.inode != inode:
+        raise SysctlError(MSG_PERSIST_NETNS % (persist_path, inode, ns.name, ns.inode),
+                          persist_refused=True, netns=ns.as_dict(), boot_netns_inode=inode)
 
 
 class ProcAccess:
@@ -143,26 +349,45 @@ class NsenterAccess:
 # -- the journal --------------------------------------------------------------
 
 class Journal:
-    """Original values per network namespace inode, in one JSON file.
+    """Original values (and the lease) per network namespace inode, in one JSON file.
 
     Every read-modify-write holds an exclusive flock on a lock file next to
     it, and the file is replaced atomically (temp file + rename), so two
     plays on one host cannot corrupt it.
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, option='journal_dir'):
         self.directory = directory
+        self.option = option
         self.path = os.path.join(directory, 'journal.json')
         self.lock_path = os.path.join(directory, 'journal.lock')
 
+    def check(self):
+        """SysctlError unless the directory and its two files can be this module's."""
+        check_dir(self.option, self.directory)
+        for path in (self.path, self.lock_path):
+            try:
+                mode = os.lstat(path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if not stat.S_ISREG(mode):
+                raise SysctlError(MSG_JOURNAL_FILE % (path, kind_of(mode), self.option))
+
     @contextlib.contextmanager
     def locked(self, create=True):
+        self.check()
         if not os.path.isdir(self.directory):
             if not create:
-                yield self._load()
+                yield {}
                 return
-            os.makedirs(self.directory, 0o700)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.makedirs(self.directory, 0o700, exist_ok=True)
+            except OSError as exc:
+                raise SysctlError(MSG_PATH_ERROR % (self.option, self.directory, exc.strerror))
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise SysctlError(MSG_PATH_ERROR % (self.option, self.directory, exc.strerror))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield self._load()
@@ -174,11 +399,15 @@ class Journal:
         try:
             with open(self.path) as handle:
                 data = json.load(handle)
-        except (IOError, OSError):
+        except FileNotFoundError:
             return {}
+        except (IOError, OSError) as exc:
+            raise SysctlError(MSG_PATH_ERROR % (self.option, self.directory, exc.strerror))
         except ValueError:
-            raise SysctlError('journal %s is not valid JSON: inspect it, then remove it' % self.path)
-        return data if isinstance(data, dict) else {}
+            raise SysctlError(MSG_JOURNAL_JSON % self.path)
+        if not isinstance(data, dict):
+            raise SysctlError(MSG_JOURNAL_SHAPE % self.path)
+        return data
 
     def save(self, data):
         """Write data (call inside locked())."""
@@ -212,13 +441,36 @@ def journal_key(ns):
     return str(ns.inode)
 
 
+def now_iso(epoch=None):
+    return time.strftime(ISO, time.gmtime(time.time() if epoch is None else epoch))
+
+
 def new_entry(ns, originals):
     return {
         'netns_inode': ns.inode,
         'netns': ns.label,
         'originals': dict(originals),
-        'saved_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+        'saved_at': now_iso(),
     }
+
+
+def saved_fact(entry):
+    """The tcplab_keepalive_saved fact of a journal entry (the lease is not part of it)."""
+    return {key: value for key, value in entry.items() if key != 'lease'}
+
+
+def journal_originals(journal, entry, ns):
+    """{key: int} of a journal entry's originals, or SysctlError naming the bad entry."""
+    originals = entry.get('originals') if isinstance(entry, dict) else None
+    if originals is None:
+        return None
+    message = MSG_JOURNAL_ORIGINALS % (journal.path, ns.inode, originals)
+    if not isinstance(originals, dict) or set(originals) - set(KEYS):
+        raise SysctlError(message)
+    try:
+        return {key: validate_value(key, value) for key, value in originals.items()}
+    except SysctlError:
+        raise SysctlError(message)
 
 
 def check_saved(saved, ns):
@@ -237,6 +489,96 @@ def check_saved(saved, ns):
             raise SysctlError(MSG_SAVED % (saved,))
         originals[key] = validate_value(key, value)
     return originals
+
+
+# -- the lease ----------------------------------------------------------------
+
+class LeaseRequest:
+    """The lease, lease_owner and lease_ttl options, validated."""
+
+    def __init__(self, holder, owner=None, ttl=3600):
+        self.holder = holder
+        self.owner = owner
+        self.ttl = ttl
+
+
+def lease_request(params):
+    """LeaseRequest of the options, None without lease, or SysctlError naming the option."""
+    holder, owner, ttl = params.get('lease'), params.get('lease_owner'), params.get('lease_ttl')
+    if holder is None:
+        if owner is not None:
+            raise SysctlError(MSG_LEASE_OWNER_ALONE)
+        return None
+    if (not isinstance(holder, str) or not 1 <= len(holder) <= LEASE_TEXT_MAX or not holder.isprintable()
+            or any(char.isspace() for char in holder)):
+        raise SysctlError(MSG_LEASE_HOLDER % (LEASE_TEXT_MAX, holder))
+    if owner is not None:
+        text = ' '.join(str(owner).split()) if isinstance(owner, str) else None
+        if text is None or len(text) > LEASE_TEXT_MAX or not text.isprintable():
+            raise SysctlError(MSG_LEASE_OWNER % (LEASE_TEXT_MAX, owner))
+        owner = text or None
+    ttl = 3600 if ttl is None else ttl
+    low, high = LEASE_TTL_BOUNDS
+    number = as_int(ttl)
+    if number is None or not low <= number <= high:
+        raise SysctlError(MSG_LEASE_TTL % (low, high, ttl))
+    return LeaseRequest(holder, owner, number)
+
+
+def _epoch(text):
+    try:
+        return calendar.timegm(time.strptime(str(text), ISO))
+    except (TypeError, ValueError):
+        return None
+
+
+def lease_view(record, now):
+    """The lease as returned in results ({holder, owner, since, expires, expired}), or None.
+
+    A record whose expiry cannot be read counts as expired.
+    """
+    if not isinstance(record, dict) or not record.get('holder'):
+        return None
+    expires = _epoch(record.get('expires'))
+    return {'holder': str(record['holder']), 'owner': record.get('owner'), 'since': record.get('since'),
+            'expires': record.get('expires'), 'expired': expires is None or now >= expires}
+
+
+def live_lease_of_other(held, request):
+    """held when it is an unexpired lease of another holder than request (None: no lease given)."""
+    if held is None or held['expired']:
+        return None
+    if request is not None and held['holder'] == request.holder:
+        return None
+    return held
+
+
+def new_lease(held, request, now):
+    """The journal record of request's lease: renewed (same since) when request already holds it."""
+    since = held['since'] if held is not None and held['holder'] == request.holder else now_iso(now)
+    return {'holder': request.holder, 'owner': request.owner, 'since': since,
+            'expires': now_iso(now + request.ttl), 'ttl': request.ttl}
+
+
+def lease_fields(lease):
+    return (lease['holder'], lease['owner'] or 'unknown', lease['since'], lease['expires'])
+
+
+class LeaseBusy(SysctlError):
+    """Another run holds the namespace's live lease."""
+
+    def __init__(self, ns, held):
+        super().__init__(MSG_LEASE_BUSY % ((ns.name, ns.inode) + lease_fields(held)),
+                         lease_busy=True, lease=held, netns=ns.as_dict())
+
+
+def _cleared_note(held, request, check_mode):
+    """The msg part for the lease that a restore removes."""
+    if request is not None and held['holder'] == request.holder:
+        return MSG_LEASE_RELEASE % ('would release' if check_mode else 'released', held['holder'])
+    holder, owner, since, expires = lease_fields(held)
+    return MSG_LEASE_CLEAR % ('would clear' if check_mode else 'cleared', holder, owner, since,
+                              'expired' if held['expired'] else 'expires', expires)
 
 
 # -- applying values ----------------------------------------------------------
@@ -290,16 +632,19 @@ def read_file(path):
 class KeepaliveSysctl:
     """present / restored for one namespace. Returns result dicts for the module."""
 
-    def __init__(self, ns, access, journal, persist_journal=None, check_mode=False, live_inodes=live_netns_inodes):
+    def __init__(self, ns, access, journal, persist_journal=None, check_mode=False, live_inodes=live_netns_inodes,
+                 clock=time.time):
         self.live_inodes = live_inodes
         self.ns = ns
         self.access = access
         self.journal = journal
         self.persist_journal = persist_journal
         self.check_mode = check_mode
+        self.clock = clock
 
-    def _result(self, changed, previous, current, changed_keys, entry, msg, diff_before, diff_after):
-        saved = entry or new_entry(self.ns, previous)
+    def _result(self, changed, previous, current, changed_keys, entry, msg, diff_before, diff_after,
+                lease=None, lease_busy=False, lease_cleared=None):
+        saved = saved_fact(entry) if entry else new_entry(self.ns, previous)
         return {
             'changed': changed,
             'previous': previous,
@@ -307,41 +652,74 @@ class KeepaliveSysctl:
             'changed_keys': [SYSCTL % key for key in changed_keys],
             'netns': self.ns.as_dict(),
             'msg': msg,
+            'lease': lease,
+            'lease_busy': lease_busy,
+            'lease_cleared': lease_cleared,
             'ansible_facts': {'tcplab_keepalive_saved': saved},
             'diff': {'before': diff_before, 'after': diff_after,
                      'before_header': 'keepalive sysctls (%s)' % self.ns.label,
                      'after_header': 'keepalive sysctls (%s)' % self.ns.label},
         }
 
-    def present(self, wanted, persist_path=None):
+    def _verb(self, done, would):
+        return would if self.check_mode else done
+
+    def _take_notes(self, held, record, taken):
+        """The msg parts for a lease taken, taken over or renewed by present."""
+        notes = []
+        if taken and held is not None:
+            notes.append(MSG_LEASE_TAKE_OVER % ((self._verb('took over', 'would take over'),) + lease_fields(held)))
+        if record is not None:
+            verb = self._verb('took', 'would take') if taken else self._verb('renewed', 'would renew')
+            notes.append(MSG_LEASE_TAKE % (verb, record['holder'], record['expires']))
+        return notes
+
+    def present(self, wanted, persist_path=None, lease=None):
         previous = self.access.read()
         changes = [key for key in KEYS if key in wanted and previous[key] != wanted[key]]
         target = dict(previous, **wanted)
         file_before = read_file(persist_path) if persist_path else None
         file_after = persist_text(target) if persist_path else None
         file_changes = bool(persist_path) and file_before != file_after
+        key = journal_key(self.ns)
         with self.journal.locked(create=not self.check_mode) as data:
-            entry = data.get(journal_key(self.ns))
+            now = self.clock()
+            entry = data.get(key)
+            held = lease_view((entry or {}).get('lease'), now)
+            busy = live_lease_of_other(held, lease)
+            if busy is not None:
+                raise LeaseBusy(self.ns, busy)
+            record = new_lease(held, lease, now) if lease is not None else None
+            taken = record is not None and (held is None or held['holder'] != record['holder'])
+            notes = self._take_notes(held, record, taken)
+            shown = lease_view(record, now) if record is not None else held
+            cleared = held if taken else None
+            changed = bool(changes or file_changes or taken)
             if self.check_mode:
                 msg = ('would set %s' % ', '.join('%s=%d' % (SYSCTL % k, wanted[k]) for k in changes)
                        if changes else 'already set')
                 if file_changes:
                     msg += '; would write %s' % persist_path
-                return self._result(bool(changes or file_changes), previous, target, changes, entry, msg,
-                                    render(previous) + (file_before or ''), render(target) + (file_after or ''))
-            created = False
-            if prune_dead(data, self.live_inodes() | {self.ns.inode}):
-                self.journal.save(data)
-            if entry is None and (changes or file_changes):
+                return self._result(changed, previous, target, changes, entry, '; '.join([msg] + notes),
+                                    render(previous) + (file_before or ''), render(target) + (file_after or ''),
+                                    lease=shown, lease_cleared=cleared)
+            before = copy.deepcopy(entry)
+            dirty = bool(prune_dead(data, self.live_inodes() | {self.ns.inode}))
+            if entry is None and (changes or file_changes or record is not None):
                 entry = new_entry(self.ns, previous)
-                data[journal_key(self.ns)] = entry
+                data[key] = entry
+            if record is not None:
+                entry['lease'] = record
+            if dirty or entry != before:
                 self.journal.save(data)
-                created = True
             try:
                 apply_values(self.access, previous, wanted)
             except SysctlError:
-                if created and self.access.read() == previous:
-                    del data[journal_key(self.ns)]
+                if self.access.read() == previous and data.get(key) != before:
+                    if before is None:
+                        del data[key]
+                    else:
+                        data[key] = before
                     self.journal.save(data)
                 raise
         current = self.access.read()
@@ -354,48 +732,62 @@ class KeepaliveSysctl:
         msg = ('set %s' % ', '.join('%s=%d' % (SYSCTL % k, wanted[k]) for k in changes)) if changes else 'already set'
         if file_changes:
             msg += '; wrote %s' % persist_path
-        return self._result(bool(changes or file_changes), previous, current, changes, entry, msg,
-                            render(previous) + (file_before or ''), render(current) + (file_after or ''))
+        return self._result(changed, previous, current, changes, entry, '; '.join([msg] + notes),
+                            render(previous) + (file_before or ''), render(current) + (file_after or ''),
+                            lease=shown, lease_cleared=cleared)
 
     def _persist(self, path, before, after):
         """Journal the drop-in's previous content (first time only), then write it atomically."""
         with self.persist_journal.locked() as data:
             if path not in data:
-                data[path] = {'previous': before, 'netns_inode': self.ns.inode,
-                              'saved_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+                data[path] = {'previous': before, 'netns_inode': self.ns.inode, 'saved_at': now_iso()}
                 self.persist_journal.save(data)
         directory = os.path.dirname(path)
         if not os.path.isdir(directory):
-            os.makedirs(directory, 0o755)
+            os.makedirs(directory, 0o755, exist_ok=True)
         atomic_write(path, after, 0o644)
 
-    def restored(self, saved=None, persist_path=None):
+    def _file_entry(self, persist_path):
+        """The persist journal's record of persist_path when it was written for this namespace."""
+        if self.persist_journal is None or not persist_path:
+            return None
+        with self.persist_journal.locked(create=False) as pdata:
+            file_entry = pdata.get(persist_path)
+        if not isinstance(file_entry, dict) or file_entry.get('netns_inode') != self.ns.inode:
+            return None
+        check_file(persist_path)
+        return file_entry
+
+    def restored(self, saved=None, persist_path=None, lease=None):
         key = journal_key(self.ns)
         current = self.access.read()
         with self.journal.locked(create=False) as data:
             entry = data.get(key)
-            originals = check_saved(saved, self.ns) if saved is not None else (entry or {}).get('originals')
-            file_entry = None
-            if self.persist_journal is not None and persist_path:
-                with self.persist_journal.locked(create=False) as pdata:
-                    file_entry = pdata.get(persist_path)
-                if file_entry is not None and file_entry.get('netns_inode') != self.ns.inode:
-                    file_entry = None
+            held = lease_view((entry or {}).get('lease'), self.clock())
+            other = live_lease_of_other(held, lease) if lease is not None else None
+            if other is not None:
+                msg = MSG_LEASE_OTHER % ((self.ns.name, self.ns.inode) + lease_fields(other) + (lease.holder,))
+                return self._result(False, current, current, [], entry, msg, render(current), render(current),
+                                    lease=other, lease_busy=True)
+            originals = (check_saved(saved, self.ns) if saved is not None
+                         else journal_originals(self.journal, entry, self.ns))
+            file_entry = self._file_entry(persist_path)
             if not originals and file_entry is None:
                 return self._result(False, current, current, [], None,
-                                    MSG_NOTHING_TO_RESTORE % (self.ns.inode, self.ns.label),
+                                    MSG_NOTHING_TO_RESTORE % (self.ns.inode, self.ns.name),
                                     render(current), render(current))
-            originals = {k: int(v) for k, v in (originals or {}).items()}
+            originals = originals or {}
             changes = [k for k in KEYS if k in originals and current[k] != originals[k]]
             target = dict(current, **originals)
             file_now = read_file(persist_path) if file_entry is not None else None
             file_changes = file_entry is not None and file_now != file_entry.get('previous')
+            notes = [_cleared_note(held, lease, self.check_mode)] if held is not None else []
             if self.check_mode:
                 msg = 'would restore %s' % ', '.join('%s=%d' % (SYSCTL % k, originals[k]) for k in changes)
                 if file_changes:
                     msg += '; would put back %s' % persist_path
-                return self._result(bool(changes or file_changes or entry), current, target, changes, entry, msg,
-                                    render(current), render(target))
+                return self._result(bool(changes or file_changes or entry), current, target, changes, entry,
+                                    '; '.join([msg] + notes), render(current), render(target), lease_cleared=held)
             apply_values(self.access, current, originals)
             after = self.access.read()
             wrong = [k for k in originals if after[k] != originals[k]]
@@ -403,15 +795,7 @@ class KeepaliveSysctl:
                 raise SysctlError('restore did not take: %s; the journal is kept, try again'
                                   % ', '.join('%s=%d (wanted %d)' % (SYSCTL % k, after[k], originals[k]) for k in wrong))
             if file_entry is not None:
-                previous_text = file_entry.get('previous')
-                if previous_text is None:
-                    if os.path.exists(persist_path):
-                        os.unlink(persist_path)
-                else:
-                    atomic_write(persist_path, previous_text, 0o644)
-                with self.persist_journal.locked() as pdata:
-                    pdata.pop(persist_path, None)
-                    self.persist_journal.save(pdata)
+                self._put_back(persist_path, file_entry)
             if key in data:
                 del data[key]
                 self.journal.save(data)
@@ -419,5 +803,17 @@ class KeepaliveSysctl:
             else 'values were already the originals'
         if file_changes:
             msg += '; put back %s' % persist_path
-        return self._result(bool(changes or file_changes or entry), current, after, changes, entry or None, msg,
-                            render(current), render(after))
+        return self._result(bool(changes or file_changes or entry), current, after, changes, entry or None,
+                            '; '.join([msg] + notes), render(current), render(after), lease_cleared=held)
+
+    def _put_back(self, persist_path, file_entry):
+        """The drop-in as it was before the first persist (removed when it was absent)."""
+        previous_text = file_entry.get('previous')
+        if previous_text is None:
+            if os.path.exists(persist_path):
+                os.unlink(persist_path)
+        else:
+            atomic_write(persist_path, previous_text, 0o644)
+        with self.persist_journal.locked() as pdata:
+            pdata.pop(persist_path, None)
+            self.persist_journal.save(pdata)

@@ -25,6 +25,12 @@ description:
     written are put back before the module fails.
   - Values are read and written through C(/proc/sys); another namespace is entered with
     C(nsenter --net) running C(sysctl) (argument lists, never a shell).
+  - With O(lease), one experiment at a time owns a namespace's values - see O(lease). While another
+    run's lease is live, O(state=present) fails with RV(lease_busy) and changes nothing, with or
+    without O(lease).
+  - Every path option is checked before anything changes; a directory option naming a file, a
+    O(persist_path) that is a directory, FIFO or link, and a relative path are refused with a message
+    that names the fix.
 author: tcplab.keepalive developers (@tcplab)
 extends_documentation_fragment:
   - tcplab.keepalive.attributes
@@ -39,14 +45,19 @@ options:
   time:
     description:
       - C(net.ipv4.tcp_keepalive_time), seconds of idle time before the first probe, 1 to 32767.
+      - An integer, or the text of one (k=v arguments and C(-e) variables arrive as text; blanks around
+        the digits are ignored). Booleans, floats (also V(2.5) as text), words and empty text are refused,
+        naming the option.
     type: raw
   intvl:
     description:
       - C(net.ipv4.tcp_keepalive_intvl), seconds between unanswered probes, 1 to 32767.
+      - An integer or the text of one, as for O(time).
     type: raw
   probes:
     description:
       - C(net.ipv4.tcp_keepalive_probes), unanswered probes before the connection is dropped, 1 to 127.
+      - An integer or the text of one, as for O(time).
     type: raw
   state:
     description:
@@ -73,7 +84,11 @@ options:
     description:
       - Also write the values to a sysctl.d drop-in (O(persist_path)) atomically, and remember the
         file's previous content (or absence) so that O(state=restored) puts the file back too.
-      - Only for the host's own namespace - sysctl.d is applied to the root namespace at boot.
+      - Only for the network namespace that sysctl.d configures at boot, the one of PID 1 (when PID 1
+        hides its namespaces, that of the kernel's threads). Anywhere else - O(netns), or a lab host or
+        container reached over its own connection - it is refused before anything changes, with
+        RV(persist_refused), because whoever creates such a namespace sets its values at start (the
+        container runtime's sysctls option, the lab role); set them without O(persist).
     type: bool
     default: false
   persist_path:
@@ -90,6 +105,30 @@ options:
     description: Directory of the journal of drop-in files, which survives a reboot.
     type: path
     default: /var/lib/tcplab-keepalive/sysctl
+  lease:
+    description:
+      - The holder of the namespace's lease, for example an experiment's run id (printable, no blanks,
+        at most 200 characters). The lease is recorded with the journal entry (same lock, same atomic
+        write).
+      - With O(state=present), takes the lease when it is free, expired or already this holder's
+        (renewing it), then sets the values. When another holder's lease is live the task fails with
+        RV(lease_busy) and changes nothing.
+      - With O(state=restored), restores and releases the lease, unless another holder's lease is live;
+        then nothing changes and the task returns ok (not failed) with RV(lease_busy), so one run's
+        cleanup never undoes another run's values.
+      - Without O(lease), O(state=restored) (the rollback playbook, an operator) restores and clears any
+        lease, saying in RV(msg) whose; O(state=present) fails with RV(lease_busy) while another run's lease is live.
+    type: str
+  lease_owner:
+    description:
+      - Who takes the lease, shown to whoever finds it busy, for example V(controller host pid). Needs O(lease).
+    type: str
+  lease_ttl:
+    description:
+      - Seconds until the lease expires if it is never released (a dead controller), 1 to 604800.
+        Renewing the lease (O(state=present) again by the same holder) starts it again.
+    type: int
+    default: 3600
 notes:
   - Per-socket options (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) override these sysctls; stock
     curl, for one, sets its own idle time and interval (C(--keepalive-time), default 60).
@@ -125,6 +164,27 @@ EXAMPLES = r'''
 - name: Put back whatever the journal on the host remembers (a fresh controller can do this)
   tcplab.keepalive.sysctl:
     state: restored
+
+- name: Take the client namespace for one experiment run
+  tcplab.keepalive.sysctl:
+    netns: tcplab-client
+    time: 2
+    intvl: 1
+    probes: 3
+    lease: "{{ run_id }}"
+    lease_owner: "{{ lookup('ansible.builtin.pipe', 'hostname') }} pid 4242"
+    lease_ttl: 1800
+  register: leased
+  # wait while another run holds the namespace
+  retries: 60
+  delay: 10
+  until: not (leased.lease_busy | default(false))
+
+- name: This run's cleanup (leaves another run's values alone)
+  tcplab.keepalive.sysctl:
+    netns: tcplab-client
+    state: restored
+    lease: "{{ run_id }}"
 '''
 
 RETURN = r'''
@@ -185,6 +245,63 @@ netns:
       description: V(own), the name, or C(pid N).
       type: str
       sample: tcplab-client
+    boot:
+      description:
+        - Whether this is the network namespace that sysctl.d configures at boot (PID 1's), the only one
+          where O(persist) is allowed. V(null) when that namespace cannot be identified.
+      type: bool
+      sample: false
+lease:
+  description:
+    - The namespace's lease after this task (in check mode, as it would be); V(null) when there is none.
+    - When RV(lease_busy), the other run's lease.
+  returned: always
+  type: dict
+  contains:
+    holder:
+      description: The O(lease) of the run that holds it.
+      type: str
+      sample: 20240101T120000Z-3f9a
+    owner:
+      description: Its O(lease_owner), or V(null).
+      type: str
+      sample: controller host pid
+    since:
+      description: When the holder took it (UTC).
+      type: str
+      sample: '2024-01-01T12:00:00Z'
+    expires:
+      description: When it expires unless renewed (UTC).
+      type: str
+      sample: '2024-01-01T13:00:00Z'
+    expired:
+      description: Whether it had expired when the task ran.
+      type: bool
+      sample: false
+lease_busy:
+  description:
+    - V(true) when another run's live lease stopped this task - O(state=present) then fails,
+      O(state=restored) with O(lease) returns ok with nothing changed.
+  returned: always, and on the failure it causes
+  type: bool
+  sample: false
+lease_cleared:
+  description:
+    - The lease that this task released, cleared or took over (expired), or V(null).
+  returned: always
+  type: dict
+  sample: {holder: 20240101T120000Z-3f9a, owner: controller host pid, since: '2024-01-01T12:00:00Z',
+           expires: '2024-01-01T13:00:00Z', expired: false}
+persist_refused:
+  description: V(true) when O(persist) was refused because the namespace is not the one sysctl.d configures at boot.
+  returned: on that failure
+  type: bool
+  sample: true
+boot_netns_inode:
+  description: Inode of the network namespace that sysctl.d configures at boot (PID 1's).
+  returned: when O(persist) was refused for another namespace
+  type: int
+  sample: 4026531840
 msg:
   description: What was done.
   returned: always
@@ -217,8 +334,29 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, Runner, find_binary
 from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl import (
-    MSG_NOTHING, MSG_PERSIST_NETNS, Journal, KeepaliveSysctl, NsenterAccess, ProcAccess, SysctlError,
-    resolve_netns, validate_values)
+    MSG_NOTHING, Journal, KeepaliveSysctl, NsenterAccess, ProcAccess, SysctlError, boot_netns, check_paths,
+    check_persist, lease_request, live_netns_inodes, mark_boot, resolve_netns, validate_values)
+
+
+def run(module, p):
+    """The task's result; SysctlError / CommandError when refused or failed."""
+    wanted = validate_values(p)
+    if p['state'] == 'present' and not wanted:
+        raise SysctlError(MSG_NOTHING)
+    lease = lease_request(p)
+    check_paths(p)
+    ns = mark_boot(resolve_netns(p['netns'], p['netns_dir']), boot_netns())
+    if p['persist'] and p['state'] == 'present':
+        check_persist(ns, p['persist_path'], boot_netns())
+    if ns.own:
+        access = ProcAccess()
+    else:
+        access = NsenterAccess(Runner(module), find_binary(module, 'nsenter'), find_binary(module, 'sysctl'), ns.path)
+    engine = KeepaliveSysctl(ns, access, Journal(p['journal_dir']), Journal(p['persist_journal_dir'], 'persist_journal_dir'),
+                             check_mode=module.check_mode, live_inodes=lambda: live_netns_inodes(p['netns_dir']))
+    if p['state'] == 'present':
+        return engine.present(wanted, p['persist_path'] if p['persist'] else None, lease)
+    return engine.restored(p['saved'], p['persist_path'], lease)
 
 
 def main():
@@ -235,32 +373,20 @@ def main():
             persist_path=dict(type='path', default='/etc/sysctl.d/90-tcplab-keepalive.conf'),
             journal_dir=dict(type='path', default='/run/tcplab-keepalive/sysctl'),
             persist_journal_dir=dict(type='path', default='/var/lib/tcplab-keepalive/sysctl'),
+            lease=dict(type='str'),
+            lease_owner=dict(type='str'),
+            lease_ttl=dict(type='int', default=3600),
         ),
         supports_check_mode=True,
     )
-    p = module.params
     try:
-        wanted = validate_values(p)
-        if p['state'] == 'present' and not wanted:
-            raise SysctlError(MSG_NOTHING)
-        ns = resolve_netns(p['netns'], p['netns_dir'])
-        if p['persist'] and not ns.own:
-            raise SysctlError(MSG_PERSIST_NETNS)
-        if ns.own:
-            access = ProcAccess()
-        else:
-            access = NsenterAccess(Runner(module), find_binary(module, 'nsenter'), find_binary(module, 'sysctl'), ns.path)
-        engine = KeepaliveSysctl(ns, access, Journal(p['journal_dir']), Journal(p['persist_journal_dir']),
-                                 check_mode=module.check_mode)
-        persist_path = p['persist_path'] if (p['persist'] or p['state'] == 'restored') else None
-        if p['state'] == 'present':
-            result = engine.present(wanted, persist_path)
-        else:
-            result = engine.restored(p['saved'], persist_path)
+        result = run(module, module.params)
     except CommandError as exc:
         module.fail_json(**exc.as_result())
-    except (SysctlError, OSError) as exc:
-        module.fail_json(msg=str(exc))
+    except SysctlError as exc:
+        module.fail_json(msg=str(exc), **exc.extra)
+    except OSError as exc:
+        module.fail_json(msg='%s: %s' % (exc.strerror or exc, exc.filename) if exc.filename else str(exc))
     if not module._diff:
         result.pop('diff')
     module.exit_json(**result)

@@ -10,19 +10,24 @@ ansible-playbook -i "${INVENTORY_PATH}" main.yml "$@"
 
 # A play killed (SIGKILL) right after the change, then state: restored from a
 # fresh controller (no facts, only the journal on the host) restores everything.
-NS=tcplab-it-killed
-JOURNAL=/run/tcplab-keepalive/it-sysctl-killed
+NS=tksy-it-killed
+JOURNAL=/run/tcplab-helper-sysctl/it-sysctl-killed
+HANG=/run/tcplab-helper-sysctl/it-sysctl-killed.hang
 cleanup() {
   if [ -n "${PLAY_PID:-}" ]; then kill -9 -- "-${PLAY_PID}" 2>/dev/null || true; fi
+  rm -f "$HANG"
   ip netns del "$NS" 2>/dev/null || true
   rm -rf "$JOURNAL"
+  rmdir /run/tcplab-helper-sysctl 2>/dev/null || true
 }
 trap cleanup EXIT
 ip netns add "$NS"
 ns_values() { ip netns exec "$NS" cat /proc/sys/net/ipv4/tcp_keepalive_{time,intvl,probes} | tr '\n' ' '; }
 NS_BEFORE=$(ns_values)
 
-setsid ansible-playbook -i "${INVENTORY_PATH}" kill_me.yml -e "it_ns=$NS it_journal=$JOURNAL" "$@" &
+mkdir -p "$(dirname "$HANG")"
+touch "$HANG"
+setsid ansible-playbook -i "${INVENTORY_PATH}" kill_me.yml -e "it_ns=$NS it_journal=$JOURNAL it_hang_flag=$HANG" "$@" &
 PLAY_PID=$!
 for _ in $(seq 1 600); do
   [ "$(ns_values)" = "5 2 4 " ] && break
@@ -32,6 +37,7 @@ done
 kill -9 -- "-${PLAY_PID}"
 wait "$PLAY_PID" || true
 PLAY_PID=
+rm -f "$HANG"
 test -s "$JOURNAL/journal.json"
 
 ansible-playbook -i "${INVENTORY_PATH}" restore.yml -e "it_ns=$NS it_journal=$JOURNAL" "$@"
