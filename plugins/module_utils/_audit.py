@@ -26,6 +26,8 @@ import socket
 import struct
 import time
 
+from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl import boot_netns
+
 KEYS = ('time', 'intvl', 'probes')
 SYSCTL = 'net.ipv4.tcp_keepalive_%s'
 PROC_SYS = 'sys/net/ipv4/tcp_keepalive_%s'
@@ -82,8 +84,20 @@ MSG_RANGE_ORDER = 'policy %s.min (%d) is above %s.max (%d): swap them'
 MSG_DETECTION_VALUE = 'policy max_detection_seconds must be a positive integer, got %r'
 MSG_TARGET = 'policy target must be a mapping with time, intvl and probes, got %r'
 MSG_TARGET_POLICY = 'policy target %s is not compliant with the policy itself: %s'
+MSG_RANGE_PRESET = ('policy %s.%s (%d) conflicts with %s.%s %d of preset %s: drop the preset, or give both %s.min '
+                    'and %s.max')
+MSG_UNSATISFIABLE_POLICY = ('policy cannot be met: its smallest values (time %d, intvl %d, probes %d) already take '
+                            '%d s, above max_detection_seconds %d: lower the minimums or raise max_detection_seconds')
 MSG_NAMESPACES = 'namespaces must be host or all, got %r'
 MSG_ROOT = 'root must be an absolute path, got %r'
+MSG_ROOT_MISSING = 'root %s does not exist: give the directory that holds etc/sysctl.d (/ for the host itself)'
+MSG_ROOT_NOT_DIR = 'root %s is not a directory: give the directory that holds etc/sysctl.d (/ for the host itself)'
+MSG_ROOT_NO_ETC = ('root %s has no etc directory, so no sysctl file would be read: give the directory that holds '
+                   'etc/sysctl.d (/ for the host itself)')
+MSG_TIMEOUT = ('timeout must be a number of seconds above 0 and at most %d (the wait for the reading of one other '
+               'namespace), got %r')
+MSG_LIMIT = '%s must be an integer %d..%d (%s), got %r'
+MSG_INCLUDE = "namespace_include must be a list of at least one shell pattern ('*' for every namespace), got %r"
 
 MSG_F_MIN = '%s is %d, below the policy minimum %d'
 MSG_F_MAX = '%s is %d, above the policy maximum %d'
@@ -102,6 +116,23 @@ NOTE_OWNERS_CAPPED = ('socket owners: stopped after %d file descriptors (max_fd_
 NOTE_OWNERS_SKIPPED = 'socket owners: not looked up (no keepalive sockets)'
 NOTE_NAMESPACES_CAPPED = 'namespaces: %d found, only the first %d read (max_namespaces)'
 NOTE_FILTERED = 'namespaces: %d not matching namespace_include skipped'
+NOTE_NOT_BOOT = ('persisted values not compared with the runtime ones (no drift check): the module runs in network '
+                 'namespace inode %d, not in the boot namespace of the machine (inode %d, that of PID 1), and sysctl.d '
+                 'files configure only that one at boot; lab hosts get their values from the lab, containers from '
+                 'their container runtime')
+NOTE_BOOT_UNKNOWN = ('boot namespace unknown (%s): drift is checked as if this were the boot namespace; run the audit '
+                     'as root to know')
+
+TIMEOUT_MAX = 3600
+# option: (lowest, highest, what it counts)
+LIMITS = {
+    'top_processes': (0, 10000, 'processes listed per namespace'),
+    'max_examples': (0, 10000, 'override sockets listed per namespace'),
+    'max_fd_scan': (1, 1000000000, 'file descriptors read by the owner lookup'),
+    'max_namespaces': (1, 100000, 'other namespaces read'),
+}
+DEFAULT_PARAMS = {'top_processes': 10, 'max_examples': 20, 'max_fd_scan': 100000, 'max_namespaces': 256,
+                  'timeout': 10.0}
 
 
 class AuditError(Exception):
@@ -154,13 +185,17 @@ def validate_policy(policy):
                 raise AuditError(MSG_RANGE_VALUE % (key, bound, low, high, value))
             rng[bound] = value
         if rng['min'] is not None and rng['max'] is not None and rng['min'] > rng['max']:
-            raise AuditError(MSG_RANGE_ORDER % (key, rng['min'], key, rng['max']))
+            _range_order_error(key, rng, given or {}, preset)
         out[key] = rng
     detection = policy.get('max_detection_seconds', base.get('max_detection_seconds'))
     if detection is not None:
         if not _int(detection) or detection < 1:
             raise AuditError(MSG_DETECTION_VALUE % (detection,))
         out['max_detection_seconds'] = detection
+        smallest = dict((key, out[key]['min'] or BOUNDS[key][0]) for key in KEYS)
+        if detection_seconds(smallest) > detection:
+            raise AuditError(MSG_UNSATISFIABLE_POLICY % (smallest['time'], smallest['intvl'], smallest['probes'],
+                                                         detection_seconds(smallest), detection))
     target = policy.get('target')
     if target is not None:
         if not isinstance(target, dict) or sorted(target) != sorted(KEYS):
@@ -174,6 +209,14 @@ def validate_policy(policy):
             raise AuditError(MSG_TARGET_POLICY % (format_values(target), '; '.join(f['message'] for f in problems)))
         out['target'] = dict(target)
     return out
+
+
+def _range_order_error(key, rng, given, preset):
+    """min above max: say which bound the preset gave, so the advice fits."""
+    for mine, theirs in (('max', 'min'), ('min', 'max')):
+        if given.get(mine) is not None and given.get(theirs) is None and preset:
+            raise AuditError(MSG_RANGE_PRESET % (key, mine, rng[mine], key, theirs, rng[theirs], preset, key, key))
+    raise AuditError(MSG_RANGE_ORDER % (key, rng['min'], key, rng['max']))
 
 
 def format_values(values):
@@ -228,11 +271,13 @@ def remediation_target(values, policy):
 
     The policy's explicit target wins. Otherwise every key is clamped into its
     range; if detection is still too long, probing (intvl x probes) is cut to
-    at most half of max_detection_seconds and time gets the rest.
+    at most half of max_detection_seconds and time gets the rest; if that is
+    not enough (a high time minimum), probing gets what time's minimum leaves.
     """
     if policy.get('target'):
         return dict(policy['target'])
     out = dict((key, _clamp(values[key], policy[key], key)) for key in KEYS)
+    clamped = dict(out)
     limit = policy['max_detection_seconds']
     if limit is not None and detection_seconds(out) > limit:
         half = max(1, limit // 2)
@@ -241,9 +286,26 @@ def remediation_target(values, policy):
         if out['intvl'] * out['probes'] > half:
             out['probes'] = _clamp(max(1, half // out['intvl']), policy['probes'], 'probes')
         out['time'] = _clamp(max(1, min(out['time'], limit - out['intvl'] * out['probes'])), policy['time'], 'time')
+        if detection_seconds(out) > limit:
+            out = _fit(clamped, policy, limit)
     if value_findings(out, policy, 'target'):
         return None
     return out
+
+
+def _fit(out, policy, limit):
+    """Values within the ranges and within limit, when the first cut was not enough.
+
+    time goes down to its minimum, then the probing budget (limit - time) bounds
+    probes and intvl. A validated policy guarantees that its smallest values
+    fit, so this always succeeds.
+    """
+    low = dict((key, policy[key]['min'] or BOUNDS[key][0]) for key in KEYS)
+    budget = limit - low['time']
+    probes = _clamp(min(out['probes'], max(1, budget // low['intvl'])), policy['probes'], 'probes')
+    intvl = _clamp(min(out['intvl'], max(1, budget // probes)), policy['intvl'], 'intvl')
+    return {'time': _clamp(min(out['time'], limit - intvl * probes), policy['time'], 'time'),
+            'intvl': intvl, 'probes': probes}
 
 
 # -- persisted values ---------------------------------------------------------
@@ -704,20 +766,51 @@ def describe_policy(policy):
     return ', '.join(parts) or 'no limits'
 
 
+def validate_root(root):
+    """root, or AuditError when no sysctl file could ever be read under it."""
+    if not os.path.isabs(root):
+        raise AuditError(MSG_ROOT % (root,))
+    if not os.path.exists(root):
+        raise AuditError(MSG_ROOT_MISSING % (root,))
+    if not os.path.isdir(root):
+        raise AuditError(MSG_ROOT_NOT_DIR % (root,))
+    if os.path.normpath(root) != '/' and not os.path.isdir(os.path.join(root, 'etc')):
+        raise AuditError(MSG_ROOT_NO_ETC % (root,))
+    return root
+
+
+def validate_params(params):
+    """The options other than policy, checked and with their defaults: a dict."""
+    out = dict(DEFAULT_PARAMS)
+    out.update((k, v) for k, v in params.items() if v is not None)
+    if out.get('namespaces', 'host') not in ('host', 'all'):
+        raise AuditError(MSG_NAMESPACES % (out['namespaces'],))
+    out['root'] = validate_root(out.get('root') or '/')
+    for name, (low, high, what) in LIMITS.items():
+        if not _int(out[name]) or not low <= out[name] <= high:
+            raise AuditError(MSG_LIMIT % (name, low, high, what, out[name]))
+    timeout = out['timeout']
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= TIMEOUT_MAX:
+        raise AuditError(MSG_TIMEOUT % (TIMEOUT_MAX, timeout))
+    include = out.get('namespace_include', ['*'])
+    if not isinstance(include, list) or not include or not all(isinstance(p, str) and p for p in include):
+        raise AuditError(MSG_INCLUDE % (include,))
+    return out
+
+
 def run_audit(params, proc='/proc', reader=read_in_netns, owners=socket_owners):
     """The module's work: returns the result dict (without changed)."""
     policy = validate_policy(params.get('policy'))
-    mode = params.get('namespaces') or 'host'
-    if mode not in ('host', 'all'):
-        raise AuditError(MSG_NAMESPACES % (mode,))
-    root = params.get('root') or '/'
-    if not os.path.isabs(root):
-        raise AuditError(MSG_ROOT % (root,))
+    params = validate_params(params)
+    mode = params.get('namespaces', 'host')
+    root = params['root']
     sockets = params.get('sockets', True)
-    max_examples = params.get('max_examples', 20)
+    max_examples = params['max_examples']
     notes = []
 
     own_inode = os.stat(os.path.join(proc, 'self/ns/net')).st_ino
+    # the same answer as the sysctl module's, which refuses persist anywhere else
+    boot_inode, boot_unknown = boot_netns(proc)
     host = {'label': 'host', 'kind': 'host', 'inode': own_inode, 'name': None, 'pid': None, 'comm': None,
             'container_id': None}
     host.update(read_namespace(proc, sockets, max_examples))
@@ -725,25 +818,27 @@ def run_audit(params, proc='/proc', reader=read_in_netns, owners=socket_owners):
     if mode == 'all':
         found = [ns for ns in discover_namespaces(params.get('netns_dir') or '/run/netns', proc, own_inode)
                  if ns['kind'] != 'host']
-        patterns = params.get('namespace_include') or ['*']
+        patterns = params.get('namespace_include', ['*'])
         chosen = [ns for ns in found if matches(ns, patterns)]
         if len(chosen) < len(found):
             notes.append(NOTE_FILTERED % (len(found) - len(chosen)))
-        limit = params.get('max_namespaces', 256)
+        limit = params['max_namespaces']
         if len(chosen) > limit:
             notes.append(NOTE_NAMESPACES_CAPPED % (len(chosen), limit))
             chosen = chosen[:limit]
         for ns in chosen:
             entry = dict((k, ns[k]) for k in ('inode', 'kind', 'name', 'pid', 'comm', 'container_id'))
             entry['label'] = label_of(ns)
-            entry.update(reader(ns['path'], sockets, max_examples, params.get('timeout', 10.0)))
+            entry.update(reader(ns['path'], sockets, max_examples, params['timeout']))
             entries.append(entry)
+    for entry in entries:
+        entry['boot_netns'] = None if boot_inode is None else entry['inode'] == boot_inode
 
     if sockets:
         inodes = [i for entry in entries for i in (entry.get('sockets') or {}).get('inodes', [])]
         owner, complete = {}, True
         if inodes:
-            owner, complete, scanned = owners(inodes, proc, params.get('max_fd_scan', 100000))
+            owner, complete, scanned = owners(inodes, proc, params['max_fd_scan'])
             if not complete:
                 notes.append(NOTE_OWNERS_CAPPED % scanned)
         else:
@@ -752,12 +847,18 @@ def run_audit(params, proc='/proc', reader=read_in_netns, owners=socket_owners):
             sock = entry.get('sockets')
             if sock is None:
                 continue
-            sock['top_processes'] = top_processes(sock.pop('inodes'), owner, proc, params.get('top_processes', 10))
+            sock['top_processes'] = top_processes(sock.pop('inodes'), owner, proc, params['top_processes'])
             sock['owners_complete'] = complete
 
     persisted = read_persisted(root)
+    # sysctl.d is applied at boot to PID 1's namespace only: drift elsewhere would compare unrelated things
+    compare = host['boot_netns'] is not False
+    if not compare:
+        notes.append(NOTE_NOT_BOOT % (own_inode, boot_inode))
+    elif boot_inode is None:
+        notes.append(NOTE_BOOT_UNKNOWN % (boot_unknown,))
     for entry in entries:
-        evaluate_namespace(entry, policy, persisted if entry['kind'] == 'host' else None)
+        evaluate_namespace(entry, policy, persisted if entry['kind'] == 'host' and compare else None)
     findings = [f for entry in entries for f in entry['findings']]
     counts = dict((sev, sum(1 for f in findings if f['severity'] == sev)) for sev in SEVERITIES)
     drift = [{'key': f['key'], 'runtime': f['observed'], 'persisted': f['expected'],
@@ -767,7 +868,9 @@ def run_audit(params, proc='/proc', reader=read_in_netns, owners=socket_owners):
         'compliant': all(entry['compliant'] for entry in entries),
         'policy': policy,
         'namespaces': entries,
-        'persisted': {'root': root, 'values': persisted['values'], 'files': persisted['files']},
+        'boot_netns_inode': boot_inode,
+        'persisted': {'root': root, 'values': persisted['values'], 'files': persisted['files'],
+                      'compared': compare},
         'drift': drift,
         'findings': findings,
         'summary': {'namespaces': len(entries), 'findings': counts,

@@ -15,6 +15,8 @@ import csv
 import io
 import json
 import os
+import re
+import shutil
 import time
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape as xml_escape
@@ -33,6 +35,22 @@ MSG_UNREACHABLE = 'host unreachable: %s'
 MSG_FAILED = 'audit failed: %s'
 MSG_NOT_RUN = 'the audit did not run on this host (unreachable or failed earlier in the play)'
 
+MSG_HOSTS = 'hosts must be a list of inventory hostnames, got %r'
+MSG_REACHABLE = 'reachable must be a list of inventory hostnames, got %r'
+MSG_RESULTS = 'results must be a mapping of inventory hostname to the registered audit result, got %s'
+MSG_MALFORMED = ('results[%r]%s must be %s, got %s: pass the result registered from tcplab.keepalive.audit '
+                 '(or null for a host without one), unchanged')
+MSG_REMEDIATION = 'remediation[%r] must be a mapping (what remediation did on that host) or null, got %s'
+MSG_DEST_FILE = ('dest %s is a file, not a directory: give a directory for the report (it is created if missing), '
+                 'or move the file away')
+MSG_DEST_PARENT = 'cannot create the report directory %s (%s): give a directory whose parent exists or can be made'
+MSG_WRITE = 'cannot write the audit report in %s: %s'
+
+# A CSV cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection)
+CSV_FORMULA_START = ('=', '+', '-', '@', '\t', '\r')
+# characters XML 1.0 does not allow, even escaped
+XML_INVALID = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
+
 
 class ReportError(Exception):
     """Bad input to the report writer."""
@@ -42,13 +60,95 @@ def _counts(findings):
     return dict((sev, sum(1 for f in findings if f.get('severity') == sev)) for sev in SEVERITIES)
 
 
+# -- input validation: say which host and entry is malformed ---------------------
+
+def _shown(value):
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + '...'
+    return '%s %s' % (type(value).__name__, text)
+
+
+def _int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _need(host, path, ok, expected, value):
+    if not ok:
+        raise ReportError(MSG_MALFORMED % (host, path, expected, _shown(value)))
+
+
+def _check_findings(host, path, findings):
+    _need(host, path, isinstance(findings, list), 'a list of findings', findings)
+    for i, item in enumerate(findings):
+        where = '%s[%d]' % (path, i)
+        _need(host, where, isinstance(item, dict), 'a finding (a mapping with id, severity and message)', item)
+        for key in ('id', 'severity', 'message'):
+            _need(host, '%s.%s' % (where, key), isinstance(item.get(key), str), 'a string', item.get(key))
+
+
+def _check_namespace(host, path, ns):
+    _need(host, path, isinstance(ns, dict), 'a namespace entry (a mapping with label, kind, values and findings)', ns)
+    _need(host, path + '.label', isinstance(ns.get('label'), str), 'a string', ns.get('label'))
+    _need(host, path + '.kind', ns.get('kind') is None or isinstance(ns.get('kind'), str), 'a string', ns.get('kind'))
+    values = ns.get('values')
+    _need(host, path + '.values', values is None or (isinstance(values, dict) and all(
+        _int(values.get(k)) for k in ('time', 'intvl', 'probes'))), 'a mapping of time, intvl and probes to integers',
+        values)
+    detection = ns.get('detection_seconds')
+    _need(host, path + '.detection_seconds', detection is None or _int(detection), 'an integer', detection)
+    _check_findings(host, path + '.findings', ns.get('findings') or [])
+    sockets = ns.get('sockets')
+    _need(host, path + '.sockets', sockets is None or isinstance(sockets, dict), 'a mapping', sockets)
+    for key in ('keepalive', 'established', 'overrides'):
+        count = (sockets or {}).get(key, 0)
+        _need(host, '%s.sockets.%s' % (path, key), _int(count), 'an integer', count)
+
+
+def check_result(host, result):
+    """ReportError naming the host and the entry when result is not an audit result (or null)."""
+    if result is None:
+        return
+    _need(host, '', isinstance(result, dict), 'the registered result of tcplab.keepalive.audit (a mapping) or null',
+          result)
+    if result.get('unreachable') or result.get('failed') or 'compliant' not in result:
+        return
+    _need(host, '.compliant', isinstance(result['compliant'], bool), 'true or false', result['compliant'])
+    namespaces = result.get('namespaces') or []
+    _need(host, '.namespaces', isinstance(namespaces, list), 'a list of namespace entries', namespaces)
+    for i, ns in enumerate(namespaces):
+        _check_namespace(host, '.namespaces[%d]' % i, ns)
+    _check_findings(host, '.findings', result.get('findings') or [])
+    for key, kind, expected in (('drift', list, 'a list'), ('notes', list, 'a list of strings'),
+                                ('policy', dict, 'a mapping'), ('persisted', dict, 'a mapping')):
+        value = result.get(key)
+        _need(host, '.' + key, value is None or isinstance(value, kind), expected, value)
+    _need(host, '.notes', all(isinstance(n, str) for n in result.get('notes') or []), 'a list of strings',
+          result.get('notes'))
+
+
+def check_input(hosts, reachable, results, remediation):
+    """ReportError with what is malformed and what is expected, before anything is written."""
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        raise ReportError(MSG_HOSTS % (hosts,))
+    if reachable is not None and (not isinstance(reachable, list) or not all(isinstance(h, str) for h in reachable)):
+        raise ReportError(MSG_REACHABLE % (reachable,))
+    if results is not None and not isinstance(results, dict):
+        raise ReportError(MSG_RESULTS % _shown(results))
+    for host in hosts:
+        check_result(host, (results or {}).get(host))
+        value = (remediation or {}).get(host)
+        if value is not None and not isinstance(value, dict):
+            raise ReportError(MSG_REMEDIATION % (host, _shown(value)))
+
+
 def host_entry(result, reachable=True):
     """The audit.json entry of one host from its registered audit result (or None).
 
     A host no longer in the play (not reachable) is never reported as audited:
     its registered result, if any, may be from an earlier play.
     """
-    if not isinstance(result, dict) or (not reachable and not result.get('unreachable')):
+    if result is None or (not reachable and not result.get('unreachable')):
         return {'status': 'unreachable' if not reachable else 'failed', 'compliant': False,
                 'message': MSG_NOT_RUN, 'namespaces': [], 'findings': [], 'drift': [], 'notes': []}
     if result.get('unreachable'):
@@ -62,7 +162,7 @@ def host_entry(result, reachable=True):
     for ns in result.get('namespaces') or []:
         sockets = ns.get('sockets') or {}
         namespaces.append({
-            'label': ns.get('label'), 'kind': ns.get('kind'), 'inode': ns.get('inode'),
+            'label': ns.get('label'), 'kind': ns.get('kind'), 'inode': ns.get('inode'), 'boot_netns': ns.get('boot_netns'),
             'pid': ns.get('pid'), 'comm': ns.get('comm'), 'container_id': ns.get('container_id'),
             'values': ns.get('values'), 'detection_seconds': ns.get('detection_seconds'),
             'compliant': bool(ns.get('compliant')), 'findings': ns.get('findings') or [],
@@ -76,6 +176,7 @@ def host_entry(result, reachable=True):
     return {'status': 'ok', 'compliant': bool(result.get('compliant')), 'message': None,
             'namespaces': namespaces, 'findings': result.get('findings') or [],
             'drift': result.get('drift') or [], 'persisted': result.get('persisted'),
+            'boot_netns_inode': result.get('boot_netns_inode'),
             'notes': result.get('notes') or []}
 
 
@@ -88,8 +189,7 @@ def aggregate(hosts, reachable, results, remediation=None, policy=None, generate
     result is reported as unreachable (not in reachable) or failed; no host is
     ever dropped.
     """
-    if not isinstance(hosts, list):
-        raise ReportError('hosts must be a list of inventory hostnames, got %r' % (hosts,))
+    check_input(hosts, reachable, results, remediation)
     reachable = set(reachable or [])
     results = results or {}
     remediation = remediation or {}
@@ -155,14 +255,29 @@ def rows(report):
                    'messages': '; '.join(f['message'] for f in ns['findings'])}
 
 
+def csv_cell(value):
+    """A text cell a spreadsheet would take for a formula gets a leading quote; numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def render_csv(report):
+    """audit.csv, as OWASP advises against CSV injection: every text cell is quoted, and one starting
+    with = + - @ tab or CR gets a leading '. The numeric columns hold integers from the audit and are
+    written as bare numbers (a negative number stays a number)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator='\n')
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator='\n', quoting=csv.QUOTE_NONNUMERIC)
     writer.writeheader()
     for row in rows(report):
         row = dict(row, compliant='true' if row['compliant'] else 'false')
-        writer.writerow(row)
+        writer.writerow(dict((key, csv_cell(value)) for key, value in row.items()))
     return buf.getvalue()
+
+
+def _x(value):
+    """Text safe for XML 1.0: characters it cannot carry at all become U+FFFD."""
+    return XML_INVALID.sub('\ufffd', '' if value is None else str(value))
 
 
 def render_junit(report):
@@ -172,26 +287,26 @@ def render_junit(report):
     for name, host in report['hosts'].items():
         if host['status'] != 'ok':
             errors += 1
-            case = ElementTree.Element('testcase', classname='tcplab.keepalive.audit.%s' % name, name='host')
-            ElementTree.SubElement(case, 'error', type=host['status'], message=host.get('message') or host['status'])
+            case = ElementTree.Element('testcase', classname=_x('tcplab.keepalive.audit.%s' % name), name='host')
+            ElementTree.SubElement(case, 'error', type=host['status'], message=_x(host.get('message') or host['status']))
             cases.append(case)
             continue
         for ns in host['namespaces']:
-            case = ElementTree.Element('testcase', classname='tcplab.keepalive.audit.%s' % name, name=ns['label'])
+            case = ElementTree.Element('testcase', classname=_x('tcplab.keepalive.audit.%s' % name), name=_x(ns['label']))
             bad = [f for f in ns['findings'] if f['severity'] in ('error', 'warning')]
             if bad:
                 failures += 1
                 failure = ElementTree.SubElement(
                     case, 'failure', type=bad[0]['severity'],
-                    message='; '.join('%s %s' % (f['id'], f['message']) for f in bad))
-                failure.text = '\n'.join('%s [%s] %s: observed %s, expected %s' % (
-                    f['id'], f['severity'], f.get('key'), f.get('observed'), f.get('expected')) for f in bad)
+                    message=_x('; '.join('%s %s' % (f['id'], f['message']) for f in bad)))
+                failure.text = _x('\n'.join('%s [%s] %s: observed %s, expected %s' % (
+                    f['id'], f['severity'], f.get('key'), f.get('observed'), f.get('expected')) for f in bad))
             values = ns.get('values') or {}
             out = ElementTree.SubElement(case, 'system-out')
-            out.text = 'time=%s intvl=%s probes=%s detection_seconds=%s keepalive_sockets=%s%s' % (
+            out.text = _x('time=%s intvl=%s probes=%s detection_seconds=%s keepalive_sockets=%s%s' % (
                 values.get('time'), values.get('intvl'), values.get('probes'), ns.get('detection_seconds'),
                 ns['sockets']['keepalive'],
-                ''.join('\n%s [info] %s' % (f['id'], f['message']) for f in ns['findings'] if f['severity'] == 'info'))
+                ''.join('\n%s [info] %s' % (f['id'], f['message']) for f in ns['findings'] if f['severity'] == 'info')))
             cases.append(case)
     suite = ElementTree.Element('testsuite', name='tcplab.keepalive.audit', tests=str(len(cases)),
                                 failures=str(failures), errors=str(errors), skipped='0',
@@ -301,7 +416,7 @@ TABLE_COLUMNS = (('host', 'Host', 'text'), ('status', 'Status', 'text'), ('names
 
 
 def _h(value):
-    return xml_escape('' if value is None else str(value), {'"': '&quot;'})
+    return xml_escape(_x(value), {'"': '&quot;', "'": '&#x27;'})
 
 
 def render_html(report):
@@ -367,22 +482,60 @@ def render_all(report):
     }
 
 
-def write_reports(dest, report):
-    """Write the four files atomically; returns the names whose content changed."""
-    if not os.path.isdir(dest):
+def _make_dest(dest):
+    """Create dest; returns the topmost directory created (to remove on failure), or None."""
+    if os.path.isdir(dest):
+        return None
+    if os.path.lexists(dest):
+        raise ReportError(MSG_DEST_FILE % (dest,))
+    top = dest
+    while not os.path.lexists(os.path.dirname(top)) and os.path.dirname(top) != top:
+        top = os.path.dirname(top)
+    try:
         os.makedirs(dest, 0o755)
-    changed = []
-    for name, text in render_all(report).items():
-        path = os.path.join(dest, name)
-        try:
-            with open(path) as handle:
-                if handle.read() == text:
-                    continue
-        except (IOError, OSError):
-            pass
-        atomic_write(path, text, 0o644)
-        changed.append(name)
-    return changed
+    except OSError as exc:
+        shutil.rmtree(top, ignore_errors=True)
+        raise ReportError(MSG_DEST_PARENT % (dest, exc.strerror or exc))
+    return top
+
+
+def _unchanged(path, text):
+    try:
+        with open(path) as handle:
+            return handle.read() == text
+    except (IOError, OSError, ValueError):
+        return False
+
+
+def write_reports(dest, report):
+    """Write the four files; returns the names whose content changed.
+
+    Everything is rendered before the first byte is written. The new files are
+    written next to the old ones first and renamed into place only when all
+    are written, so a failure leaves the old report as it was, and removes a
+    directory this call created.
+    """
+    texts = render_all(report)
+    created = _make_dest(dest)
+    staged = []
+    try:
+        for name, text in texts.items():
+            path = os.path.join(dest, name)
+            if _unchanged(path, text):
+                continue
+            tmp = os.path.join(dest, '.%s.new' % name)
+            atomic_write(tmp, text, 0o644)
+            staged.append((tmp, path, name))
+        for tmp, path, dummy in staged:
+            os.rename(tmp, path)
+    except BaseException:
+        for tmp, dummy, dummy2 in staged:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    return [name for dummy, dummy2, name in staged]
 
 
 def summary_lines(report):

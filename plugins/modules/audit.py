@@ -14,7 +14,11 @@ description:
     host's network namespace straight from C(/proc/sys), and with O(namespaces=all) those of every
     other network namespace on the host (containers keep 7200/75/9 whatever the host says).
   - Reads the persisted values with the file that sets each one, following systemd-sysctl precedence,
-    and reports drift - runtime values that a reboot would change (host namespace only).
+    and reports drift - runtime values that a reboot would change. Only in the boot network namespace
+    (the one PID 1 runs in, which systemd-sysctl configures from sysctl.d at boot) - every namespace
+    says whether it is that one (C(boot_netns) in RV(namespaces)). A lab host or a container is another
+    namespace - its values come from the lab or the container runtime, not from sysctl.d, so no drift
+    is reported there (a note says so).
   - Derives the dead-peer detection time C(time + intvl x probes) per namespace.
   - Counts established TCP sockets with a keepalive timer (C(/proc/net/tcp) and C(tcp6), timer type 2),
     names the processes holding most of them, and finds sockets whose remaining keepalive timer is longer
@@ -36,6 +40,8 @@ options:
       - What a compliant namespace looks like. Every key is optional; an empty policy only reports
         drift and per-socket overrides.
       - An explicit key overrides the same key of the O(policy.preset).
+      - Refused when no values can meet it (the minimums alone take longer than O(policy.max_detection_seconds)),
+        or when a C(min) is above its C(max).
     type: dict
     default: {}
     suboptions:
@@ -77,12 +83,14 @@ options:
   namespace_include:
     description:
       - With O(namespaces=all), only the other namespaces whose label, name, process name or container id
-        matches one of these shell patterns. The host namespace is always read.
+        matches one of these shell patterns (at least one; V(*) for all). The host namespace is always read.
     type: list
     elements: str
     default: ['*']
   root:
-    description: File-system root under which the persisted sysctl files are read (for tests and chroots).
+    description:
+      - File-system root under which the persisted sysctl files are read (for tests and chroots). It must
+        exist; a root other than V(/) must hold an C(etc) directory (else no file could ever be read).
     type: path
     default: /
   netns_dir:
@@ -94,25 +102,25 @@ options:
     type: bool
     default: true
   top_processes:
-    description: How many of the processes holding most keepalive sockets to return per namespace.
+    description: How many of the processes holding most keepalive sockets to return per namespace (0..10000).
     type: int
     default: 10
   max_examples:
-    description: How many override sockets (longest timers first) to return per namespace.
+    description: How many override sockets (longest timers first) to return per namespace (0..10000).
     type: int
     default: 20
   max_fd_scan:
     description:
       - The owner lookup reads at most this many C(/proc/PID/fd) entries, then stops and says so in
-        C(notes) (C(owners_complete=false)). Bounds the cost on hosts with very many sockets.
+        C(notes) (C(owners_complete=false)). Bounds the cost on hosts with very many sockets (1..1000000000).
     type: int
     default: 100000
   max_namespaces:
-    description: Read at most this many other namespaces (the rest are named in C(notes)).
+    description: Read at most this many other namespaces (the rest are counted in C(notes)) (1..100000).
     type: int
     default: 256
   timeout:
-    description: Seconds to wait for the reading of one other namespace.
+    description: Seconds to wait for the reading of one other namespace (above 0, at most 3600).
     type: float
     default: 10
 notes:
@@ -125,7 +133,8 @@ notes:
   - A socket with a keepalive timer but data in flight shows the retransmit timer instead and is not counted.
   - Per-socket options shorter than the sysctl cannot be seen from C(/proc/net/tcp); longer ones can.
   - Findings - C(KA001) value below min (error), C(KA002) above max (error), C(KA003) detection time above
-    the maximum (error), C(KA004) drift between runtime and persisted value (warning, host namespace),
+    the maximum (error), C(KA004) drift between runtime and persisted value (warning, host namespace when it
+    is the boot namespace),
     C(KA005) sockets with a longer per-socket idle time (warning), C(KA006) namespace unreadable (warning),
     C(KA007) policy cannot be met (error), C(KA008) unparsable line in a sysctl file (info).
     A namespace is compliant when it has no error or warning finding.
@@ -211,6 +220,15 @@ namespaces:
     kind:
       description: V(host), V(named) or V(process).
       type: str
+    boot_netns:
+      description:
+        - Whether this is the boot network namespace - the one PID 1 runs in, which systemd-sysctl configures
+          from sysctl.d at boot (inode equal to that of C(/proc/1/ns/net); when PID 1 hides it, that of the
+          kernel's thread daemon, PID 2, which stays in the initial namespace). Only there can values be
+          persisted (M(tcplab.keepalive.sysctl) refuses C(persist) elsewhere).
+        - Null when that namespace cannot be identified (not root); then drift is checked as if this were it,
+          and a note says so.
+      type: bool
     inode:
       description: Namespace inode.
       type: int
@@ -276,6 +294,10 @@ namespaces:
       description: Why the namespace could not be read.
       type: str
       returned: when unreadable
+boot_netns_inode:
+  description: Inode of the boot network namespace (PID 1's), null when it cannot be identified (not root).
+  returned: success
+  type: int
 persisted:
   description: Persisted values.
   returned: success
@@ -284,6 +306,11 @@ persisted:
     root:
       description: The O(root) read.
       type: str
+    compared:
+      description:
+        - Whether the runtime values were compared with these (drift) - false when the module runs in a
+          namespace that is not the boot namespace (a lab host, a container).
+      type: bool
     values:
       description: Per key (C(time), C(intvl), C(probes)) the C(value) and the C(file) that sets it.
       type: dict
@@ -318,7 +345,7 @@ summary:
   returned: success
   type: dict
 notes:
-  description: Limits that applied (capped owner lookup, skipped namespaces).
+  description: Limits that applied (capped owner lookup, skipped namespaces), and why drift was not checked.
   returned: success
   type: list
   elements: str

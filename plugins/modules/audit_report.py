@@ -16,6 +16,10 @@ description:
     table and a histogram of detection times as inline SVG; no external assets).
   - Hosts in O(hosts) without a result are reported as V(unreachable) (not in O(reachable)) or V(failed);
     no host is dropped.
+  - Text from the hosts (host names, namespace labels, messages) cannot inject anything - CSV cells that a
+    spreadsheet would read as a formula (starting with C(=), C(+), C(-), C(@), tab or carriage return) get a
+    leading C('), the numeric columns stay numbers; the HTML page escapes it; the JUnit XML stays
+    well-formed (characters XML cannot carry become U+FFFD).
   - The C(tcplab.keepalive.audit) role runs it once, delegated to C(localhost).
 author: tcplab.keepalive developers (@tcplab)
 extends_documentation_fragment:
@@ -29,7 +33,10 @@ attributes:
     platforms: posix
 options:
   dest:
-    description: Directory of the report (created if needed).
+    description:
+      - Directory of the report (created if needed). Refused when it names an existing file.
+      - The files are written side by side and renamed into place only when all are written; on a failure
+        the previous report stays as it was and a directory this call created is removed.
     type: path
     required: true
   hosts:
@@ -43,7 +50,10 @@ options:
     elements: str
     default: []
   results:
-    description: Inventory hostname to the registered result of M(tcplab.keepalive.audit) (or null).
+    description:
+      - Inventory hostname to the registered result of M(tcplab.keepalive.audit) (or null).
+      - Checked before anything is written - a result that is not a mapping, or whose namespaces or
+        findings are not what the module returns, is refused with the host and the entry named.
     type: dict
     default: {}
   remediation:
@@ -124,7 +134,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._audit_report import (
-    FILES, ReportError, aggregate, should_fail, summary_lines, write_reports)
+    FILES, MSG_WRITE, ReportError, aggregate, should_fail, summary_lines, write_reports)
 
 
 def main():
@@ -143,8 +153,10 @@ def main():
     try:
         report = aggregate(p['hosts'], p['reachable'], p['results'], p['remediation'])
         changed = write_reports(p['dest'], report)
-    except (ReportError, OSError) as exc:
-        module.fail_json(msg='cannot write the audit report in %s: %s' % (p['dest'], exc))
+    except ReportError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg=MSG_WRITE % (p['dest'], exc))
     module.exit_json(changed=bool(changed), summary=report['summary'], lines=summary_lines(report),
                      fail=should_fail(report, p['fail_on']), files=[os.path.join(p['dest'], name) for name in FILES])
 

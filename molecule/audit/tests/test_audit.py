@@ -27,8 +27,8 @@ BEFORE = {
     'ok-ssh': [],
     'default-netns': [('KA003', 'host', 'detection_seconds', 7875, '<= 239')],
     'range-netns': [('KA001', 'host', 'net.ipv4.tcp_keepalive_time', 20, '>= 30')],
-    'drift-netns': [('KA004', 'host', 'net.ipv4.tcp_keepalive_intvl', 15, 30),
-                    ('KA004', 'host', 'net.ipv4.tcp_keepalive_probes', 6, 9)],
+    # its files would drift, but a lab host is not the boot namespace: sysctl.d does not configure it
+    'drift-netns': [],
     'extra-netns': [('KA003', 'tcplab-mola-extra-2', 'detection_seconds', 7875, '<= 239'),
                     ('KA003', HOLDER, 'detection_seconds', 7875, '<= 239')],
     'sockets-netns': [('KA005', 'host', 'sockets', 1, 0)],
@@ -80,23 +80,31 @@ def test_summary_before_and_the_unreachable_host():
     assert 'tcplab-mola-ghost' in ghost['message']
     summary = report['summary']
     assert (summary['hosts'], summary['compliant'], summary['noncompliant'], summary['unreachable'], summary['failed']) \
-        == (8, 2, 5, 1, 0)
-    assert summary['findings'] == {'error': 4, 'warning': 3, 'info': 0}
+        == (8, 3, 4, 1, 0)
+    assert summary['findings'] == {'error': 4, 'warning': 1, 'info': 0}
     assert summary['namespaces'] == 10
     assert report['policy']['max_detection_seconds'] == 239
 
 
 def test_messages_name_the_file_and_the_preset():
     hosts = load('before')['hosts']
-    drift = [f['message'] for f in hosts['drift-netns']['findings']]
-    assert drift == [
-        'net.ipv4.tcp_keepalive_intvl is 15 at runtime but 30 after a reboot (/run/sysctl.d/70-y.conf)',
-        'net.ipv4.tcp_keepalive_probes is 6 at runtime but 9 after a reboot (kernel default, no sysctl file sets it)']
-    # /etc/sysctl.d/50-x.conf masks /usr/lib/sysctl.d/50-x.conf
+    # the persisted files are read (/etc/sysctl.d/50-x.conf masks /usr/lib/sysctl.d/50-x.conf) ...
     persisted = hosts['drift-netns']['persisted']
     assert persisted['values']['time'] == {'value': 120, 'file': '/etc/sysctl.d/50-x.conf'}
+    assert persisted['values']['intvl'] == {'value': 30, 'file': '/run/sysctl.d/70-y.conf'}
     assert persisted['files'] == ['/etc/sysctl.d/50-x.conf', '/run/sysctl.d/70-y.conf']
+    # ... but not compared: a lab host is a namespace of the controller, not its boot namespace
+    assert persisted['compared'] is False and hosts['drift-netns']['drift'] == []
+    assert [n for n in hosts['drift-netns']['notes'] if 'not in the boot namespace of the machine' in n]
     assert hosts['default-netns']['findings'][0]['message'].endswith('(preset azure-lb: below the 240 s idle timeout)')
+
+
+def test_no_lab_namespace_is_the_boot_namespace():
+    hosts = load('before')['hosts']
+    for name in LAB:
+        namespaces = hosts[name]['namespaces']
+        assert [ns['boot_netns'] for ns in namespaces] == [False] * len(namespaces), name
+        assert hosts[name]['boot_netns_inode'] not in [ns['inode'] for ns in namespaces], name
 
 
 def test_namespaces_and_sockets():
@@ -123,8 +131,10 @@ def test_check_mode_changed_nothing():
         # the audit at the start of the real remediation still saw the seeded state: no drop-in written
         assert values(remediate[name]) == values(before[name]), name
         assert not any(path.endswith('90-tcplab-keepalive.conf') for path in remediate[name]['persisted']['files'])
-    assert check['default-netns']['remediation']['host'].startswith(
-        'would set net.ipv4.tcp_keepalive_time=122, net.ipv4.tcp_keepalive_intvl=13; would write ')
+    # runtime values only: a lab host is not the boot namespace, nothing is to be persisted
+    assert check['default-netns']['remediation']['host'] == \
+        'would set net.ipv4.tcp_keepalive_time=122, net.ipv4.tcp_keepalive_intvl=13'
+    assert check['default-netns']['remediation']['persisted'] is False
     assert check['extra-netns']['remediation']['namespaces']['tcplab-mola-extra-2'] == \
         'would set net.ipv4.tcp_keepalive_time=122, net.ipv4.tcp_keepalive_intvl=13'
 
@@ -140,14 +150,18 @@ def test_remediation_makes_the_next_audit_compliant():
         else:
             assert findings(host) == [] and host['compliant'], name
     assert report['summary']['findings'] == {'error': 0, 'warning': 1, 'info': 0}
-    for name in ('default-netns', 'range-netns', 'drift-netns'):
-        with open(os.path.join(ROOTS, name, 'etc/sysctl.d/90-tcplab-keepalive.conf')) as handle:
-            text = handle.read()
-        time_, intvl, probes = AFTER_VALUES[name]['host']
-        assert 'net.ipv4.tcp_keepalive_time = %d\n' % time_ in text
-        assert 'net.ipv4.tcp_keepalive_probes = %d\n' % probes in text
-        assert report['hosts'][name]['persisted']['values']['intvl'] == {
-            'value': intvl, 'file': '/etc/sysctl.d/90-tcplab-keepalive.conf'}
+    remediated = load('remediate')['hosts']
+    for name in ('default-netns', 'range-netns'):
+        # set at runtime, never persisted: no drop-in in the host's root, and the report says why
+        assert not os.path.lexists(os.path.join(ROOTS, name, 'etc/sysctl.d/90-tcplab-keepalive.conf')), name
+        assert not any(path.endswith('90-tcplab-keepalive.conf') for path in report['hosts'][name]['persisted']['files'])
+        done = remediated[name]['remediation']
+        assert done['host'].startswith('set net.ipv4.tcp_keepalive_') and 'wrote' not in done['host'], name
+        assert done['persisted'] is False
+        assert 'not the boot namespace of its machine' in done['not_persisted']
+        assert 'container gets its sysctls from its container runtime' in done['not_persisted']
+    # compliant before: nothing to remediate
+    assert remediated['drift-netns'].get('remediation', {}).get('host', 'nothing to change') == 'nothing to change'
 
 
 def test_ssh_host_values_seen_over_ssh_match_the_report():
@@ -167,7 +181,7 @@ def test_junit_parses(stage):
     failed = [(c.get('classname').rsplit('.', 1)[1], c.get('name')) for c in cases
               if c.find('failure') is not None or c.find('error') is not None]
     if stage == 'before':
-        assert len(failed) == 7 and ('ghost-netns', 'host') in failed
+        assert len(failed) == 6 and ('ghost-netns', 'host') in failed
     else:
         assert failed == [('sockets-netns', 'host')]
 

@@ -117,7 +117,8 @@ def test_detection_on_the_limit_is_compliant():
     ({'time': 20, 'intvl': 5, 'probes': 3}, {'preset': 'azure-lb', 'time': {'min': 30}}, {'time': 30, 'intvl': 5, 'probes': 3}),
     ({'time': 600, 'intvl': 60, 'probes': 2}, {'max_detection_seconds': 100}, {'time': 50, 'intvl': 25, 'probes': 2}),
     (DEFAULTS, {'preset': 'azure-lb', 'target': {'time': 60, 'intvl': 10, 'probes': 6}}, {'time': 60, 'intvl': 10, 'probes': 6}),
-    ({'time': 300, 'intvl': 75, 'probes': 9}, {'max_detection_seconds': 20, 'time': {'min': 30}}, None),
+    # the first cut (probing to half the limit) is not enough: time goes to its minimum, probing gets the rest
+    (DEFAULTS, {'max_detection_seconds': 110, 'time': {'min': 100}, 'intvl': {'max': 5}}, {'time': 101, 'intvl': 1, 'probes': 9}),
 ])
 def test_remediation_target(values, pol, expected):
     p = validate_policy(pol)
@@ -352,11 +353,17 @@ def test_read_a_fresh_namespace_through_setns():
 
 # -- the whole audit over a fake /proc and root ---------------------------------
 
-def fake_proc(tmp_path, values, tcp_lines=()):
+def fake_proc(tmp_path, values, tcp_lines=(), boot=True):
+    """A /proc with the values; boot: PID 1 in the same namespace (True), another one (False), unreadable (None)."""
     proc = tmp_path / 'proc'
     for key, value in values.items():
         write(proc, 'sys/net/ipv4/tcp_keepalive_%s' % key, '%d\n' % value)
     write(proc, 'self/ns/net', '')
+    if boot is True:  # the same inode as self/ns/net
+        os.makedirs(str(proc / '1/ns'))
+        os.link(str(proc / 'self/ns/net'), str(proc / '1/ns/net'))
+    elif boot is False:
+        write(proc, '1/ns/net', '')
     write(proc, 'net/tcp', '\n'.join([HEADER] + list(tcp_lines)) + '\n')
     write(proc, 'net/tcp6', HEADER + '\n')
     return str(proc)
@@ -406,6 +413,7 @@ def test_run_audit_all_namespaces(tmp_path, monkeypatch):
          'container_id': None},
     ]
     monkeypatch.setattr(_audit, 'discover_namespaces', lambda netns_dir, proc, own: others)
+    os.makedirs(str(tmp_path / 'root/etc'))
     answers = {'/run/netns/a': {'values': {'time': 60, 'intvl': 5, 'probes': 3}},
                '/proc/9/ns/net': {'error': '[Errno 1] Operation not permitted'}}
     result = run_audit({'namespaces': 'all', 'namespace_include': ['tcplab-*', 'nginx'], 'sockets': False,
@@ -428,3 +436,179 @@ def test_run_audit_bad_params(tmp_path, params, message):
     with pytest.raises(AuditError) as exc:
         run_audit(params, proc=fake_proc(tmp_path, DEFAULTS))
     assert str(exc.value) == message
+
+
+# -- nonsense refused (issue 10 item 16) ----------------------------------------
+
+@pytest.mark.parametrize('given, message', [
+    # the preset gives time.min 7200: "swap them" would be wrong advice
+    ({'preset': 'kernel-default', 'time': {'max': 100}},
+     'policy time.max (100) conflicts with time.min 7200 of preset kernel-default: drop the preset, or give both '
+     'time.min and time.max'),
+    # no values can meet it: 30 + 1 x 1 > 20
+    ({'max_detection_seconds': 20, 'time': {'min': 30}},
+     'policy cannot be met: its smallest values (time 30, intvl 1, probes 1) already take 31 s, above '
+     'max_detection_seconds 20: lower the minimums or raise max_detection_seconds'),
+    ({'preset': 'azure-lb', 'time': {'min': 200}, 'intvl': {'min': 10}, 'probes': {'min': 4}},
+     'policy cannot be met: its smallest values (time 200, intvl 10, probes 4) already take 240 s, above '
+     'max_detection_seconds 239: lower the minimums or raise max_detection_seconds'),
+    ({'max_detection_seconds': -1}, 'policy max_detection_seconds must be a positive integer, got -1'),
+    ({'time': {'min': -5}}, 'policy time.min must be an integer 1..32767, got -5'),
+])
+def test_nonsense_policies_are_refused(given, message):
+    with pytest.raises(AuditError) as exc:
+        validate_policy(given)
+    assert str(exc.value) == message
+
+
+def test_remediation_always_meets_a_policy_that_validation_accepts():
+    import random
+    rnd = random.Random(10)
+    tried = 0
+    while tried < 2000:
+        pol = {'max_detection_seconds': rnd.randint(3, 2000)}
+        for key, high in (('time', 3000), ('intvl', 100), ('probes', 20)):
+            low = rnd.choice([None, rnd.randint(1, high)])
+            top = rnd.choice([None, rnd.randint(low or 1, high)])
+            pol[key] = {'min': low, 'max': top}
+        try:
+            p = validate_policy(pol)
+        except AuditError:
+            continue
+        tried += 1
+        values = {'time': rnd.randint(1, 32767), 'intvl': rnd.randint(1, 32767), 'probes': rnd.randint(1, 127)}
+        target = remediation_target(values, p)
+        assert target is not None and value_findings(target, p, 'x') == [], (pol, values)
+
+
+TIMEOUT_MSG = ('timeout must be a number of seconds above 0 and at most 3600 (the wait for the reading of one other '
+               'namespace), got %s')
+
+
+@pytest.mark.parametrize('params, message', [
+    ({'timeout': -1}, TIMEOUT_MSG % -1),
+    ({'timeout': 0}, TIMEOUT_MSG % 0),
+    ({'timeout': 86400.0}, TIMEOUT_MSG % 86400.0),
+    ({'timeout': float('nan')}, TIMEOUT_MSG % 'nan'),
+    ({'timeout': True}, TIMEOUT_MSG % True),
+    ({'max_namespaces': -1}, 'max_namespaces must be an integer 1..100000 (other namespaces read), got -1'),
+    ({'max_namespaces': 0}, 'max_namespaces must be an integer 1..100000 (other namespaces read), got 0'),
+    ({'top_processes': -5}, 'top_processes must be an integer 0..10000 (processes listed per namespace), got -5'),
+    ({'max_examples': -1}, 'max_examples must be an integer 0..10000 (override sockets listed per namespace), got -1'),
+    ({'max_fd_scan': 0}, 'max_fd_scan must be an integer 1..1000000000 (file descriptors read by the owner lookup), got 0'),
+    ({'namespace_include': []}, "namespace_include must be a list of at least one shell pattern ('*' for every "
+                                "namespace), got []"),
+    ({'namespace_include': ['']}, "namespace_include must be a list of at least one shell pattern ('*' for every "
+                                  "namespace), got ['']"),
+    ({'root': '/nonexistent'}, 'root /nonexistent does not exist: give the directory that holds etc/sysctl.d '
+                               '(/ for the host itself)'),
+])
+def test_nonsense_options_are_refused(tmp_path, params, message):
+    with pytest.raises(AuditError) as exc:
+        run_audit(dict(params, sockets=False), proc=fake_proc(tmp_path, DEFAULTS))
+    assert str(exc.value) == message
+
+
+def test_a_root_that_is_a_file_or_holds_no_etc_is_refused(tmp_path):
+    proc = fake_proc(tmp_path, DEFAULTS)
+    afile = write(tmp_path, 'afile', '')
+    with pytest.raises(AuditError) as exc:
+        run_audit({'root': afile}, proc=proc)
+    assert str(exc.value) == _audit.MSG_ROOT_NOT_DIR % afile
+    empty = str(tmp_path / 'empty')
+    os.makedirs(empty)
+    with pytest.raises(AuditError) as exc:
+        run_audit({'root': empty}, proc=proc)
+    assert str(exc.value) == ('root %s has no etc directory, so no sysctl file would be read: give the directory '
+                              'that holds etc/sysctl.d (/ for the host itself)' % empty)
+    os.makedirs(os.path.join(empty, 'etc'))
+    assert run_audit({'root': empty, 'sockets': False}, proc=proc)['persisted']['files'] == []
+
+
+# -- the boot namespace (issue 10 item 4) ---------------------------------------
+
+def drifting_root(tmp_path):
+    root = tmp_path / 'root'
+    write(root, 'etc/sysctl.d/60-app.conf', 'net.ipv4.tcp_keepalive_time = 600\n')
+    return str(root)
+
+
+def test_boot_namespace_is_marked_and_checked_for_drift(tmp_path):
+    proc = fake_proc(tmp_path, DEFAULTS, boot=True)
+    result = run_audit({'root': drifting_root(tmp_path), 'sockets': False}, proc=proc)
+    assert result['namespaces'][0]['boot_netns'] is True
+    assert result['boot_netns_inode'] == os.stat(os.path.join(proc, 'self/ns/net')).st_ino
+    assert [f['id'] for f in result['findings']] == ['KA004']
+    assert result['persisted']['compared'] is True and result['notes'] == []
+
+
+def test_another_namespace_is_not_checked_for_drift(tmp_path):
+    proc = fake_proc(tmp_path, DEFAULTS, boot=False)
+    result = run_audit({'root': drifting_root(tmp_path), 'sockets': False}, proc=proc)
+    host = result['namespaces'][0]
+    assert host['boot_netns'] is False
+    assert result['findings'] == [] and result['drift'] == [] and result['compliant']
+    assert result['persisted']['compared'] is False
+    assert result['persisted']['values'] == {'time': {'value': 600, 'file': '/etc/sysctl.d/60-app.conf'}}
+    assert result['notes'] == [_audit.NOTE_NOT_BOOT % (host['inode'], result['boot_netns_inode'])]
+    assert 'containers from their container runtime' in result['notes'][0]
+
+
+def test_unknown_boot_namespace_checks_drift_and_says_so(tmp_path):
+    proc = fake_proc(tmp_path, DEFAULTS, boot=None)
+    result = run_audit({'root': drifting_root(tmp_path), 'sockets': False}, proc=proc)
+    assert result['namespaces'][0]['boot_netns'] is None and result['boot_netns_inode'] is None
+    assert [f['id'] for f in result['findings']] == ['KA004']
+    assert result['notes'] == [_audit.NOTE_BOOT_UNKNOWN % ('cannot read %s/1/ns/net: No such file or directory' % proc)]
+
+
+def audit_in_netns(path, params):
+    """run_audit with the real /proc in a forked child that entered the namespace at path."""
+    import json
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(rfd)
+            fd = os.open(path, os.O_RDONLY)
+            _audit._setns(fd)
+            try:
+                data = run_audit(params)
+            except AuditError as exc:
+                data = {'error': str(exc)}
+            os.write(wfd, json.dumps(data).encode('utf-8'))
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    chunks = []
+    while True:
+        chunk = os.read(rfd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(rfd)
+    os.waitpid(pid, 0)
+    return json.loads(b''.join(chunks).decode('utf-8'))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which('ip') is None, reason='needs root and iproute2')
+def test_real_namespaces_boot_netns(tmp_path):
+    """The real kernel: the test's own namespace is PID 1's; a namespace made here is not (like a lab host)."""
+    name = 'tkau-ut-boot-%d' % os.getpid()
+    root = drifting_root(tmp_path)
+    subprocess.check_call(['ip', 'netns', 'add', name])
+    try:
+        mine = run_audit({'root': root, 'sockets': False, 'namespaces': 'all', 'namespace_include': [name]})
+        # the test runs in the initial namespace (that of PID 1, or of kthreadd when PID 1 hides its own)
+        assert os.stat('/proc/2/ns/net').st_ino == os.stat('/proc/self/ns/net').st_ino
+        assert [(ns['label'], ns['boot_netns']) for ns in mine['namespaces']] == [('host', True), (name, False)]
+        assert mine['boot_netns_inode'] == os.stat('/proc/self/ns/net').st_ino
+        assert mine['persisted']['compared'] is True
+        lab = audit_in_netns('/run/netns/%s' % name, {'root': root, 'sockets': False})
+        host = lab['namespaces'][0]
+        assert host['boot_netns'] is False and host['inode'] == os.stat('/run/netns/%s' % name).st_ino
+        assert host['values'] == DEFAULTS and lab['drift'] == [] and lab['findings'] == []
+        assert lab['persisted']['compared'] is False
+        assert lab['notes'] == [_audit.NOTE_NOT_BOOT % (host['inode'], mine['boot_netns_inode'])]
+    finally:
+        subprocess.call(['ip', 'netns', 'del', name])

