@@ -16,11 +16,23 @@ description:
     packet socket is open with the filter attached, so every packet sent after the task is captured.
   - A bad filter, a missing libpcap (without which scapy would silently capture unfiltered) or a
     missing scapy fail the task at start, with a message that names the fix.
+  - Each capture has a state record in O(state_dir) - the pcap's path and identity (device and inode), the
+    sniffer's pid, start time and network namespace - which is the proof that a capture and its pcap are
+    this module's. Nothing is signalled or removed without it.
   - O(state=stopped) stops the capture (only after checking that the process is ours - its command
     line and start time), and returns the packet count and the keepalive analysis of the pcap
     (probes, answers, spacing, the RST, compared with O(expect)). Stopping a capture that is not
-    running is not an error; the result describes what the file holds.
-  - O(state=absent) stops the capture if it runs and removes the pcap, its state file and its log.
+    running is not an error; the result describes what the file holds, and when the sniffer died on
+    its own it says how (killed by which signal, or its exit code and log).
+  - O(state=status) reports whether the capture runs, how many packets it holds so far, and how its
+    sniffer ended; it changes nothing.
+  - O(state=absent) stops the capture if it runs and removes the pcap, its state record and its log - only
+    a pcap whose record says this module wrote it, and only while the file at O(path) is still that file.
+    A path without a record, a symbolic link, or a file put in the pcap's place since is refused and left alone.
+  - O(state=purged) stops every capture whose record says its sniffer runs in the target's network namespace
+    (or in O(netns)), when its pid, start time and namespace still match; captures of other namespaces are left
+    alone, and the pcaps stay (the rollback's panic button).
+  - A O(path) that is a FIFO, a device, a directory, a socket or a symbolic link is refused before it is opened.
   - The pcap holds what C(tcpdump -i IFACE) would record. On loopback a packet socket sees every
     segment twice (the outgoing and the incoming copy); like libpcap, the capture keeps only the
     incoming copy.
@@ -39,9 +51,12 @@ options:
     description:
       - V(started) starts a capture (nothing changes when one with the same settings already runs on O(path)).
       - V(stopped) stops the capture given by O(handle) or O(path) and analyses it.
-      - V(absent) stops it if needed and removes its files.
+      - V(status) reports on the capture given by O(handle) or O(path) and changes nothing.
+      - V(absent) stops it if needed and removes its files (only those its state record proves ours).
+      - V(purged) stops every capture of this module that runs in the target's network namespace, or in
+        O(netns) when given, and returns them in RV(stopped). It takes no O(path) or O(handle).
     type: str
-    choices: [started, stopped, absent]
+    choices: [started, stopped, status, absent, purged]
     default: started
   iface:
     description: The interface to capture on, in the target's network namespace or in O(netns).
@@ -54,11 +69,19 @@ options:
     type: str
   path:
     description:
-      - The pcap file. Its state file (C(PATH.state.json)) and log (C(PATH.log)) are written next to it.
+      - The pcap file. Its state record and log are kept in O(state_dir).
       - Default for O(state=started) - a new file in C(/var/tmp/tcplab-keepalive/captures/) (a
         directory of mode 0700). The pcap is created with mode 0600.
-      - A file that exists and is not a capture of this module is never overwritten.
-      - With O(state=stopped) or O(state=absent), an alternative to O(handle).
+      - A file that exists and is not a capture of this module is never overwritten; anything that is not
+        a regular file (a FIFO, a device, a directory, a socket, a symbolic link) is refused.
+      - With O(state=stopped), O(state=status) or O(state=absent), an alternative to O(handle).
+    type: path
+  state_dir:
+    description:
+      - Directory of the captures' state records and logs (mode 0700, owned by the user the module runs as).
+        One record per pcap path; O(state=purged) looks at every record in it.
+      - Default - the RV(handle)'s C(state_dir) when a handle is given, else C(/var/lib/tcplab-keepalive/capture).
+        Give the same O(state_dir) to every task that handles the same capture.
     type: path
   handle:
     description:
@@ -70,21 +93,24 @@ options:
     type: int
     default: 262144
   max_packets:
-    description: The capture stops by itself after this many packets.
+    description: The capture stops by itself after this many packets, 1 to 2^40.
     type: int
     default: 1000000
   max_seconds:
-    description: The capture stops by itself after this many seconds, so a forgotten capture ends.
+    description: The capture stops by itself after this many seconds, so a forgotten capture ends; 1 to 10^9.
     type: int
     default: 3600
   max_bytes:
-    description: The capture stops by itself before the pcap grows beyond this many bytes (200 MB by default).
+    description:
+      - The capture stops by itself before the pcap grows beyond this many bytes (200 MB by default), 1024 to 2^50.
+        The pcap's header takes 24 bytes and each packet 16 bytes plus the bytes kept of it.
     type: int
     default: 200000000
   netns:
     description:
       - Capture inside another network namespace of the host, given by its name under C(/run/netns)
         (as made by C(ip netns add)). The sniffer runs under C(nsenter --net).
+      - With O(state=purged), stop the captures of that namespace instead of the target's own.
     type: str
   expect:
     description:
@@ -105,6 +131,10 @@ notes:
   - The capture process carries the marker C(tcplab-keepalive-capture) in its command line. It is only
     ever signalled when its command line names the same pcap and its start time (from
     C(/proc/PID/stat)) matches the one recorded at start, so a reused pid is never killed.
+  - Two processes run per capture - the sniffer and its parent, a monitor that records in the state record
+    how the sniffer ended when it did not end by itself (a signal, an exit code).
+  - Records of a release before the state records moved to O(state_dir) (C(PATH.state.json) next to the pcap)
+    are not recognised; remove such old pcaps yourself.
   - Timestamps come from the kernel (microseconds, as tcpdump writes them).
 seealso:
   - module: tcplab.keepalive.sysctl
@@ -131,28 +161,44 @@ EXAMPLES = r'''
     path: /var/tmp/tcplab-keepalive/captures/client.pcap
     max_seconds: 600
 
+- name: Is it still capturing? (says how the sniffer died if it did)
+  tcplab.keepalive.capture:
+    state: status
+    path: /var/tmp/tcplab-keepalive/captures/client.pcap
+  register: capture_status
+
 - name: Remove the capture and its files
   tcplab.keepalive.capture:
     state: absent
     path: /var/tmp/tcplab-keepalive/captures/client.pcap
+
+- name: Rollback - stop every capture of this host's network namespace (the pcaps stay)
+  tcplab.keepalive.capture:
+    state: purged
+  register: purged
 '''
 
 RETURN = r'''
 path:
   description: The pcap file (in check mode for a new default file, a placeholder name).
-  returned: always
+  returned: when state is not purged
   type: str
   sample: /var/tmp/tcplab-keepalive/captures/capture-20260101T120000-lo-k2j4h1xa.pcap
 handle:
-  description: Names the capture for O(state=stopped) and O(state=absent).
-  returned: always
+  description: Names the capture for O(state=stopped), O(state=status) and O(state=absent).
+  returned: when state is not purged
   type: dict
   contains:
     path:
       description: The pcap file.
       type: str
+    state_dir:
+      description: The directory of the state record and the log.
+      type: str
     state_path:
-      description: The state file next to it (pid, start time, settings; the result of the capture when it ended).
+      description:
+        - The state record in O(state_dir) (pcap path and identity, pid, start time, network namespace inode, settings;
+          the capture's own account of its end, or the monitor's when it died).
       type: str
     log_path:
       description: The capture process's log.
@@ -178,12 +224,12 @@ handle:
       type: str
 pid:
   description: The capture process.
-  returned: always
+  returned: when state is not purged
   type: int
   sample: 12345
 running:
   description: Whether the capture runs after this task.
-  returned: always
+  returned: when state is not purged
   type: bool
 msg:
   description: What was done.
@@ -196,12 +242,12 @@ was_running:
   type: bool
 packets:
   description: Packets in the pcap.
-  returned: when state is stopped or absent
+  returned: when state is stopped, status or absent
   type: int
   sample: 11
 pcap:
   description: What the pcap file holds, read record by record.
-  returned: when state is stopped or absent
+  returned: when state is stopped, status or absent
   type: dict
   contains:
     packets:
@@ -222,13 +268,36 @@ pcap:
 stop_reason:
   description:
     - Why the capture ended - V(stopped) (by this module), V(max_packets), V(max_seconds), V(max_bytes),
-      or V(killed) (it ended without recording why, for example SIGKILL).
-  returned: when state is stopped or absent
+      V(killed) (a signal it did not handle, for example SIGKILL, see RV(died)) or V(died) (it exited with an error
+      code, see RV(died)). Null while it runs.
+  returned: when state is stopped, status or absent
   type: str
   sample: stopped
+died:
+  description: How the sniffer ended when it did not end by itself or by this module (null otherwise).
+  returned: when state is stopped, status or absent
+  type: dict
+  contains:
+    pid:
+      description: The sniffer's pid.
+      type: int
+    signal:
+      description: The signal that killed it (null when it exited).
+      type: str
+      sample: SIGKILL
+    exit_code:
+      description: Its exit code (null when a signal killed it).
+      type: int
+    log:
+      description: Its log (a Python traceback, for example).
+      type: str
+    msg:
+      description: The same in a sentence, also given as a warning.
+      type: str
+      sample: "the capture's sniffer (pid 12345) died: killed by SIGKILL"
 finished:
   description: The capture process's own account of its end (null when it was killed).
-  returned: when state is stopped or absent
+  returned: when state is stopped, status or absent
   type: dict
   contains:
     reason:
@@ -273,6 +342,38 @@ removed:
   returned: when state is absent
   type: list
   elements: str
+stopped:
+  description: The captures O(state=purged) stopped (in check mode, would stop).
+  returned: when state is purged
+  type: list
+  elements: dict
+  contains:
+    path:
+      description: The pcap (it stays).
+      type: str
+    pid:
+      description: The sniffer's pid.
+      type: int
+    iface:
+      description: Its interface.
+      type: str
+    filter:
+      description: Its BPF filter.
+      type: str
+    netns:
+      description: The O(netns) name it was started with (null when started in the target's own namespace).
+      type: str
+    signal:
+      description: The signal that ended it (V(SIGTERM), or V(SIGKILL) when it did not exit); null in check mode.
+      type: str
+netns_inode:
+  description: The inode of the network namespace whose captures O(state=purged) stopped.
+  returned: when state is purged
+  type: int
+others_running:
+  description: Running captures of this module in other network namespaces, left alone by O(state=purged).
+  returned: when state is purged
+  type: int
 '''
 
 import sys
@@ -280,18 +381,19 @@ import sys
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import (
-    DEFAULTS, Capture, CaptureError, MSG_NEEDS_TARGET, resolve_target)
+    DEFAULT_STATE_DIR, DEFAULTS, MSG_NEEDS_TARGET, MSG_PURGED_TARGET, Capture, CaptureError, handle_state_dir, resolve_target)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, find_binary
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            state=dict(type='str', choices=['started', 'stopped', 'absent'], default='started'),
+            state=dict(type='str', choices=['started', 'stopped', 'status', 'absent', 'purged'], default='started'),
             iface=dict(type='str', default=DEFAULTS['iface']),
             filter=dict(type='str'),
             path=dict(type='path'),
             handle=dict(type='raw'),
+            state_dir=dict(type='path'),
             snaplen=dict(type='int', default=DEFAULTS['snaplen']),
             max_packets=dict(type='int', default=DEFAULTS['max_packets']),
             max_seconds=dict(type='int', default=DEFAULTS['max_seconds']),
@@ -304,15 +406,22 @@ def main():
     )
     p = module.params
     try:
-        path = resolve_target(p['handle'], p['path'])
+        state_dir = p['state_dir'] or handle_state_dir(p['handle']) or DEFAULT_STATE_DIR
         nsenter = find_binary(module, 'nsenter') if p['netns'] and p['state'] == 'started' else None
-        capture = Capture(sys.executable, nsenter=nsenter, check_mode=module.check_mode)
+        capture = Capture(sys.executable, nsenter=nsenter, check_mode=module.check_mode, state_dir=state_dir)
+        if p['state'] == 'purged':
+            if p['path'] or p['handle'] is not None:
+                raise CaptureError(MSG_PURGED_TARGET)
+            module.exit_json(**capture.purged(p['netns']))
+        path = resolve_target(p['handle'], p['path'])
         if p['state'] == 'started':
             result = capture.started(dict(p, path=path))
         elif path is None:
             raise CaptureError(MSG_NEEDS_TARGET % p['state'])
         elif p['state'] == 'stopped':
             result = capture.stopped(path, p['handle'], expect=p['expect'], tolerance=p['tolerance'])
+        elif p['state'] == 'status':
+            result = capture.status(path, p['handle'])
         else:
             result = capture.absent(path, p['handle'])
     except CommandError as exc:

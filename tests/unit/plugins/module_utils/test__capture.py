@@ -3,8 +3,9 @@
 """Tests of the background capture (plugins/module_utils/_capture.py).
 
 The first half are pure tests: validation and its messages, the sniffer's
-argv, handles, the pcap record counter over golden bytes, check mode.
-The second half is real: captures in a network namespace tkcap-<random>
+argv, handles, the pcap record counter over golden bytes, check mode, and
+the ownership proof of state records (forged here as the sniffer writes them).
+The second half is real: captures in a network namespace tkca-<random>
 made for the test (root, iproute2, tcpdump), traffic between a Python
 server and client inside it, and a tcpdump capture of the same traffic at
 the same time as the reference. Nothing leaves the namespace.
@@ -12,6 +13,7 @@ the same time as the reference. Nothing leaves the namespace.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -29,10 +31,30 @@ import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _capture
 from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import (
-    CHILD_CODE, DEFAULTS, MARKER, Capture, CaptureError, capture_argv, child_args, count_packets, error_message,
-    make_handle, ownership, resolve_target, validate)
+    CHILD_CODE, DEFAULTS, MARKER, Capture, CaptureError, capture_argv, child_args, count_packets, death, error_message,
+    liveness, make_handle, ownership, record_paths, resolve_target, validate)
 
 UNIT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    return str(tmp_path / 'state')
+
+
+def forge_record(state_dir, target, end=True, **changes):
+    """A state record as the sniffer writes it, for the file at target (pid: no such process)."""
+    st = os.lstat(target)
+    record = {'marker': MARKER, 'path': str(target), 'pid': 2 ** 22 + 12345, 'starttime': 1, 'netns_inode': 1,
+              'pcap': {'dev': st.st_dev, 'ino': st.st_ino}, 'iface': 'lo', 'filter': None, 'netns': None,
+              'monitor': {'pid': 2 ** 22 + 12346, 'starttime': 1}}
+    if end:
+        record['pcap_end'] = {'size': st.st_size, 'mtime_ns': st.st_mtime_ns, 'ctime_ns': st.st_ctime_ns}
+    record.update(changes)
+    os.makedirs(state_dir, 0o700, exist_ok=True)
+    with open(record_paths(state_dir, str(target))[0], 'w') as handle:
+        json.dump(record, handle)
+    return record_paths(state_dir, str(target))
 
 
 # -- pure tests ---------------------------------------------------------------
@@ -40,6 +62,7 @@ UNIT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 def test_constants():
     assert MARKER == 'tcplab-keepalive-capture'
     assert _capture.DEFAULT_DIR == '/var/tmp/tcplab-keepalive/captures'
+    assert _capture.DEFAULT_STATE_DIR == '/var/lib/tcplab-keepalive/capture'
     assert DEFAULTS == {'iface': 'lo', 'snaplen': 262144, 'max_packets': 1000000, 'max_seconds': 3600,
                         'max_bytes': 200000000}
 
@@ -52,19 +75,27 @@ def test_validate_defaults():
 
 
 @pytest.mark.parametrize('params, message', [
-    ({'snaplen': 10}, 'snaplen must be an integer 64..262144, got 10'),
-    ({'snaplen': 262145}, 'snaplen must be an integer 64..262144, got 262145'),
-    ({'max_packets': 0}, 'max_packets must be an integer 1..1099511627776, got 0'),
-    ({'max_seconds': -1}, 'max_seconds must be an integer 1..1000000000, got -1'),
-    ({'max_bytes': True}, 'max_bytes must be an integer 1..1125899906842624, got True'),
+    ({'snaplen': 10}, 'snaplen must be an integer 64..262144 (bytes kept of each packet), got 10'),
+    ({'snaplen': 262145}, 'snaplen must be an integer 64..262144 (bytes kept of each packet), got 262145'),
+    ({'max_packets': 0}, 'max_packets must be an integer 1..1099511627776 (packets), got 0'),
+    ({'max_packets': 2 ** 40 + 1}, 'max_packets must be an integer 1..1099511627776 (packets), got 1099511627777'),
+    ({'max_seconds': -1}, 'max_seconds must be an integer 1..1000000000 (seconds), got -1'),
+    ({'max_seconds': 0}, 'max_seconds must be an integer 1..1000000000 (seconds), got 0'),
+    ({'max_seconds': 1.5}, 'max_seconds must be an integer 1..1000000000 (seconds), got 1.5'),
+    ({'max_bytes': True}, 'max_bytes must be an integer 1024..1125899906842624 (bytes of pcap, its 24-byte header '
+                          'and 16 bytes per packet included), got True'),
+    ({'max_bytes': 10}, 'max_bytes must be an integer 1024..1125899906842624 (bytes of pcap, its 24-byte header '
+                        'and 16 bytes per packet included), got 10'),
+    ({'max_bytes': 1023}, 'max_bytes must be an integer 1024..1125899906842624 (bytes of pcap, its 24-byte header '
+                          'and 16 bytes per packet included), got 1023'),
     ({'iface': 'a b'}, "iface 'a b' is not an interface name"),
     ({'iface': '../x'}, "iface '../x' is not an interface name"),
     ({'iface': 'averyveryverylongname'}, "iface 'averyveryverylongname' is not an interface name"),
     ({'filter': 5}, 'filter must be a string, got 5'),
     ({'netns': '../etc'}, "netns '../etc' is not a network namespace name: give a name from /run/netns (ip netns list)"),
-    ({'netns': 'tkcap-does-not-exist'},
-     "network namespace 'tkcap-does-not-exist' not found at /run/netns/tkcap-does-not-exist: "
-     "create it (ip netns add tkcap-does-not-exist) or fix the name"),
+    ({'netns': 'tkca-does-not-exist'},
+     "network namespace 'tkca-does-not-exist' not found at /run/netns/tkca-does-not-exist: "
+     "create it (ip netns add tkca-does-not-exist) or fix the name"),
 ])
 def test_validate_errors(params, message):
     with pytest.raises(CaptureError) as exc:
@@ -74,15 +105,18 @@ def test_validate_errors(params, message):
 
 def test_child_args_and_argv():
     settings = validate({'filter': 'tcp port 7'})
-    args = child_args(settings, '/c/x.pcap', 9)
-    assert args == {'path': '/c/x.pcap', 'state': '/c/x.pcap.state.json', 'iface': 'lo', 'filter': 'tcp port 7',
-                    'snaplen': 262144, 'max_packets': 1000000, 'max_seconds': 3600, 'max_bytes': 200000000,
-                    'netns': None, 'ready_fd': 9}
+    args = child_args(settings, '/c/x.pcap', 9, '/s', (5, 6))
+    record, log = record_paths('/s', '/c/x.pcap')
+    assert record == '/s/x.pcap-%s.json' % hashlib.sha256(b'/c/x.pcap').hexdigest()[:16]
+    assert log == record[:-len('.json')] + '.log'
+    assert args == {'path': '/c/x.pcap', 'state': record, 'log': log, 'pcap_id': [5, 6], 'iface': 'lo',
+                    'filter': 'tcp port 7', 'snaplen': 262144, 'max_packets': 1000000, 'max_seconds': 3600,
+                    'max_bytes': 200000000, 'netns': None, 'ready_fd': 9}
     argv = capture_argv('/usr/bin/python3', args)
     assert argv == ['/usr/bin/python3', '-c', CHILD_CODE, MARKER, json.dumps(args, sort_keys=True)]
-    args['netns'] = 'tkcap-a'
+    args['netns'] = 'tkca-a'
     argv = capture_argv('/usr/bin/python3', args, '/usr/bin/nsenter')
-    assert argv[:4] == ['/usr/bin/nsenter', '--net=/run/netns/tkcap-a', '--', '/usr/bin/python3']
+    assert argv[:4] == ['/usr/bin/nsenter', '--net=/run/netns/tkca-a', '--', '/usr/bin/python3']
     assert argv[4:6] == ['-c', CHILD_CODE] and argv[6] == MARKER
     assert all(isinstance(a, str) for a in argv)
 
@@ -169,10 +203,11 @@ def test_count_packets_missing_file(tmp_path):
 
 
 def test_make_handle():
-    state = {'pid': 42, 'starttime': 7, 'iface': 'lo', 'filter': None, 'netns': 'tkcap-x', 'other': 1}
-    assert make_handle('/c/x.pcap', state) == {
-        'path': '/c/x.pcap', 'state_path': '/c/x.pcap.state.json', 'log_path': '/c/x.pcap.log', 'pid': 42,
-        'starttime': 7, 'marker': MARKER, 'iface': 'lo', 'filter': None, 'netns': 'tkcap-x'}
+    state = {'pid': 42, 'starttime': 7, 'iface': 'lo', 'filter': None, 'netns': 'tkca-x', 'other': 1}
+    record, log = record_paths('/s', '/c/x.pcap')
+    assert make_handle('/c/x.pcap', state, '/s') == {
+        'path': '/c/x.pcap', 'state_dir': '/s', 'state_path': record, 'log_path': log, 'pid': 42,
+        'starttime': 7, 'marker': MARKER, 'iface': 'lo', 'filter': None, 'netns': 'tkca-x'}
 
 
 def test_ownership_rejects_processes_that_are_not_captures(tmp_path):
@@ -184,17 +219,17 @@ def test_ownership_rejects_processes_that_are_not_captures(tmp_path):
     assert ownership(2 ** 22 + 12345, None, '/x') == (False, 'no such process')
 
 
-def test_missing_scapy_is_reported_before_anything_starts(tmp_path, monkeypatch):
+def test_missing_scapy_is_reported_before_anything_starts(tmp_path, monkeypatch, state_dir):
     monkeypatch.setattr(_capture, 'scapy_available', lambda: False)
     with pytest.raises(CaptureError) as exc:
-        Capture('/opt/py/bin/python3', default_dir=str(tmp_path / 'c')).started({})
+        Capture('/opt/py/bin/python3', state_dir=state_dir, default_dir=str(tmp_path / 'c')).started({})
     assert str(exc.value) == ('scapy is not importable by /opt/py/bin/python3: install scapy (pip install '
                               'scapy==2.8.0) in the Python that runs the modules (ImportError: No module named scapy)')
     assert not (tmp_path / 'c').exists()
 
 
-def test_check_mode_started_creates_nothing(tmp_path):
-    capture = Capture(sys.executable, check_mode=True, default_dir=str(tmp_path / 'c'))
+def test_check_mode_started_creates_nothing(tmp_path, state_dir):
+    capture = Capture(sys.executable, state_dir=state_dir, check_mode=True, default_dir=str(tmp_path / 'c'))
     result = capture.started({'filter': 'tcp port 1'})
     assert result['changed'] is True and result['running'] is False and result['pid'] is None
     assert result['msg'].startswith('would start a capture on lo to %s/capture-<timestamp>-lo-' % (tmp_path / 'c'))
@@ -203,37 +238,163 @@ def test_check_mode_started_creates_nothing(tmp_path):
     assert result['changed'] is True and not (tmp_path / 'x.pcap').exists()
 
 
-def test_check_mode_stopped_and_absent_change_nothing(tmp_path):
+def test_check_mode_stopped_and_absent_change_nothing(tmp_path, state_dir):
     path = tmp_path / 'x.pcap'
     path.write_bytes(_pcap_bytes([b'a' * 60]))
-    (tmp_path / 'x.pcap.state.json').write_text(json.dumps({'pid': 2 ** 22 + 12345, 'starttime': 1}))
-    capture = Capture(sys.executable, check_mode=True)
+    record, dummy = forge_record(state_dir, path)
+    capture = Capture(sys.executable, state_dir=state_dir, check_mode=True)
     result = capture.stopped(str(path), analyse=False)
     assert result['changed'] is False and result['packets'] == 1 and result['stop_reason'] == 'killed'
+    assert result['msg'] == ("the capture's sniffer (pid %d) died: it left no account of how (its monitor, pid %d, is "
+                             "gone too), see %s" % (2 ** 22 + 12345, 2 ** 22 + 12346, dummy))
     result = capture.absent(str(path))
     assert result['changed'] is True
-    assert result['removed'] == [str(path), str(path) + '.state.json']
-    assert path.exists() and (tmp_path / 'x.pcap.state.json').exists()
-    result = Capture(sys.executable).absent(str(path))
-    assert result['changed'] is True and not path.exists()
-    result = Capture(sys.executable).absent(str(path))
+    assert result['removed'] == [str(path), record]
+    assert path.exists() and os.path.exists(record)
+    result = Capture(sys.executable, state_dir=state_dir).absent(str(path))
+    assert result['changed'] is True and result['removed'] == [str(path), record] and not path.exists()
+    result = Capture(sys.executable, state_dir=state_dir).absent(str(path))
     assert result['changed'] is False and result['removed'] == []
+    assert result['msg'] == 'nothing to remove: no capture of this module at %s' % path
 
 
-def test_refuses_to_overwrite_a_file_that_is_not_a_capture(tmp_path):
+def test_refuses_to_overwrite_a_file_that_is_not_a_capture(tmp_path, state_dir):
     path = tmp_path / 'precious.pcap'
     path.write_bytes(b'keep me')
     with pytest.raises(CaptureError) as exc:
-        Capture(sys.executable).started({'path': str(path)})
-    assert str(exc.value) == ('%s exists and is not a tcplab.keepalive capture (no precious.pcap.state.json next to '
-                              'it): choose another path or remove the file' % path)
+        Capture(sys.executable, state_dir=state_dir).started({'path': str(path)})
+    assert str(exc.value) == ('%s exists and is not a capture of this module (no state record for it in %s): choose '
+                              'another path or remove the file yourself' % (path, state_dir))
     assert path.read_bytes() == b'keep me'
+    assert not os.path.exists(state_dir)
+
+
+# -- ownership of a pcap: its record, its identity, how the capture left it ------
+
+def _not_removed(path, why):
+    return '%s was not removed: it is not a pcap this module wrote (%s); remove it yourself if it should go' % (path, why)
+
+
+def test_absent_refuses_a_pcap_modified_after_the_capture_ended(tmp_path, state_dir):
+    path = tmp_path / 'x.pcap'
+    path.write_bytes(_pcap_bytes([b'a' * 60]))
+    record, dummy = forge_record(state_dir, path)
+    end = json.load(open(record))['pcap_end']
+    time.sleep(0.01)
+    with open(path, 'ab') as handle:  # same inode (as when a new file reuses it), other size and change time
+        handle.write(b'more')
+    with pytest.raises(CaptureError) as exc:
+        Capture(sys.executable, state_dir=state_dir).absent(str(path))
+    assert str(exc.value) == _not_removed(path, 'it is not the file as the capture left it: size %d, change time %d ns; '
+                                          'the record says size %d, change time %d ns (replaced or modified since)'
+                                          % (end['size'] + 4, os.lstat(path).st_ctime_ns, end['size'], end['ctime_ns']))
+    assert path.exists() and os.path.exists(record)
+
+
+def test_absent_refuses_a_pcap_of_another_inode(tmp_path, state_dir):
+    path = tmp_path / 'x.pcap'
+    path.write_bytes(_pcap_bytes([b'a' * 60]))
+    forge_record(state_dir, path, pcap={'dev': os.lstat(path).st_dev, 'ino': 7})
+    with pytest.raises(CaptureError) as exc:
+        Capture(sys.executable, state_dir=state_dir).absent(str(path))
+    st = os.lstat(path)
+    assert str(exc.value) == _not_removed(path, 'it is not the file the capture wrote: device %d inode %d, the record '
+                                          'says device %d inode 7 (replaced since)' % (st.st_dev, st.st_ino, st.st_dev))
+    assert path.exists()
+
+
+def test_absent_refuses_a_pcap_whose_end_was_not_recorded(tmp_path, state_dir):
+    path = tmp_path / 'x.pcap'
+    path.write_bytes(_pcap_bytes([b'a' * 60]))
+    forge_record(state_dir, path, end=False)
+    with pytest.raises(CaptureError) as exc:
+        Capture(sys.executable, state_dir=state_dir).absent(str(path))
+    assert str(exc.value) == _not_removed(path, "the capture ended without recording its pcap's final size and times "
+                                          '(its monitor was killed too), so it cannot be told from a file put in its '
+                                          'place')
+    assert path.exists()
+
+
+@pytest.mark.parametrize('change', [
+    {'marker': 'someone-else'}, {'path': '/elsewhere.pcap'}, {'pid': 'x'}, {'pcap': None}, {'netns_inode': None}])
+def test_a_record_that_is_not_ours_proves_nothing(tmp_path, state_dir, change):
+    path = tmp_path / 'x.pcap'
+    path.write_bytes(b'notes')
+    forge_record(state_dir, path, **change)
+    with pytest.raises(CaptureError) as exc:
+        Capture(sys.executable, state_dir=state_dir).absent(str(path))
+    assert str(exc.value) == _not_removed(path, 'no state record for it in %s' % state_dir)
+    assert path.read_bytes() == b'notes'
+
+
+def test_a_record_that_is_a_fifo_or_symlink_is_not_read(tmp_path, state_dir):
+    path = tmp_path / 'x.pcap'
+    path.write_bytes(b'notes')
+    record, dummy = forge_record(state_dir, path)
+    os.unlink(record)
+    os.mkfifo(record)
+    with pytest.raises(CaptureError):
+        Capture(sys.executable, state_dir=state_dir).absent(str(path))
+    os.unlink(record)
+    valid = forge_record(str(tmp_path / 'other'), path)[0]
+    assert _capture.read_record(str(tmp_path / 'other'), str(path)) is not None
+    os.symlink(valid, record)
+    assert _capture.read_record(state_dir, str(path)) is None
+
+
+@pytest.mark.parametrize('died, how', [
+    ({'signal': 'SIGKILL'}, 'killed by SIGKILL'),
+    ({'exit_code': 1}, 'exited with code 1, see /s/log'),
+    ({}, 'it left no account of how (its monitor, pid 9, is gone too), see /s/log'),
+])
+def test_death_messages(died, how):
+    record = {'pid': 8, 'monitor': {'pid': 9}, 'died': died}
+    assert death(record, '/s/log') == {'pid': 8, 'signal': died.get('signal'), 'exit_code': died.get('exit_code'),
+                                       'log': '/s/log', 'msg': "the capture's sniffer (pid 8) died: " + how}
+
+
+def test_liveness_for_a_follower_of_the_pcap(tmp_path, state_dir):
+    path = tmp_path / 'x.pcap'
+    path.write_bytes(_pcap_bytes([]))
+    assert liveness(str(path), state_dir) is None
+    dummy, log = forge_record(state_dir, path, died={'signal': 'SIGKILL'})
+    assert liveness(str(path), state_dir) == {
+        'running': False, 'pid': 2 ** 22 + 12345, 'finished': None,
+        'died': {'pid': 2 ** 22 + 12345, 'signal': 'SIGKILL', 'exit_code': None, 'log': log,
+                 'msg': "the capture's sniffer (pid %d) died: killed by SIGKILL" % (2 ** 22 + 12345)}}
+    forge_record(state_dir, path, finished={'reason': 'stopped'})
+    assert liveness(str(path), state_dir)['died'] is None
+
+
+@pytest.mark.parametrize('state_dir_value', ['relative/dir', '/', '//'])
+def test_state_dir_must_be_absolute(state_dir_value):
+    with pytest.raises(CaptureError) as exc:
+        Capture(sys.executable, state_dir=state_dir_value)
+    assert str(exc.value) == 'state_dir must be an absolute path other than /, got %r' % state_dir_value
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root (chown)')
+def test_a_state_dir_that_is_a_symlink_or_foreign_is_refused(tmp_path):
+    real_dir = tmp_path / 'real'
+    real_dir.mkdir()
+    link = tmp_path / 'link'
+    link.symlink_to(real_dir)
+    with pytest.raises(CaptureError) as exc:
+        Capture(sys.executable, state_dir=str(link)).started({'path': str(tmp_path / 'x.pcap')})
+    assert str(exc.value) == ('state_dir %s is a symbolic link: it must be a real directory owned by uid %d; remove it '
+                              'or choose another state_dir' % (link, os.geteuid()))
+    os.chown(real_dir, 4321, 4321)
+    with pytest.raises(CaptureError) as exc:
+        Capture(sys.executable, state_dir=str(real_dir)).started({'path': str(tmp_path / 'x.pcap')})
+    assert str(exc.value) == ('state_dir %s is owned by uid 4321: it must be a real directory owned by uid %d; remove it '
+                              'or choose another state_dir' % (real_dir, os.geteuid()))
+    assert sorted(os.listdir(tmp_path)) == ['link', 'real']
 
 
 @pytest.mark.parametrize('state', ['stopped', 'absent'])
-def test_stop_needs_a_target(state):
+def test_stop_needs_a_target(state, state_dir):
     with pytest.raises(CaptureError) as exc:
-        getattr(Capture(sys.executable), state)(None)
+        getattr(Capture(sys.executable, state_dir=state_dir), state)(None)
     assert str(exc.value) == 'state=%s needs the handle of a capture (or its path)' % state
 
 
@@ -280,7 +441,7 @@ def _ns(ns, *argv, **kw):
 
 @pytest.fixture
 def netns():
-    name = 'tkcap-%s' % secrets.token_hex(4)
+    name = 'tkca-%s' % secrets.token_hex(4)
     subprocess.run(['ip', 'netns', 'add', name], check=True)
     try:
         subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)
@@ -337,15 +498,15 @@ def capture_dir(tmp_path):
 
 @real
 @pytest.mark.parametrize('snaplen', [262144, 96])
-def test_capture_equals_tcpdump(netns, capture_dir, tmp_path, snaplen):
+def test_capture_equals_tcpdump(netns, capture_dir, tmp_path, snaplen, state_dir):
     port = 4100
-    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    capture = Capture(sys.executable, state_dir=state_dir, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
     started = capture.started({'netns': netns, 'filter': 'tcp port %d' % port, 'snaplen': snaplen})
     reference = Tcpdump(netns, str(tmp_path / 'tcpdump.pcap'), 'tcp port %d' % port, snaplen)
     _traffic(netns, port)
     _ns(netns, sys.executable, '-c', TRAFFIC, port + 1, 2)  # other port: filtered out by both
     tcpdump_says = reference.stop()
-    stopped = Capture(sys.executable).stopped(started['handle']['path'], started['handle'])
+    stopped = Capture(sys.executable, state_dir=state_dir).stopped(started['handle']['path'], started['handle'])
     assert re.search(r'^0 packets dropped by kernel$', tcpdump_says, re.M), tcpdump_says
 
     ours, theirs = read_pcap(started['path']), read_pcap(reference.path)
@@ -374,9 +535,9 @@ def test_capture_equals_tcpdump(netns, capture_dir, tmp_path, snaplen):
 
 
 @real
-def test_started_result_and_idempotence(netns, capture_dir):
+def test_started_result_and_idempotence(netns, capture_dir, state_dir):
     path = os.path.join(capture_dir, 'fixed.pcap')
-    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    capture = Capture(sys.executable, state_dir=state_dir, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
     params = {'netns': netns, 'filter': 'tcp port 4200', 'path': path}
     first = capture.started(params)
     try:
@@ -388,33 +549,34 @@ def test_started_result_and_idempotence(netns, capture_dir):
         assert count_packets(path) == {'packets': 0, 'bytes': 24, 'complete': True, 'readable': True, 'linktype': 1}
         again = capture.started(params)
         assert again['changed'] is False and again['pid'] == first['pid']
-        check = Capture(sys.executable, check_mode=True).started(params)
+        check = Capture(sys.executable, state_dir=state_dir, check_mode=True).started(params)
         assert check['changed'] is False
         with pytest.raises(CaptureError) as exc:
             capture.started(dict(params, filter='tcp port 4201'))
         assert str(exc.value) == ('a capture with other settings is running on %s (pid %d): stop it first '
                                   '(state: stopped) or choose another path' % (path, first['pid']))
-        would = Capture(sys.executable, check_mode=True).stopped(path, analyse=False)
+        would = Capture(sys.executable, state_dir=state_dir, check_mode=True).stopped(path, analyse=False)
         assert would['changed'] is True and would['running'] is True
         assert _capture.proc_starttime(first['pid']) is not None
     finally:
-        stopped = Capture(sys.executable).stopped(path, analyse=False)
+        stopped = Capture(sys.executable, state_dir=state_dir).stopped(path, analyse=False)
     assert stopped['changed'] is True and stopped['was_running'] is True
     assert _capture.proc_starttime(first['pid']) is None
-    stopped_again = Capture(sys.executable).stopped(path, analyse=False)
+    stopped_again = Capture(sys.executable, state_dir=state_dir).stopped(path, analyse=False)
     assert stopped_again['changed'] is False and stopped_again['msg'] == 'capture was not running'
     # a stopped capture on the same path starts again (the old file is replaced)
     restarted = capture.started(params)
     assert restarted['changed'] is True and restarted['pid'] != first['pid']
-    gone = Capture(sys.executable).absent(path, restarted['handle'])
+    gone = Capture(sys.executable, state_dir=state_dir).absent(path, restarted['handle'])
     assert gone['changed'] is True and gone['was_running'] is True
-    assert sorted(gone['removed']) == sorted([path, path + '.state.json', path + '.log'])
+    assert sorted(gone['removed']) == sorted([path] + list(record_paths(state_dir, path)))
+    assert os.listdir(state_dir) == []
     assert _capture.proc_starttime(restarted['pid']) is None
 
 
 @real
-def test_sigkilled_capture_leaves_a_readable_pcap(netns, capture_dir):
-    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+def test_sigkilled_capture_leaves_a_readable_pcap(netns, capture_dir, state_dir):
+    capture = Capture(sys.executable, state_dir=state_dir, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
     started = capture.started({'netns': netns, 'filter': 'tcp port 4300'})
     _traffic(netns, 4300)
     time.sleep(0.3)
@@ -424,30 +586,46 @@ def test_sigkilled_capture_leaves_a_readable_pcap(netns, capture_dir):
         time.sleep(0.05)
     read = subprocess.run(['tcpdump', '-nr', started['path']], capture_output=True, text=True, check=False)
     assert read.returncode == 0, read.stderr
-    stopped = Capture(sys.executable).stopped(started['path'], analyse=False)
+    stopped = Capture(sys.executable, state_dir=state_dir).stopped(started['path'], analyse=False)
     assert stopped['changed'] is False and stopped['was_running'] is False
     assert stopped['stop_reason'] == 'killed' and stopped['finished'] is None
+    assert stopped['died']['signal'] == 'SIGKILL'
+    assert stopped['msg'] == "the capture's sniffer (pid %d) died: killed by SIGKILL" % started['pid']
     assert stopped['packets'] == len(read.stdout.splitlines()) >= 20
     assert stopped['pcap']['complete'] is True
 
 
 @real
-def test_bad_filter_fails_at_start(netns, capture_dir):
-    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+def test_bad_filter_fails_at_start(netns, capture_dir, state_dir):
+    capture = Capture(sys.executable, state_dir=state_dir, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
     with pytest.raises(CaptureError) as exc:
         capture.started({'netns': netns, 'filter': 'tcp prt 1'})
     assert str(exc.value) == "bad filter 'tcp prt 1': can't parse filter expression: syntax error"
-    assert os.listdir(capture_dir) == []  # no pcap, state file or log left behind
+    nothing_left(netns, capture_dir, state_dir)
+    # on a chosen path in a directory that exists: the directory stays, nothing in it
+    os.makedirs(capture_dir)
+    with pytest.raises(CaptureError):
+        capture.started({'netns': netns, 'filter': 'tcp prt 1', 'path': os.path.join(capture_dir, 'x.pcap')})
+    assert os.listdir(capture_dir) == []
+    nothing_left(netns, None, state_dir)
+
+
+def nothing_left(netns, capture_dir, state_dir):
+    """A failed start leaves no pcap, state record or log, no directory it made, and no process."""
+    if capture_dir:
+        assert not os.path.exists(capture_dir)
+    assert not os.path.exists(state_dir)
     assert subprocess.run(['ip', 'netns', 'pids', netns], capture_output=True, text=True, check=True).stdout == ''
 
 
 @real
-def test_missing_interface_fails_at_start(netns, capture_dir):
-    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+def test_missing_interface_fails_at_start(netns, capture_dir, state_dir):
+    capture = Capture(sys.executable, state_dir=state_dir, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
     with pytest.raises(CaptureError) as exc:
         capture.started({'netns': netns, 'iface': 'eth7'})
     assert str(exc.value) == ("interface 'eth7' not found in network namespace %s: give an interface of that "
                               "namespace (ip link) (OSError: no interface with this name)" % netns)
+    nothing_left(netns, capture_dir, state_dir)
 
 
 def _poisoned_python(tmp_path, monkeypatch, module):
@@ -459,44 +637,48 @@ def _poisoned_python(tmp_path, monkeypatch, module):
 
 
 @real
-def test_missing_libpcap_fails_at_start(netns, capture_dir, tmp_path, monkeypatch):
+def test_missing_libpcap_fails_at_start(netns, capture_dir, tmp_path, monkeypatch, state_dir):
     _poisoned_python(tmp_path, monkeypatch, 'scapy.libs.winpcapy')
-    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    capture = Capture(sys.executable, state_dir=state_dir, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
     with pytest.raises(CaptureError) as exc:
         capture.started({'netns': netns, 'filter': 'tcp port 1'})
     assert str(exc.value).startswith(
         "libpcap is not available to scapy, so the filter 'tcp port 1' cannot be compiled (scapy would capture "
         "unfiltered): install libpcap (apt-get install libpcap0.8) (")
+    nothing_left(netns, capture_dir, state_dir)
 
 
 @real
-def test_missing_scapy_in_the_sniffer_fails_at_start(netns, capture_dir, tmp_path, monkeypatch):
+def test_missing_scapy_in_the_sniffer_fails_at_start(netns, capture_dir, tmp_path, monkeypatch, state_dir):
     _poisoned_python(tmp_path, monkeypatch, 'scapy')
-    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    capture = Capture(sys.executable, state_dir=state_dir, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
     with pytest.raises(CaptureError) as exc:
         capture.started({'netns': netns})
     assert str(exc.value).startswith(
         'scapy is not importable by %s: install scapy (pip install scapy==2.8.0) in the Python that runs the '
         'modules (' % sys.executable)
+    nothing_left(netns, capture_dir, state_dir)
 
 
 @real
-def test_stop_refuses_a_pid_that_is_not_ours(tmp_path):
+def test_stop_refuses_a_pid_that_is_not_ours(tmp_path, state_dir):
     sleeper = subprocess.Popen(['sleep', '60'])
     while _capture.proc_cmdline(sleeper.pid) != ['sleep', '60']:  # until it has exec'd
         time.sleep(0.01)
     try:
         path = str(tmp_path / 'fake.pcap')
         fake = {'path': path, 'pid': sleeper.pid, 'starttime': _capture.proc_starttime(sleeper.pid)}
-        result = Capture(sys.executable).stopped(path, fake, analyse=False)
+        result = Capture(sys.executable, state_dir=state_dir).stopped(path, fake, analyse=False)
         assert result['changed'] is False and result['was_running'] is False
         assert result['msg'] == ('pid %d is not the capture of %s (its command line is not a tcplab.keepalive '
                                  'capture: sleep 60): not signalled; the capture is not running' % (sleeper.pid, path))
         assert result['warnings'] == [result['msg']]
-        # the same through a forged state file, and through absent
-        with open(path + '.state.json', 'w') as handle:
-            json.dump(fake, handle)
-        assert Capture(sys.executable).absent(path)['was_running'] is False
+        # the same through a forged state record, and through absent
+        with open(path, 'wb') as handle:
+            handle.write(_pcap_bytes([]))
+        forge_record(state_dir, path, pid=fake['pid'], starttime=fake['starttime'])
+        gone = Capture(sys.executable, state_dir=state_dir).absent(path)
+        assert gone['was_running'] is False and gone['died']['pid'] == sleeper.pid
         time.sleep(0.2)
         assert sleeper.poll() is None
     finally:
@@ -505,16 +687,16 @@ def test_stop_refuses_a_pid_that_is_not_ours(tmp_path):
 
 
 @real
-def test_stop_refuses_a_reused_pid(netns, capture_dir):
-    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+def test_stop_refuses_a_reused_pid(netns, capture_dir, state_dir):
+    capture = Capture(sys.executable, state_dir=state_dir, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
     started = capture.started({'netns': netns, 'max_seconds': 30})
     handle = dict(started['handle'], starttime=started['handle']['starttime'] - 1)
     os.unlink(handle['state_path'])
-    result = Capture(sys.executable).stopped(handle['path'], handle, analyse=False)
+    result = Capture(sys.executable, state_dir=state_dir).stopped(handle['path'], handle, analyse=False)
     assert result['changed'] is False
     assert 'the pid was reused' in result['msg']
     assert _capture.proc_starttime(started['pid']) is not None
-    Capture(sys.executable).stopped(started['path'], started['handle'], analyse=False)
+    Capture(sys.executable, state_dir=state_dir).stopped(started['path'], started['handle'], analyse=False)
     assert _capture.proc_starttime(started['pid']) is None
 
 
@@ -523,15 +705,15 @@ STARTER = textwrap.dedent('''
     sys.path.insert(0, sys.argv[1])
     import conftest  # installs the collection loader
     from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import Capture
-    result = Capture(sys.executable, nsenter=sys.argv[4], default_dir=sys.argv[3]).started(
+    result = Capture(sys.executable, nsenter=sys.argv[4], default_dir=sys.argv[3], state_dir=sys.argv[5]).started(
         {"netns": sys.argv[2], "filter": "tcp port 4400"})
     print(json.dumps(result))
 ''')
 
 
 @real
-def test_capture_outlives_the_process_that_started_it(netns, capture_dir):
-    starter = subprocess.run([sys.executable, '-c', STARTER, UNIT_DIR, netns, capture_dir, shutil.which('nsenter')],
+def test_capture_outlives_the_process_that_started_it(netns, capture_dir, state_dir):
+    starter = subprocess.run([sys.executable, '-c', STARTER, UNIT_DIR, netns, capture_dir, shutil.which('nsenter'), state_dir],
                              capture_output=True, text=True, check=True, timeout=60)
     started = json.loads(starter.stdout)
     pid = started['pid']
@@ -541,23 +723,24 @@ def test_capture_outlives_the_process_that_started_it(netns, capture_dir):
     assert int(fields[3]) != os.getsid(0)           # its own session (no SIGHUP with the connection)
     assert os.stat('/proc/%d/ns/net' % pid).st_ino == os.stat('/run/netns/%s' % netns).st_ino
     _traffic(netns, 4400)
-    stopped = Capture(sys.executable).stopped(started['path'], started['handle'], analyse=False)
+    stopped = Capture(sys.executable, state_dir=state_dir).stopped(started['path'], started['handle'], analyse=False)
     assert stopped['changed'] is True and stopped['packets'] >= 20
 
 
 @real
-def test_limits_end_the_capture_by_itself(netns, capture_dir):
-    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+def test_limits_end_the_capture_by_itself(netns, capture_dir, state_dir):
+    capture = Capture(sys.executable, state_dir=state_dir, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
     by_packets = capture.started({'netns': netns, 'filter': 'tcp port 4500', 'max_packets': 3})
     by_seconds = capture.started({'netns': netns, 'filter': 'tcp port 4500', 'max_seconds': 1})
-    by_bytes = capture.started({'netns': netns, 'filter': 'tcp port 4500', 'max_bytes': 1000})
+    by_bytes = capture.started({'netns': netns, 'filter': 'tcp port 4500', 'max_bytes': 1024})
     _traffic(netns, 4500)
     time.sleep(1.5)
-    results = [Capture(sys.executable).stopped(s['path'], analyse=False) for s in (by_packets, by_seconds, by_bytes)]
+    stopper = Capture(sys.executable, state_dir=state_dir)
+    results = [stopper.stopped(s['path'], analyse=False) for s in (by_packets, by_seconds, by_bytes)]
     assert [r['stop_reason'] for r in results] == ['max_packets', 'max_seconds', 'max_bytes']
     assert all(r['changed'] is False for r in results)
     assert results[0]['packets'] == 3
-    assert results[2]['pcap']['bytes'] <= 1000 and results[2]['packets'] >= 1
+    assert results[2]['pcap']['bytes'] <= 1024 and results[2]['packets'] >= 1
 
 
 KEEPALIVE = textwrap.dedent('''
@@ -581,15 +764,15 @@ KEEPALIVE = textwrap.dedent('''
 
 
 @real
-def test_stop_returns_the_keepalive_analysis(netns, capture_dir):
+def test_stop_returns_the_keepalive_analysis(netns, capture_dir, state_dir):
     try:
         from ansible_collections.tcplab.keepalive.plugins.module_utils import _pcap  # noqa: F401  pylint: disable=unused-import
     except ImportError:
         pytest.skip('plugins/module_utils/_pcap.py is not there yet')
-    capture = Capture(sys.executable, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
+    capture = Capture(sys.executable, state_dir=state_dir, nsenter=shutil.which('nsenter'), default_dir=capture_dir)
     started = capture.started({'netns': netns, 'filter': 'tcp port 4600'})
     _ns(netns, sys.executable, '-c', KEEPALIVE, 4600)
-    stopped = Capture(sys.executable).stopped(started['path'], expect={'time': 1, 'intvl': 1, 'probes': 3})
+    stopped = Capture(sys.executable, state_dir=state_dir).stopped(started['path'], expect={'time': 1, 'intvl': 1, 'probes': 3})
     analysis = stopped['analysis']
     assert analysis is not None, stopped.get('analysis_error')
     # idle 1 s, probes answered: one probe a second for 3.5 s, each segment once
