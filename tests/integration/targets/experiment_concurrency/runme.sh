@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Concurrent experiments must not break each other:
+#   A. two experiments started at the same moment on two different pairs of
+#      lab hosts: distinct run ids and reports, both pass, each cleans up only
+#      its own endpoints, captures and rules;
+#   B. two experiments on the same host (loopback, other ports): the host's
+#      keepalive sysctls are leased to one run at a time, so the second fails
+#      at once naming the holder (experiment_lease_wait 0) while the first
+#      passes, or waits its turn (experiment_lease_wait > 0) and passes too.
+# Every host ends as before.
+set -eux
+
+LAB_DIR=/run/tcplab-keepalive/it-concurrency
+LAB_VARS="{\"lab_hosts\": [\"c1\", \"s1\", \"c2\", \"s2\", \"solo\"], \"lab_state_dir\": \"$LAB_DIR\", \"lab_bridge\": \"tcplabitc0\", \"lab_netns_prefix\": \"tcplab-itc-\", \"lab_network\": \"198.18.41.0/24\"}"
+INV="$LAB_DIR/inventory.yml"
+REPORTS=$(mktemp -d)
+LOGS=$(mktemp -d)
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -9 -- "-$pid" 2>/dev/null || true; done
+  ansible-playbook -i "$INV" rollback.yml >/dev/null 2>&1 || true
+  ansible-playbook tcplab.keepalive.lab -e "$LAB_VARS" -e lab_state=absent "$@" >/dev/null
+  rm -rf "$REPORTS" "$LOGS"
+}
+trap cleanup EXIT
+
+ansible-playbook tcplab.keepalive.lab -e "$LAB_VARS" "$@"
+
+host_state() {  # host_state NAME: sysctls, rules and experiment processes of one lab host
+  local ns=tcplab-itc-$1 pid
+  ip netns exec "$ns" cat /proc/sys/net/ipv4/tcp_keepalive_time /proc/sys/net/ipv4/tcp_keepalive_intvl /proc/sys/net/ipv4/tcp_keepalive_probes
+  ip netns exec "$ns" iptables -w 10 -S
+  for pid in $(ip netns pids "$ns"); do tr '\0' ' ' < "/proc/$pid/cmdline"; echo; done | sort
+}
+all_state() { for host in c1 s1 c2 s2 solo; do echo "## $host"; host_state "$host"; done; }
+BEFORE=$(all_state)
+
+KEEPALIVE='{"experiment_keepalive": {"time": 2, "intvl": 1, "probes": 3}, "experiment_idle_probes": 1}'
+
+start() {  # start LOG ARGS...: an experiment in the background, in its own process group
+  local log=$1; shift
+  setsid ansible-playbook -i "$INV" tcplab.keepalive.experiment -e "$KEEPALIVE" \
+    -e "experiment_report_dir=$REPORTS" "$@" > "$LOGS/$log" 2>&1 &
+  PIDS+=($!)
+  LAST=$!
+}
+
+# A. two pairs, started together
+start a1.log -e experiment_client=c1 -e experiment_server=s1 "$@"; A1=$LAST
+start a2.log -e experiment_client=c2 -e experiment_server=s2 "$@"; A2=$LAST
+rc1=0; wait "$A1" || rc1=$?
+rc2=0; wait "$A2" || rc2=$?
+cat "$LOGS/a1.log" "$LOGS/a2.log"
+[ "$rc1" = 0 ] && [ "$rc2" = 0 ] || { echo "A: two experiments on two pairs broke each other (rc $rc1, $rc2)"; exit 1; }
+[ "$(find "$REPORTS" -name report.json | wc -l)" = 2 ] || { echo "A: two runs must write two reports"; exit 1; }
+for report in "$REPORTS"/*/report.json; do
+  python -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(r["verdict"] != "pass")' "$report"
+done
+[ "$(all_state)" = "$BEFORE" ] || { echo "A: the hosts are not as before"; exit 1; }
+
+# B1. the same host, no waiting: the second run fails at once naming the holder
+sysctl_set() { [ "$(ip netns exec tcplab-itc-solo cat /proc/sys/net/ipv4/tcp_keepalive_time)" = 2 ]; }
+start b1.log -e experiment_client=solo "$@"; B1=$LAST
+for _ in $(seq 1 600); do sysctl_set && break; sleep 0.1; done
+sysctl_set
+rc=0
+ansible-playbook -i "$INV" tcplab.keepalive.experiment -e "$KEEPALIVE" -e "experiment_report_dir=$REPORTS" \
+  -e experiment_client=solo -e experiment_port=12346 -e experiment_client_port=22346 "$@" > "$LOGS/b2.log" 2>&1 || rc=$?
+cat "$LOGS/b2.log"
+[ "$rc" != 0 ] || { echo "B1: the second run on a leased host must fail"; exit 1; }
+grep -q 'are leased to run' "$LOGS/b2.log" || { echo "B1: the failure must name the holder"; exit 1; }
+rc=0; wait "$B1" || rc=$?
+cat "$LOGS/b1.log"
+[ "$rc" = 0 ] || { echo "B1: the first run on the host was disturbed by the second"; exit 1; }
+[ "$(all_state)" = "$BEFORE" ] || { echo "B1: the hosts are not as before"; exit 1; }
+
+# B2. the same host, waiting: both pass, one after the other
+start b3.log -e experiment_client=solo -e experiment_lease_wait=120 "$@"; B3=$LAST
+start b4.log -e experiment_client=solo -e experiment_port=12346 -e experiment_client_port=22346 \
+  -e experiment_lease_wait=120 "$@"; B4=$LAST
+rc3=0; wait "$B3" || rc3=$?
+rc4=0; wait "$B4" || rc4=$?
+cat "$LOGS/b3.log" "$LOGS/b4.log"
+[ "$rc3" = 0 ] && [ "$rc4" = 0 ] || { echo "B2: two waiting runs on one host (rc $rc3, $rc4)"; exit 1; }
+cat "$LOGS/b3.log" "$LOGS/b4.log" | grep -q 'RETRYING: .*Take the lease' || { echo "B2: no progress line while waiting"; exit 1; }
+[ "$(all_state)" = "$BEFORE" ] || { echo "B2: the hosts are not as before"; exit 1; }
