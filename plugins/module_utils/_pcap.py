@@ -16,7 +16,9 @@ and a pure SYN with a new initial sequence number starts a new conversation.
 Deliberate differences, documented in docs/pcap_info.md: IP fragments are
 not reassembled (they are counted and skipped), tunnels (IP in IP, GRE) are
 not decapsulated, and a truncated last record ends the analysis with
-``truncated: true`` instead of an error.
+``truncated: true`` instead of an error (a record that cannot be valid in the
+middle of the file - longer than the snapshot length, a pcapng block whose
+two lengths differ - is an error that says where).
 
 This file is private to the collection: its names may change at any time
 and must not be used from outside tcplab.keepalive.
@@ -26,11 +28,14 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import math
+import os
 import socket
+import stat
 import struct
 
 MSG_MISSING = 'pcap file %s not found: give the path of a capture (tcpdump -w, tshark -w or the capture module)'
-MSG_NOT_FILE = '%s is not a regular file: give the path of a pcap or pcapng capture'
+MSG_NOT_FILE = '%s is %s, not a regular file: give the path of a pcap or pcapng capture file'
 MSG_UNREADABLE = 'cannot read %s: %s'
 MSG_SHORT_HEADER = '%s is truncated: %d bytes, shorter than a pcap file header (24 bytes) or a pcapng section header'
 MSG_NOT_PCAP = ('%s is not a pcap or pcapng file (it starts with %s): give a capture written by tcpdump -w, '
@@ -38,15 +43,23 @@ MSG_NOT_PCAP = ('%s is not a pcap or pcapng file (it starts with %s): give a cap
 MSG_LINKTYPE = ('%s: link type %d (%s) is not supported; supported: 0 (BSD loopback), 1 (Ethernet, 802.1Q), '
                 '101/228/229 (raw IP), 108 (OpenBSD loopback), 113 (Linux cooked SLL), 276 (Linux cooked SLL2); '
                 'capture on another interface or with tcpdump -y EN10MB')
-MSG_BAD_RECORD = '%s: the record at byte %d claims %d captured bytes (more than %d): the file is corrupt'
-MSG_BAD_BLOCK = '%s: corrupt pcapng block at byte %d (type 0x%08x, length %d)'
+MSG_BAD_RECORD = ('%s is corrupt at record %d (byte %d): it claims %d captured bytes, more than %s (or the length '
+                  'of the record before it is wrong)')
+MSG_LIMIT_SNAPLEN = 'the snapshot length in the file header (%d)'
+MSG_LIMIT_IDB = 'the snapshot length of its interface (%d)'
+MSG_LIMIT_MAX = 'the largest snapshot length (%d)'
+MSG_BAD_BLOCK = '%s is corrupt at pcapng block %d (byte %d): type 0x%08x, length %d'
+MSG_BAD_TRAILER = ('%s is corrupt at pcapng block %d (byte %d): type 0x%08x, its length is %d at the start and %d at '
+                   'the end')
+MSG_BAD_PACKET = ('%s is corrupt at pcapng block %d (byte %d): the packet claims %d captured bytes, more than %s or '
+                  'than its block holds')
 MSG_BAD_BOM = '%s: pcapng section header at byte %d has no valid byte-order magic'
 MSG_NO_IDB = '%s: packet block at byte %d names interface %d, which has no interface description block'
-MSG_TRUNCATED = ('the last record of the capture is truncated (the capture was probably still being written): '
-                 'analysed the %d complete packets')
-MSG_EXPECT = 'expect.%s must be a positive integer (seconds for time and intvl, a count for probes), got %r'
+MSG_TRUNCATED = ('the last record of the capture (%s %d at byte %d) is truncated (the capture was probably still being '
+                 'written): analysed the %d complete packets')
+MSG_EXPECT = 'expect.%s must be an integer 1..%d (%s), got %r'
 MSG_EXPECT_KEYS = 'expect takes time, intvl and probes, got unknown key(s): %s'
-MSG_TOLERANCE = 'tolerance.%s must be a number >= 0, got %r'
+MSG_TOLERANCE = 'tolerance.%s must be a number 0..%d (%s), got %r'
 MSG_TOLERANCE_KEYS = 'tolerance takes seconds and percent, got unknown key(s): %s'
 MSG_CONNECTION = 'connection.%s %s'
 MSG_CONNECTION_KEYS = 'connection takes address and port, got unknown key(s): %s'
@@ -56,11 +69,21 @@ MSG_FRAGMENTS = '%d IP fragments were skipped (not reassembled)'
 MSG_NOT_LISTED = ('%d more connections with keepalive activity are counted and judged but not listed (only the first %d '
                   'are): select one with the connection option')
 MSG_MORE_FAILED = '%d connections failed in all; select one with the connection option to see its report'
+MSG_CLOSED_BY_FIN = ('%s closed the connection with a FIN at %s s (its program closed the socket or exited): keepalive '
+                     'did not end it')
+MSG_ABORTED = ('%s reset the connection at %s s without unanswered probes before it (its program aborted the connection '
+               'or exited with unread data): keepalive did not end it')
 # a module result is not the place for tens of thousands of connection reports
 MAX_LISTED = 100
 MAX_REASONS = 20
 
 DEFAULT_TOLERANCE = {'seconds': 0.25, 'percent': 10.0}
+# the kernel's ranges (TCP_MAX_KEEPIDLE, TCP_MAX_KEEPINTVL, TCP_MAX_KEEPCNT)
+EXPECT_RANGE = {'time': (32767, 'seconds of idle time'), 'intvl': (32767, 'seconds between probes'),
+                'probes': (127, 'unanswered probes before the RST')}
+TOLERANCE_RANGE = {'seconds': (32767, 'seconds'), 'percent': (100, 'percent of the expected value')}
+FILE_KINDS = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISSOCK, 'a socket'),
+              (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'))
 
 LINKTYPE_NAMES = {
     0: 'BSD loopback', 1: 'Ethernet', 101: 'raw IP', 108: 'OpenBSD loopback', 113: 'Linux cooked SLL',
@@ -75,7 +98,12 @@ HALF = 0x80000000
 # expected sequence number when the segment could be put on the unacked list.
 MAX_UNACKED = 10000
 CHUNK = 1 << 20
+# the largest pcapng block read (a block also holds options); a packet is at most MAX_SNAPLEN bytes (tcpdump's
+# MAXIMUM_SNAPLEN, Wireshark's limit for these link types)
 MAX_CAPLEN = 1 << 26
+MAX_SNAPLEN = 262144
+# smallest valid length of the pcapng blocks read: section header, interface description, packet blocks
+MIN_BLOCK = {0x0A0D0D0A: 28, 1: 20, 2: 32, 3: 16, 6: 32}
 TH_FIN, TH_SYN, TH_RST, TH_PUSH, TH_ACK, TH_URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 FLAG_NAMES = ((TH_SYN, 'SYN'), (TH_RST, 'RST'), (TH_FIN, 'FIN'), (TH_PUSH, 'PSH'), (TH_ACK, 'ACK'), (TH_URG, 'URG'))
 VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100))
@@ -101,11 +129,17 @@ P_FRAME, P_TS, P_SEQ, P_LEN, P_ANS, P_ANSFRAME, P_KIND, P_AFTER = range(8)
 
 
 class PcapError(Exception):
-    """The capture cannot be analysed (missing, not a capture, unsupported, corrupt) or the options are wrong."""
+    """The capture cannot be analysed (missing, not a capture, unsupported, corrupt) or the options are wrong.
+
+    transient: the file may still become readable (it does not exist yet, or its header is not written yet)."""
+
+    def __init__(self, msg, transient=False):
+        super().__init__(msg)
+        self.transient = transient
 
 
 class _Conn:
-    __slots__ = ('a', 'b', 'syn_from', 'first_ts', 'first_frame', 'rst', 'reused', 'seq_no')
+    __slots__ = ('a', 'b', 'syn_from', 'first_ts', 'first_frame', 'rst', 'fin', 'reused', 'seq_no')
 
     def __init__(self, a, b, ts, frame, seq_no):
         self.a = a
@@ -114,22 +148,46 @@ class _Conn:
         self.first_ts = ts
         self.first_frame = frame
         self.rst = None
+        self.fin = None
         self.reused = False
         self.seq_no = seq_no
 
 
 # ---------------------------------------------------------------- readers
 
-def _open(path):
+def _kind(mode):
+    for test, name in FILE_KINDS:
+        if test(mode):
+            return name
+    return 'an unknown kind of file'
+
+
+def check_file(path):
+    """Refuse, without opening it, what is not a regular file: a FIFO would block the reader, a device may act."""
     try:
-        handle = open(path, 'rb')
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise PcapError(MSG_MISSING % path)
-    except IsADirectoryError:
-        raise PcapError(MSG_NOT_FILE % path)
+        raise PcapError(MSG_MISSING % path, transient=True)
     except OSError as exc:
         raise PcapError(MSG_UNREADABLE % (path, exc.strerror or exc))
-    return handle
+    if not stat.S_ISREG(mode):
+        raise PcapError(MSG_NOT_FILE % (path, _kind(mode)))
+
+
+def _open(path):
+    check_file(path)
+    try:
+        # O_NONBLOCK: should the path have become a FIFO since the check, opening it does not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_NOCTTY', 0))
+    except FileNotFoundError:
+        raise PcapError(MSG_MISSING % path, transient=True)
+    except OSError as exc:
+        raise PcapError(MSG_UNREADABLE % (path, exc.strerror or exc))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise PcapError(MSG_NOT_FILE % (path, _kind(mode)))
+    return os.fdopen(fd, 'rb')
 
 
 def _check_linktype(path, linktype):
@@ -144,6 +202,7 @@ class _Reader:
         self.path = path
         self.handle = handle
         self.truncated = False
+        self.truncated_at = None
         self.format = None
         self.linktypes = []
         self.head = b''
@@ -153,43 +212,51 @@ class _Reader:
         self.head = head
         if len(head) >= 4 and head[:4] == b'\x0a\x0d\x0d\x0a':
             if len(head) < 12:
-                raise PcapError(MSG_SHORT_HEADER % (self.path, len(head)))
+                raise PcapError(MSG_SHORT_HEADER % (self.path, len(head)), transient=True)
             self.format = 'pcapng'
             return self._pcapng(head)
         if len(head) >= 4 and head[:4] in (b'\xd4\xc3\xb2\xa1', b'\x4d\x3c\xb2\xa1', b'\xa1\xb2\xc3\xd4', b'\xa1\xb2\x3c\x4d'):
             if len(head) < 24:
-                raise PcapError(MSG_SHORT_HEADER % (self.path, len(head)))
+                raise PcapError(MSG_SHORT_HEADER % (self.path, len(head)), transient=True)
             self.format = 'pcap'
             return self._pcap(head)
         if not head:
-            raise PcapError(MSG_SHORT_HEADER % (self.path, 0))
+            raise PcapError(MSG_SHORT_HEADER % (self.path, 0), transient=True)
         raise PcapError(MSG_NOT_PCAP % (self.path, head[:8].hex(' ')))
 
     def _pcap(self, head):
         endian = '<' if head[:2] in (b'\xd4\xc3', b'\x4d\x3c') else '>'
         nsec = head[:4] in (b'\x4d\x3c\xb2\xa1', b'\xa1\xb2\x3c\x4d')
+        snaplen = struct.unpack_from(endian + 'I', head, 16)[0]
         linktype = struct.unpack_from(endian + 'I', head, 20)[0] & 0xFFFF
         _check_linktype(self.path, linktype)
         self.linktypes = [linktype]
-        return self._pcap_records(endian, 1e-9 if nsec else 1e-6, linktype)
+        return self._pcap_records(endian, 1e-9 if nsec else 1e-6, linktype, snaplen)
 
-    def _pcap_records(self, endian, scale, linktype):
+    def _pcap_records(self, endian, scale, linktype, snaplen):
+        """The records; one longer than the snapshot length cannot be valid: the file is corrupt there."""
+        if 0 < snaplen <= MAX_SNAPLEN:
+            limit, limit_text = snaplen, MSG_LIMIT_SNAPLEN % snaplen
+        else:
+            limit, limit_text = MAX_SNAPLEN, MSG_LIMIT_MAX % MAX_SNAPLEN
         rec = PCAP_REC[endian].unpack_from
         read = self.handle.read
         buf = read(CHUNK)
         n = len(buf)
         pos = 0
         consumed = 24
+        number = 0
         while True:
             if pos + 16 <= n:
                 sec, frac, caplen, origlen = rec(buf, pos)
+                if caplen > limit:
+                    raise PcapError(MSG_BAD_RECORD % (self.path, number + 1, consumed + pos, caplen, limit_text))
                 end = pos + 16 + caplen
                 if end <= n:
+                    number += 1
                     yield buf, pos + 16, caplen, origlen, sec + frac * scale, linktype
                     pos = end
                     continue
-                if caplen > MAX_CAPLEN:
-                    raise PcapError(MSG_BAD_RECORD % (self.path, consumed + pos, caplen, MAX_CAPLEN))
             more = read(CHUNK)
             if more:
                 consumed += pos
@@ -198,8 +265,13 @@ class _Reader:
                 pos = 0
                 continue
             if pos < n:
-                self.truncated = True
+                self._cut('record', number + 1, consumed + pos)
             return
+
+    def _cut(self, unit, number, offset):
+        """The file ends inside its last record: a capture still being written, or killed while writing."""
+        self.truncated = True
+        self.truncated_at = {'unit': unit, 'number': number, 'offset': offset}
 
     def _pcapng(self, head):
         return self._pcapng_blocks(head)
@@ -213,6 +285,7 @@ class _Reader:
         endian = '<'
         u32 = struct.Struct('<I').unpack_from
         ifaces = []
+        number = 0
         while True:
             if pos + 12 > n:
                 more = read(CHUNK)
@@ -223,7 +296,7 @@ class _Reader:
                     pos = 0
                     continue
                 if pos < n:
-                    self.truncated = True
+                    self._cut('block', number + 1, consumed + pos)
                 return
             btype_raw = buf[pos:pos + 4]
             if btype_raw == b'\x0a\x0d\x0d\x0a':
@@ -238,8 +311,8 @@ class _Reader:
                 ifaces = []
             btype = u32(buf, pos)[0]
             blen = u32(buf, pos + 4)[0]
-            if blen < 12 or blen % 4 or blen > MAX_CAPLEN:
-                raise PcapError(MSG_BAD_BLOCK % (self.path, consumed + pos, btype, blen))
+            if blen < MIN_BLOCK.get(btype, 12) or blen % 4 or blen > MAX_CAPLEN:
+                raise PcapError(MSG_BAD_BLOCK % (self.path, number + 1, consumed + pos, btype, blen))
             if pos + blen > n:
                 more = read(max(CHUNK, blen))
                 if more:
@@ -248,8 +321,12 @@ class _Reader:
                     n = len(buf)
                     pos = 0
                     continue
-                self.truncated = True
+                self._cut('block', number + 1, consumed + pos)
                 return
+            number += 1
+            trailer = u32(buf, pos + blen - 4)[0]
+            if trailer != blen:
+                raise PcapError(MSG_BAD_TRAILER % (self.path, number, consumed + pos, btype, blen, trailer))
             if btype == 6 or btype == 3 or btype == 2:
                 if btype == 6:
                     ifid, ts_hi, ts_lo, caplen, origlen = struct.unpack_from(endian + 'IIIII', buf, pos + 8)
@@ -268,8 +345,9 @@ class _Reader:
                 linktype, snaplen, units, offset = ifaces[ifid]
                 if btype == 3 and snaplen:
                     caplen = min(caplen, snaplen)
-                if data + caplen > pos + blen:
-                    raise PcapError(MSG_BAD_BLOCK % (self.path, consumed + pos, btype, blen))
+                if data + caplen > pos + blen - 4 or caplen > MAX_SNAPLEN or (snaplen and caplen > snaplen):
+                    limit = MSG_LIMIT_IDB % snaplen if 0 < snaplen <= MAX_SNAPLEN else MSG_LIMIT_MAX % MAX_SNAPLEN
+                    raise PcapError(MSG_BAD_PACKET % (self.path, number, consumed + pos, caplen, limit))
                 stamp = (ts_hi << 32) | ts_lo
                 sec, frac = divmod(stamp, units)
                 yield buf, data, caplen, origlen, offset + sec + frac / units, linktype
@@ -280,6 +358,8 @@ class _Reader:
                 linktype, _res, snaplen = struct.unpack_from(endian + 'HHI', buf, pos + 8)
                 _check_linktype(self.path, linktype)
                 units, offset = _idb_options(buf, pos + 16, pos + blen - 4, endian)
+                if units is None:
+                    raise PcapError(MSG_BAD_BLOCK % (self.path, number, consumed + pos, btype, blen))
                 ifaces.append((linktype, snaplen, units, offset))
                 if linktype not in self.linktypes:
                     self.linktypes.append(linktype)
@@ -287,6 +367,7 @@ class _Reader:
 
 
 def _idb_options(buf, pos, end, endian):
+    """(units per second, offset) of an interface description block; (None, None) when an option overruns it."""
     units = 1000000
     offset = 0
     while pos + 4 <= end:
@@ -294,6 +375,8 @@ def _idb_options(buf, pos, end, endian):
         if code == 0:
             break
         value = pos + 4
+        if value + length > end:
+            return None, None
         if code == 9 and length >= 1:
             res = buf[value]
             units = 2 ** (res & 0x7F) if res & 0x80 else 10 ** res
@@ -305,8 +388,8 @@ def _idb_options(buf, pos, end, endian):
 
 # ---------------------------------------------------------------- options
 
-def _positive_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _int_in(value, low, high):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def normalise_expect(expect):
@@ -320,8 +403,9 @@ def normalise_expect(expect):
         value = expect.get(key)
         if value is None:
             continue
-        if not _positive_int(value):
-            raise PcapError(MSG_EXPECT % (key, value))
+        high, what = EXPECT_RANGE[key]
+        if not _int_in(value, 1, high):
+            raise PcapError(MSG_EXPECT % (key, high, what, value))
         result[key] = value
     return result or None
 
@@ -336,8 +420,10 @@ def normalise_tolerance(tolerance):
             value = tolerance.get(key)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise PcapError(MSG_TOLERANCE % (key, value))
+            high, what = TOLERANCE_RANGE[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not 0 <= value <= high:
+                raise PcapError(MSG_TOLERANCE % (key, high, what, value))
             result[key] = float(value)
     return result
 
@@ -381,6 +467,8 @@ def analyse(path, expect=None, connection=None, tolerance=None, return_frames=Fa
         reader = _Reader(path, handle)
         records = reader.start()
         state = _scan(records, focus, return_frames)
+    except OSError as exc:   # an I/O error while reading (EIO, a file system gone)
+        raise PcapError(MSG_UNREADABLE % (path, exc.strerror or exc))
     finally:
         if collecting:
             gc.enable()
@@ -388,6 +476,7 @@ def analyse(path, expect=None, connection=None, tolerance=None, return_frames=Fa
     state['format'] = reader.format
     state['linktypes'] = reader.linktypes
     state['truncated'] = reader.truncated
+    state['truncated_at'] = reader.truncated_at
     return _report(path, state, expect, tol, focus, return_frames)
 
 
@@ -678,17 +767,21 @@ def _scan(records, focus, return_frames):
                 ru[:] = [x for x in ru if (ack - x) & M32 >= HALF]
             r[F_SCANACK] = ack
             r[F_SCANLEN] = len(ru)
-        # ---- keepalive timeline (loopback duplicates left out)
+        # ---- keepalive timeline (loopback duplicates left out; after a RST the rest is teardown: the peer's FIN
+        # or RST then answers no probe)
         if dup:
             continue
-        if r[F_AWAIT] is not None:
+        if ka:
+            f[F_KA] += 1
+        if conn.rst is not None:
+            ka = False
+        elif r[F_AWAIT] is not None:
             probe = r[F_AWAIT]
             probe[P_ANS] = True
             probe[P_ANSFRAME] = frame
             r[F_AWAIT] = None
             r[F_RUN] = 0
         if ka:
-            f[F_KA] += 1
             previous = f[F_AWAIT]
             if previous is not None:
                 probe = [frame, ts, seq, seglen, False, None, 'retry', ts - previous[P_TS]]
@@ -705,6 +798,8 @@ def _scan(records, focus, return_frames):
                 probes = f[F_PROBES]
                 conn.rst = (frame, ts, flags, f, f[F_RUN], probes[-1][P_TS] if f[F_RUN] else None)
             if flags & TH_FIN:
+                if conn.fin is None:
+                    conn.fin = (frame, ts, flags, f)
                 f[F_FIN] = True
         f[F_LAST] = ts
     counters['packets'] = frame
@@ -871,12 +966,13 @@ def _report(path, state, expect, tol, focus, return_frames):
     if counters['fragments']:
         summary['notes'].append(MSG_FRAGMENTS % counters['fragments'])
     if state['truncated']:
-        summary['notes'].append(MSG_TRUNCATED % counters['packets'])
+        summary['notes'].append(truncation_note(state['truncated_at'], counters['packets']))
     result = {
         'path': path,
         'format': state['format'],
         'link_types': state['linktypes'],
         'truncated': state['truncated'],
+        'truncated_at': state['truncated_at'],
         'start': t0,
         'summary': summary,
         'connections': listed,
@@ -898,6 +994,12 @@ def _report(path, state, expect, tol, focus, return_frames):
         result['keepalive_frames'] = state['ka_frames']
         result['keepalive_ack_frames'] = state['kaack_frames']
     return result
+
+
+def truncation_note(truncated_at, packets):
+    """The note (and the module's warning) of a capture whose last record is cut short."""
+    where = truncated_at or {'unit': 'record', 'number': packets + 1, 'offset': 0}
+    return MSG_TRUNCATED % (where['unit'], where['number'], where['offset'], packets)
 
 
 def _in_flight(conn):
@@ -970,6 +1072,16 @@ def _conn_report(conn, flows, t0, expect, tol, zwp, retx, in_flight, focused):
                'after_last_probe': None if last_probe_ts is None else round(ts - last_probe_ts, 6)}
         if run == 0 and any(p['endpoint'] == _endpoint(r) for p in probers):
             notes.append('the RST came from %s, the peer of the prober, not after unanswered probes' % _endpoint(f))
+        elif run == 0 and probers and (conn.fin is None or frame < conn.fin[0]):
+            notes.append(MSG_ABORTED % (_endpoint(f), _num(ts - t0)))
+    fin = None
+    if conn.fin is not None:
+        frame, ts, flags, f = conn.fin
+        r = second if f is first else first
+        fin = {'from': _endpoint(f), 'to': _endpoint(r), 'frame': frame, 'time': round(ts - t0, 6),
+               'flags': flag_names(flags)}
+        if probers and (conn.rst is None or frame < conn.rst[0]):
+            notes.append(MSG_CLOSED_BY_FIN % (_endpoint(f), _num(ts - t0)))
     flight = {}
     for f in (first, second):
         if id(f) in in_flight:
@@ -1012,6 +1124,7 @@ def _conn_report(conn, flows, t0, expect, tol, zwp, retx, in_flight, focused):
         'in_flight_at_end': flight,
         'probers': probers,
         'rst': rst,
+        'fin': fin,
         'notes': notes,
         'verdict': verdict,
         'reasons': reasons,

@@ -4,21 +4,195 @@
 """Experiment reports: the verdict, report.json, report.md with an annotated
 timeline in the style of the walk-through's tcpdump output, and timeline.png.
 
+The input is checked before anything is written (every missing or malformed
+key is named with what to give), the pcaps must be regular files (a FIFO
+would block the reader), and the three files are rendered in memory and
+written only when all of them could be: a failure leaves no file and no
+directory of this call behind.
+
 This file is private to the collection: its names may change at any time
 and must not be used from outside tcplab.keepalive.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
+from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse, check_file
+from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_wait import HINT_GAVE_UP, HINTS, connection_end
+
+MSG_MISSING_KEY = 'data.%s is missing: give %s'
+MSG_BAD_VALUE = 'data.%s must be %s, got %r'
+MSG_NOT_DICT = 'data must be a dict of what the experiment saw, got %r'
+MSG_UNKNOWN_KEYS = 'data takes %s; got unknown key(s): %s'
+MSG_DEST_NOT_DIR = 'dest %s exists and is not a directory: give the path of a directory for the report (it is created if missing)'
+MSG_DEST_PARENT = 'dest %s cannot be created: %s is not a directory; give a path under a directory'
+MSG_PCAP = 'data.pcaps: %s'
+MSG_PCAP_MISSING = 'pcap %s not found: the timeline picture shows no packets from it'
+MSG_LOCAL_ANALYSIS = ('the analysis from the capture host lists no connection of the client port %d: %s was analysed '
+                      'here for it')
+MSG_LOCAL_FAILED = 'the local analysis of %s failed: %s'
+MSG_NO_ANALYSIS = ('no analysis of the capture is available (the capture did not stop cleanly, or its file was not '
+                   'fetched): the probes cannot be judged')
+MSG_NO_CONNECTION = 'the capture holds no connection from the client port %d'
+MSG_ENDED = ('the connection %s ended with a %s from the %s (%s) at +%.3f s %s, after %d answered and %d unanswered '
+             'probes')
+MSG_NO_MATPLOTLIB = ('matplotlib is missing on the controller: pip install matplotlib (requirements-dev.txt pins it), or '
+                     'set the report picture off')
+MSG_WRITE = 'cannot write the report in %s: %s'
+
+TRIPLE = 'a dict with time, intvl and probes (integers >= 1)'
+REQUIRED = {
+    'run_id': 'the run id of the experiment (a string)',
+    'settings': 'the keepalive sysctls the experiment set, ' + TRIPLE,
+    'expected': 'the settings the probes are judged against, ' + TRIPLE,
+    'client_port': "the keepalive client's local port (an integer 1..65535)",
+}
+OPTIONAL = ('governs', 'client_kind', 'server_kind', 'hosts', 'idle_probes', 'tolerance', 'analysis', 'client', 'drop_at',
+            'pcaps', 'error', 'cleanup_errors', 'notes')
 
 
 class ReportError(Exception):
     """The report cannot be written; the message says why."""
 
+
+# ---------------------------------------------------------------- input
+
+def _int(value):
+    """An int from an int or an integer string (Jinja may deliver either); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip('+-').isdigit():
+        return int(value.strip())
+    return None
+
+
+def _number(value):
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _triple(key, value):
+    if not isinstance(value, dict) or set(value) != {'time', 'intvl', 'probes'}:
+        raise ReportError(MSG_BAD_VALUE % (key, TRIPLE, value))
+    out = {k: _int(v) for k, v in value.items()}
+    if any(v is None or v < 1 for v in out.values()):
+        raise ReportError(MSG_BAD_VALUE % (key, TRIPLE, value))
+    return out
+
+
+def _optional(data, key, kinds, what, default):
+    value = data.get(key)
+    if value is None or value == '':
+        return default
+    if not isinstance(value, kinds):
+        raise ReportError(MSG_BAD_VALUE % (key, what, value))
+    return value
+
+
+def validate(data):
+    """The report input checked and normalised; raises ReportError naming the key and what to give."""
+    if not isinstance(data, dict):
+        raise ReportError(MSG_NOT_DICT % (data,))
+    unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise ReportError(MSG_UNKNOWN_KEYS % (', '.join(list(REQUIRED) + list(OPTIONAL)), ', '.join(unknown)))
+    for key, what in REQUIRED.items():
+        if data.get(key) is None or data.get(key) == '':
+            raise ReportError(MSG_MISSING_KEY % (key, what))
+    out = dict(data)
+    if isinstance(data['run_id'], bool) or not isinstance(data['run_id'], (str, int)):
+        raise ReportError(MSG_BAD_VALUE % ('run_id', 'a string (or a number)', data['run_id']))
+    out['run_id'] = str(data['run_id'])
+    out['settings'] = _triple('settings', data['settings'])
+    out['expected'] = _triple('expected', data['expected'])
+    port = _int(data['client_port'])
+    if port is None or not 1 <= port <= 65535:
+        raise ReportError(MSG_BAD_VALUE % ('client_port', 'an integer 1..65535', data['client_port']))
+    out['client_port'] = port
+    raw = data.get('idle_probes')
+    idle = 0 if raw in (None, '') else _int(raw)
+    if idle is None or idle < 0:
+        raise ReportError(MSG_BAD_VALUE % ('idle_probes', 'an integer >= 0', data.get('idle_probes')))
+    out['idle_probes'] = idle
+    out['tolerance'] = _tolerance(data.get('tolerance'))
+    out['drop_at'] = None
+    if data.get('drop_at') not in (None, '', 'None'):
+        out['drop_at'] = _number(data['drop_at'])
+        if out['drop_at'] is None:
+            raise ReportError(MSG_BAD_VALUE % ('drop_at', 'a time stamp (seconds since the epoch) or null',
+                                               data['drop_at']))
+    for key in ('analysis', 'client', 'hosts'):
+        out[key] = _optional(data, key, dict, 'a dict', {})
+    for key in ('pcaps', 'cleanup_errors', 'notes'):
+        out[key] = list(_optional(data, key, (list, tuple), 'a list', []))
+    for key in ('governs', 'client_kind', 'server_kind', 'error'):
+        out[key] = _optional(data, key, str, 'a string', None)
+    if not all(isinstance(p, str) and p for p in out['pcaps']):
+        raise ReportError(MSG_BAD_VALUE % ('pcaps', 'a list of paths of local pcap files', data.get('pcaps')))
+    return out
+
+
+def _tolerance(value):
+    if value in (None, '', {}):
+        return {'seconds': 0.25, 'percent': 10.0}
+    what = 'a dict with seconds (0..32767) and percent (0..100)'
+    if not isinstance(value, dict) or set(value) - {'seconds', 'percent'}:
+        raise ReportError(MSG_BAD_VALUE % ('tolerance', what, value))
+    out = {'seconds': 0.25, 'percent': 10.0}
+    for key, high in (('seconds', 32767), ('percent', 100)):
+        if value.get(key) is not None:
+            number = _number(value[key])
+            if number is None or not 0 <= number <= high:
+                raise ReportError(MSG_BAD_VALUE % ('tolerance', what, value))
+            out[key] = number
+    return out
+
+
+def check_pcaps(pcaps):
+    """The pcaps that exist (regular files), and notes on the missing ones; refuses a FIFO, a directory, a device."""
+    present, notes = [], []
+    for path in pcaps:
+        try:
+            check_file(path)
+        except PcapError as exc:
+            if not exc.transient:
+                raise ReportError(MSG_PCAP % exc)
+            notes.append(MSG_PCAP_MISSING % path)
+            continue
+        present.append(path)
+    return present, notes
+
+
+def plan_dest(dest):
+    """The directories to create for dest, outermost first; refuses a dest (or a parent) that is not a directory."""
+    path = os.path.abspath(dest)
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        if not missing:
+            raise ReportError(MSG_DEST_NOT_DIR % dest)
+        raise ReportError(MSG_DEST_PARENT % (dest, path))
+    return list(reversed(missing))
+
+
+# ---------------------------------------------------------------- what the capture saw
 
 def _prober_of(analysis, client_port):
     """(connection, prober) of the client's end in the analysis, or (None, None)."""
@@ -32,27 +206,56 @@ def _prober_of(analysis, client_port):
     return None, None
 
 
+def find_connection(analysis, client_port, pcaps, expect=None, tolerance=None):
+    """(analysis, notes): the given one when it lists the client's connection, else the first local pcap's analysis
+    focused on the client port that does (the capture host lists only connections with keepalive activity)."""
+    notes = []
+    if _prober_of(analysis, client_port)[0] is not None:
+        return analysis, notes
+    for pcap in pcaps:
+        try:
+            local = analyse(pcap, expect=expect, tolerance=tolerance, connection={'port': client_port})
+        except PcapError as exc:
+            notes.append(MSG_LOCAL_FAILED % (pcap, exc))
+            continue
+        if _prober_of(local, client_port)[0] is not None:
+            notes.append(MSG_LOCAL_ANALYSIS % (client_port, os.path.basename(pcap)))
+            return local, notes
+        if not analysis:
+            analysis = local
+    return analysis, notes
+
+
 def observe(analysis, client_port):
     """The observed part of report.json."""
     conn, prober = _prober_of(analysis, client_port)
     probes = (prober or {}).get('probes') or []
     unanswered_n = (prober or {}).get('final_unanswered') or 0
     final = probes[len(probes) - unanswered_n:] if unanswered_n else []
-    rst = (conn or {}).get('rst')
     spacing = [round(b['time'] - a['time'], 3) for a, b in zip(final, final[1:])]
-    rst_info = None
-    if rst:
-        client_end = (prober or {}).get('endpoint') or ''
-        rst_info = {
-            'from': 'client' if rst.get('from') == client_end or str(rst.get('from', '')).endswith(':%d' % client_port)
-            else 'server',
-            'at_s': round(rst['time'] - conn['start'], 3) if conn and conn.get('start') is not None else rst.get('time'),
-            'time': rst.get('time'),
-            'flags': rst.get('flags'),
-            'after_last_probe_s': rst.get('after_last_probe'),
-        }
+    client_end = end = rst_info = None
+    if conn is not None:
+        client_end = (prober or {}).get('endpoint') or next(
+            (str(e) for e in conn.get('endpoints') or [] if str(e).endswith(':%d' % client_port)), '')
+        end = connection_end(conn, client_end)
+        if end is not None:
+            end['connection'] = conn.get('name')
+        rst = conn.get('rst')
+        if rst:
+            rst_info = {
+                'from': 'client' if rst.get('from') == client_end else 'server',
+                'at_s': round(rst['time'] - conn['start'], 3) if conn.get('start') is not None else rst.get('time'),
+                'time': rst.get('time'),
+                'flags': rst.get('flags'),
+                'after_last_probe_s': rst.get('after_last_probe'),
+            }
     return {
+        'analysis_available': bool(analysis),
+        'client_port': client_port,
+        'client_endpoint': client_end,
         'connection_found': conn is not None,
+        'end': end,
+        'fin': (conn or {}).get('fin'),
         'answered_probes': (prober or {}).get('answered', 0),
         'unanswered_probes': unanswered_n,
         'probes_total': len(probes),
@@ -72,8 +275,13 @@ def judge(settings, expect, observed, client, idle_probes, tolerance, error=None
     reasons = []
     if error:
         reasons.append('the experiment did not complete: %s' % error)
-    if not observed['connection_found']:
-        reasons.append('the capture holds no connection from the client port')
+    end = observed.get('end')
+    if end is not None and not (end['by'] == 'RST' and end['from'] == 'client' and end.get('after_probes')):
+        reasons.append(ended_text(end, observed))
+    if not observed.get('analysis_available', True):
+        reasons.append(MSG_NO_ANALYSIS)
+    elif not observed['connection_found']:
+        reasons.append(MSG_NO_CONNECTION % observed.get('client_port', 0))
     if observed['answered_probes'] < idle_probes:
         reasons.append('saw %d answered probes before the DROP, expected at least %d'
                        % (observed['answered_probes'], idle_probes))
@@ -102,6 +310,16 @@ def judge(settings, expect, observed, client, idle_probes, tolerance, error=None
     return ('pass' if not reasons else 'fail'), reasons
 
 
+def ended_text(end, observed):
+    """How the connection ended, in words, with a guess at which process went away."""
+    if end['by'] == 'RST' and end['from'] == 'client' and end.get('after_probes'):
+        hint = HINT_GAVE_UP % (end['after_probes'], '' if end['after_probes'] == 1 else 's')
+    else:
+        hint = HINTS[(end['by'], end['from'])]
+    return MSG_ENDED % (end.get('connection'), end['by'], end['from'], end['endpoint'], end['after_start'], hint,
+                        observed['answered_probes'], observed['unanswered_probes'])
+
+
 def timeline(observed, client, drop_at, capture_start, expect):
     """Annotated lines (t, who, what) relative to the connection's start."""
     base = observed.get('connection_start') or 0.0
@@ -123,8 +341,17 @@ def timeline(observed, client, drop_at, capture_start, expect):
         lines.append((drop_at - capture_start - base, 'server', 'DROP rule inserted (iptables -I INPUT ... -j DROP)'))
     rst = observed.get('rst')
     if rst:
-        lines.append((rst['time'] - base, '%s > %s' % (rst['from'], 'server' if rst['from'] == 'client' else 'client'),
-                      '%s after %d unanswered probes' % (rst.get('flags') or 'RST', n_unanswered)))
+        other = 'server' if rst['from'] == 'client' else 'client'
+        if rst['from'] == 'client' and n_unanswered:
+            what = '%s after %d unanswered probes' % (rst.get('flags') or 'RST', n_unanswered)
+        else:
+            what = '%s from the %s, not after unanswered probes' % (rst.get('flags') or 'RST', rst['from'])
+        lines.append((rst['time'] - base, '%s > %s' % (rst['from'], other), what))
+    fin = observed.get('fin')
+    if fin:
+        who = 'client' if fin.get('from') == observed.get('client_endpoint') else 'server'
+        lines.append((fin['time'] - base, '%s > %s' % (who, 'server' if who == 'client' else 'client'),
+                      '%s: the %s closed the connection' % (fin.get('flags') or 'FIN', who)))
     if client.get('failed_at') and client.get('connected_at') and client.get('seconds') is not None:
         lines.append((client['seconds'], 'client', 'application sees %s after %.3f s%s'
                       % (client.get('errno') or client.get('state'), client['seconds'],
@@ -139,6 +366,7 @@ def _fmt(value):
 
 def markdown(report, lines):
     s = report['settings']
+    hosts = report['hosts']
     out = [
         '# TCP keepalive experiment %s' % report['run_id'],
         '',
@@ -155,9 +383,9 @@ def markdown(report, lines):
         '| what governs the client | %s |' % report['governs'],
         '| judged against | time %s s, intvl %s s, probes %s |' % (
             report['expected']['time'], report['expected']['intvl'], report['expected']['probes']),
-        '| client | %s on %s |' % (report['client_kind'], report['hosts']['client']),
+        '| client | %s on %s |' % (report['client_kind'], hosts.get('client', '?')),
         '| server | %s on %s (%s) |' % (
-            report['server_kind'], report['hosts']['server'], 'loopback' if report['hosts']['loopback'] else 'two hosts'),
+            report['server_kind'], hosts.get('server', '?'), 'loopback' if hosts.get('loopback') else 'two hosts'),
         '',
         '## Timeline',
         '',
@@ -169,6 +397,7 @@ def markdown(report, lines):
     out += [
         '## Observed',
         '',
+        '- connection: %s' % _connection_line(obs),
         '- answered probes before the DROP: %s' % obs['answered_probes'],
         '- unanswered probes: %s' % obs['unanswered_probes'],
         '- idle time before the first probe: %s s' % _fmt(obs['first_probe_idle_s']),
@@ -184,15 +413,26 @@ def markdown(report, lines):
     return '\n'.join(out)
 
 
-def picture(path, pcap, report, lines, client_port, capture_start=None, connection_start=0.0):
-    """timeline.png: the packets over time by direction, with the DROP and the RST marked."""
+def _connection_line(obs):
+    if not obs.get('analysis_available', True):
+        return 'no analysis of the capture'
+    if not obs.get('connection_found'):
+        return 'not in the capture'
+    end = obs.get('end')
+    if end is None:
+        return 'found, still open at the end of the capture'
+    return 'found, ended by a %s from the %s (%s) at +%.3f s' % (end['by'], end['from'], end['endpoint'],
+                                                                 end['after_start'])
+
+
+def picture(pcap, report, lines, client_port, capture_start=None, connection_start=0.0):
+    """timeline.png (its bytes): the packets over time by direction, with the DROP, the RST and a FIN marked."""
     try:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ReportError('matplotlib is missing on the controller: pip install matplotlib '
-                          '(requirements-dev.txt pins it), or set the report picture off')
+        raise ReportError(MSG_NO_MATPLOTLIB)
     points = _packets(pcap, client_port) if pcap else []
     base = connection_start + (capture_start or (points[0][0] if points else 0.0))
     fig, ax = plt.subplots(figsize=(10, 3.6), dpi=110)
@@ -212,8 +452,10 @@ def picture(path, pcap, report, lines, client_port, capture_start=None, connecti
         if what.startswith('DROP'):
             ax.axvline(t, color='#ff7f0e', linestyle='--', label='DROP')
             ax.annotate('DROP', (t, 1.35), color='#ff7f0e', ha='center', fontsize=8)
-        elif 'RST' in what and 'unanswered probes' in what:
+        elif 'RST' in what:
             ax.axvline(t, color='#000000', linestyle=':', label='RST')
+        elif 'FIN' in what:
+            ax.axvline(t, color='#9467bd', linestyle='-.', label='FIN')
         elif 'unanswered' in what:
             ax.annotate(what.split()[2], (t, 1.15), ha='center', fontsize=8, color='#d62728')
     ax.set_yticks([0, 1])
@@ -226,8 +468,10 @@ def picture(path, pcap, report, lines, client_port, capture_start=None, connecti
     ax.grid(True, axis='x', alpha=0.3)
     ax.legend(loc='upper left', fontsize=8, ncol=3)
     fig.tight_layout()
-    fig.savefig(path)
+    out = io.BytesIO()
+    fig.savefig(out, format='png')
     plt.close(fig)
+    return out.getvalue()
 
 
 def _packets(pcap, client_port):
@@ -265,41 +509,70 @@ def _packets(pcap, client_port):
 
 
 def write_experiment(dest, data):
-    """Write report.json, report.md and timeline.png into dest; returns the report dict."""
-    if not os.path.isdir(dest):
-        os.makedirs(dest, 0o755)
-    client_port = int(data['client_port'])
-    analysis = data.get('analysis') or {}
+    """Write report.json, report.md and timeline.png into dest; returns (report dict, markdown).
+
+    Everything is checked and rendered before the first write; on a failure the files and directories this call
+    created are removed again."""
+    data = validate(data)
+    pcaps, pcap_notes = check_pcaps(data['pcaps'])
+    to_create = plan_dest(dest)
+    client_port = data['client_port']
+    expect = data['expected']
+    analysis, analysis_notes = find_connection(data['analysis'], client_port, pcaps, expect, data['tolerance'])
     observed = observe(analysis, client_port)
-    client = data.get('client') or {}
-    expect = {k: int(v) for k, v in data['expected'].items()}
-    verdict, reasons = judge(data['settings'], expect, observed, client, int(data.get('idle_probes', 0)),
-                             data.get('tolerance') or {}, data.get('error'))
+    client = data['client']
+    verdict, reasons = judge(data['settings'], expect, observed, client, data['idle_probes'], data['tolerance'],
+                             data['error'])
     report = {
         'run_id': data['run_id'],
         'verdict': verdict,
         'reasons': reasons,
-        'settings': {k: int(v) for k, v in data['settings'].items()},
+        'settings': data['settings'],
         'expected': expect,
-        'governs': data.get('governs'),
-        'client_kind': data.get('client_kind'),
-        'server_kind': data.get('server_kind'),
-        'hosts': data.get('hosts') or {},
+        'governs': data['governs'],
+        'client_kind': data['client_kind'],
+        'server_kind': data['server_kind'],
+        'hosts': data['hosts'],
         'observed': {k: observed[k] for k in (
-            'answered_probes', 'unanswered_probes', 'first_probe_idle_s', 'probe_interval_s', 'rst', 'probes_total', 'probes')},
+            'connection_found', 'end', 'answered_probes', 'unanswered_probes', 'first_probe_idle_s', 'probe_interval_s',
+            'rst', 'probes_total', 'probes')},
         'client': {k: client.get(k) for k in ('state', 'errno', 'exit_code', 'error', 'seconds')},
-        'tolerance': data.get('tolerance'),
-        'error': data.get('error') or None,
-        'cleanup_errors': data.get('cleanup_errors') or [],
-        'notes': observed['notes'] + list(data.get('notes') or []),
-        'pcaps': data.get('pcaps') or [],
+        'tolerance': data['tolerance'],
+        'error': data['error'] or None,
+        'cleanup_errors': data['cleanup_errors'],
+        'notes': observed['notes'] + analysis_notes + pcap_notes + data['notes'],
+        'pcaps': data['pcaps'],
     }
-    lines = timeline(observed, client, data.get('drop_at'), analysis.get('start'), expect)
+    lines = timeline(observed, client, data['drop_at'], analysis.get('start'), expect)
     report['timeline'] = [{'t': round(t, 3), 'who': who, 'what': what} for t, who, what in lines]
     text = markdown(report, lines)
-    atomic_write(os.path.join(dest, 'report.md'), text, 0o644)
-    pcaps = report['pcaps']
-    picture(os.path.join(dest, 'timeline.png'), pcaps[0] if pcaps else None, report, lines, client_port,
-            analysis.get('start'), observed.get('connection_start') or 0.0)
-    atomic_write(os.path.join(dest, 'report.json'), json.dumps(report, indent=2, sort_keys=True) + '\n', 0o644)
+    png = picture(pcaps[0] if pcaps else None, report, lines, client_port, analysis.get('start'),
+                  observed.get('connection_start') or 0.0)
+    files = (('report.md', text), ('timeline.png', png),
+             ('report.json', json.dumps(report, indent=2, sort_keys=True) + '\n'))
+    _write_all(dest, to_create, files)
     return report, text
+
+
+def _write_all(dest, to_create, files):
+    """Create the missing directories and write the files; on a failure undo what this call made."""
+    created, written = [], []
+    try:
+        for path in to_create:
+            os.mkdir(path, 0o755)
+            created.append(path)
+        for name, content in files:
+            path = os.path.join(dest, name)
+            existed = os.path.lexists(path)
+            atomic_write(path, content, 0o644)
+            if not existed:
+                written.append(path)
+    except OSError as exc:
+        for path in written:
+            os.unlink(path)
+        for path in reversed(created):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+        raise ReportError(MSG_WRITE % (dest, exc.strerror or exc))

@@ -22,6 +22,8 @@ description:
   - Reads pcap (both byte orders, microsecond and nanosecond stamps) and pcapng; link types Ethernet (with
     802.1Q/802.1ad tags), Linux cooked SLL and SLL2, raw IP and BSD loopback; IPv4 and IPv6. The file is streamed,
     so memory stays bounded by the number of connections, not of packets.
+  - O(path) must be a regular file; a directory, FIFO, socket or device is refused before it is opened (a FIFO
+    would block the reader).
 author: tcplab.keepalive developers (@tcplab)
 extends_documentation_fragment:
   - tcplab.keepalive.attributes
@@ -54,13 +56,13 @@ options:
     type: dict
     suboptions:
       time:
-        description: Seconds of idle time (from the last segment received) before the first probe.
+        description: Seconds of idle time (from the last segment received) before the first probe, 1..32767.
         type: int
       intvl:
-        description: Seconds between unanswered probes, and between the last probe and the RST.
+        description: Seconds between unanswered probes, and between the last probe and the RST, 1..32767.
         type: int
       probes:
-        description: Unanswered probes before the prober gives up with a RST.
+        description: Unanswered probes before the prober gives up with a RST, 1..127.
         type: int
   tolerance:
     description:
@@ -69,11 +71,11 @@ options:
     type: dict
     suboptions:
       seconds:
-        description: Absolute part of the tolerance.
+        description: Absolute part of the tolerance, 0..32767 seconds.
         type: float
         default: 0.25
       percent:
-        description: Relative part of the tolerance, in percent of the expected value.
+        description: Relative part of the tolerance, in percent of the expected value, 0..100.
         type: float
         default: 10.0
   return_frames:
@@ -86,33 +88,46 @@ options:
       - Poll the file (a capture still being written) until the client's probes reach a count or its
         connection ends, for at most O(wait_for.timeout) seconds; the result says whether it was met.
         Used by the experiment role to follow the kernel's timeline without polling from the controller.
+      - The wait returns at once when the watched connection ends. RV(waited.end) says how (FIN or RST, from the
+        client or the server, when) and RV(waited.unexpected_end) whether the keepalive timeline does not explain it -
+        a FIN from either side, a RST from the server, or a RST from the client without unanswered probes before it
+        (a process stopped or aborted the connection).
+      - RV(waited.reason) and RV(msg) say in words what was seen, so that a task retried C(until) a condition
+        holds ends with that reason rather than a bare failure.
+      - Without O(connection) the analysis is focused on O(wait_for.port), so that a connection without probes
+        is listed too.
+      - A missing file, or one without a complete header yet, is read again until the timeout; any other error
+        fails at once.
     type: dict
     suboptions:
       port:
-        description: Local port of the prober (the keepalive client) to watch.
+        description: Local port of the prober (the keepalive client) to watch, 1..65535.
         type: int
         required: true
       answered:
-        description: Met when the prober has at least this many answered probes.
+        description: Met when the prober has at least this many answered probes (1..1000000).
         type: int
       unanswered:
-        description: Met when the prober's final run of unanswered probes is at least this long.
+        description: Met when the prober's final run of unanswered probes is at least this long (1..127).
         type: int
       rst:
-        description: Met when the connection has ended with a RST.
+        description:
+          - Met when the client has ended the connection with a RST. At least one of O(wait_for.answered),
+            O(wait_for.unanswered) and O(wait_for.rst) must be given.
         type: bool
         default: false
       timeout:
-        description: Seconds to wait before returning with RV(waited.met=false).
+        description: Seconds to wait before returning with RV(waited.met=false), 0..3600.
         type: float
         default: 5
       interval:
-        description: Seconds between two reads of the file.
+        description: Seconds between two reads of the file, 0.01..60.
         type: float
         default: 0.1
 notes:
-  - A truncated last record (a capture still being written) is not an error - the complete packets are analysed
-    and RV(truncated) is V(true).
+  - A truncated last record (a capture still being written) is not an error - the complete packets are analysed,
+    RV(truncated) is V(true) and RV(truncated_at) says where. A record that cannot be valid (longer than the
+    snapshot length, a pcapng block whose two lengths differ) is an error that names its number and byte offset.
   - IP fragments are counted and skipped (not reassembled); tunnels are not decapsulated.
   - On loopback a packet socket sees each segment twice. Files written by tcpdump hold one copy; when a Linux cooked
     capture holds both, the second copies are classified (as tshark does), counted in
@@ -150,6 +165,14 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+msg:
+  description: With O(wait_for), RV(waited.reason).
+  returned: when O(wait_for) is given
+  type: str
+  sample: >-
+    the connection 198.19.40.1:40002 -> 198.19.40.2:40001 ended with a FIN from the server (198.19.40.2:40001) at
+    +5.278 s (the server process stopped or closed the connection?) before unanswered keepalive probe 1 was seen
+    (2 answered and 0 unanswered probes by then)
 waited:
   description: With O(wait_for), how the wait went.
   returned: when O(wait_for) is given
@@ -159,8 +182,42 @@ waited:
       description: Whether the condition was met.
       type: bool
     ended:
-      description: Whether the watched connection ended (RST) - nothing more will come.
+      description: Whether the watched connection ended (a RST or a FIN) - nothing more will come.
       type: bool
+    end:
+      description: How the connection ended (its first RST or FIN), or null while it is open.
+      type: dict
+      contains:
+        by:
+          description: V(RST) or V(FIN).
+          type: str
+        from:
+          description: V(client) (the endpoint with O(wait_for.port)) or V(server).
+          type: str
+        endpoint:
+          description: The sender, address and port.
+          type: str
+        time:
+          description: Seconds since the first packet of the capture.
+          type: float
+        after_start:
+          description: Seconds since the first packet of the connection.
+          type: float
+        flags:
+          description: TCP flags of the segment.
+          type: str
+        after_probes:
+          description: With a RST, the unanswered probes its sender had sent right before it.
+          type: int
+    unexpected_end:
+      description:
+        - Whether the connection ended in a way the keepalive timeline does not explain - a FIN from either side, a
+          RST from the server, or a RST from the client without unanswered probes before it (or while only answered
+          probes were awaited). The caller should stop and report RV(waited.reason).
+      type: bool
+    reason:
+      description: What was seen, in words - met, still open, no connection yet, or how and when the connection ended.
+      type: str
     seconds:
       description: Seconds waited.
       type: float
@@ -191,6 +248,20 @@ truncated:
   returned: always
   type: bool
   sample: false
+truncated_at:
+  description: Where the cut-short last record starts, or null.
+  returned: always
+  type: dict
+  contains:
+    unit:
+      description: V(record) (pcap) or V(block) (pcapng).
+      type: str
+    number:
+      description: 1-based number of the record or block.
+      type: int
+    offset:
+      description: Its byte offset in the file.
+      type: int
 start:
   description: Time stamp (seconds since the epoch) of the first packet; every C(time) is relative to it.
   returned: always
@@ -394,8 +465,28 @@ connections:
         after_last_probe:
           description: Seconds since the sender's last probe.
           type: float
+    fin:
+      description: The first FIN of the connection, or null. Segments after the first RST answer no probe.
+      type: dict
+      contains:
+        from:
+          description: Sender.
+          type: str
+        to:
+          description: Receiver.
+          type: str
+        frame:
+          description: Frame number.
+          type: int
+        time:
+          description: Seconds since the first packet of the capture.
+          type: float
+        flags:
+          description: TCP flags, for example C(FIN|ACK).
+          type: str
     notes:
-      description: What else explains the traffic (data in flight, zero-window probes, reused ports).
+      description: What else explains the traffic (data in flight, zero-window probes, reused ports, a connection
+        closed by a FIN or reset by a program rather than ended by keepalive).
       type: list
       elements: str
     verdict:
@@ -442,7 +533,7 @@ keepalive_ack_frames:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_wait import wait_for
-from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import MSG_TRUNCATED, PcapError, analyse
+from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse, truncation_note
 
 
 def main():
@@ -485,7 +576,7 @@ def main():
     except PcapError as exc:
         module.fail_json(msg=str(exc))
     if result['truncated']:
-        module.warn(MSG_TRUNCATED % result['summary']['packets'])
+        module.warn(truncation_note(result['truncated_at'], result['summary']['packets']))
     module.exit_json(changed=False, **result)
 
 

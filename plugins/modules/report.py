@@ -15,7 +15,13 @@ description:
     timeline in the style of the walk-through's tcpdump output, and C(timeline.png), a picture of the
     packets over time by direction with the DROP and the RST marked.
   - The C(tcplab.keepalive.experiment) role runs it on the controller (delegated to C(localhost)); the pcaps it
-    names must be local files (fetch them first).
+    names must be local regular files (fetch them first) - a FIFO, a directory or a device is refused before it is
+    opened, a missing one is noted in the report.
+  - When the analysis in O(data) does not list the client's connection (the capture host lists only connections with
+    keepalive activity), the local pcaps are analysed for the client port, so that the report says what the capture
+    holds - for example a connection closed by a FIN from the server before any probe.
+  - The input is checked before anything is written, and the three files are written only when all of them could be
+    rendered; a failure leaves nothing of this run behind (no empty directory).
 author: tcplab.keepalive developers (@tcplab)
 extends_documentation_fragment:
   - tcplab.keepalive.attributes
@@ -28,15 +34,19 @@ attributes:
     platforms: posix
 options:
   dest:
-    description: Directory of the report (created if needed).
+    description: Directory of the report (created with its missing parents if needed); an existing path must be a
+      directory.
     type: path
     required: true
   data:
     description:
-      - What the experiment saw - keys C(run_id), C(settings), C(expected), C(governs), C(client_kind),
-        C(server_kind), C(hosts), C(client_port), C(idle_probes), C(tolerance), C(analysis) (the
-        C(tcplab.keepalive.capture) analysis), C(client) (the C(tcplab.keepalive.endpoint) outcome),
-        C(drop_at), C(pcaps), C(error), C(cleanup_errors), C(notes).
+      - What the experiment saw. Required keys - C(run_id) (a string), C(settings) and C(expected) (dicts with
+        C(time), C(intvl) and C(probes), integers >= 1), C(client_port) (1..65535).
+      - Optional keys - C(governs), C(client_kind), C(server_kind) (strings), C(hosts) (C(client), C(server),
+        C(loopback)), C(idle_probes) (integer >= 0), C(tolerance) (C(seconds) 0..32767, C(percent) 0..100),
+        C(analysis) (the C(tcplab.keepalive.capture) analysis), C(client) (the C(tcplab.keepalive.endpoint)
+        outcome), C(drop_at) (seconds since the epoch), C(pcaps) (local paths), C(error), C(cleanup_errors),
+        C(notes). Integers may be given as integer strings; any other key is refused.
     type: dict
     required: true
 requirements:
@@ -72,7 +82,10 @@ report:
       description: The sysctls the experiment set (C(time), C(intvl), C(probes)).
       type: dict
     observed:
-      description: C(answered_probes), C(unanswered_probes), C(first_probe_idle_s), C(probe_interval_s), C(rst).
+      description:
+        - C(connection_found), C(end) (how the connection ended - C(by) V(RST) or V(FIN), C(from) V(client) or
+          V(server), C(endpoint), C(after_start) seconds - or null while open), C(answered_probes),
+          C(unanswered_probes), C(first_probe_idle_s), C(probe_interval_s), C(rst).
       type: dict
     client:
       description: C(errno), C(exit_code), C(seconds).
@@ -106,8 +119,8 @@ def main():
     dest = module.params['dest']
     try:
         report, text = write_experiment(dest, module.params['data'])
-    except (ReportError, KeyError, ValueError, TypeError, OSError) as exc:
-        module.fail_json(msg='cannot write the report in %s: %s' % (dest, exc))
+    except ReportError as exc:
+        module.fail_json(msg=str(exc))
     files = [os.path.join(dest, name) for name in ('report.json', 'report.md', 'timeline.png')]
     module.exit_json(changed=True, dir=dest, report=report, markdown=text, files=files)
 

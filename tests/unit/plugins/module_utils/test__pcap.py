@@ -702,7 +702,7 @@ def test_missing_file(tmp_path):
 def test_directory(tmp_path):
     with pytest.raises(PcapError) as exc:
         analyse(str(tmp_path))
-    assert str(exc.value) == _pcap.MSG_NOT_FILE % tmp_path
+    assert str(exc.value) == _pcap.MSG_NOT_FILE % (tmp_path, 'a directory')
 
 
 @pytest.mark.parametrize('content, message', [
@@ -712,11 +712,11 @@ def test_directory(tmp_path):
     (struct.pack('<IHHiIII', 0xA1B2C3D4, 2, 4, 0, 0, 65535, 105), _pcap.MSG_LINKTYPE % ('{path}', 105, 'IEEE 802.11')),
     (struct.pack('<IHHiIII', 0xA1B2C3D4, 2, 4, 0, 0, 65535, 147), _pcap.MSG_LINKTYPE % ('{path}', 147, 'unknown')),
     (struct.pack('<IHHiIII', 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + struct.pack('<IIII', 1, 0, 1 << 30, 60),
-     _pcap.MSG_BAD_RECORD % ('{path}', 24, 1 << 30, 1 << 26)),
+     _pcap.MSG_BAD_RECORD % ('{path}', 1, 24, 1 << 30, _pcap.MSG_LIMIT_SNAPLEN % 65535)),
     (_block('<', 0x0A0D0D0A, struct.pack('<IHHq', 0x1A2B3C4D, 1, 0, -1))
      + _block('<', 1, struct.pack('<HHI', 127, 0, 0)), _pcap.MSG_LINKTYPE % ('{path}', 127, 'IEEE 802.11 radiotap')),
     (_block('<', 0x0A0D0D0A, struct.pack('<IHHq', 0x1A2B3C4D, 1, 0, -1)) + struct.pack('<II', 6, 13) + b'\x00' * 8,
-     _pcap.MSG_BAD_BLOCK % ('{path}', 28, 6, 13)),
+     _pcap.MSG_BAD_BLOCK % ('{path}', 2, 28, 6, 13)),
     (_block('<', 0x0A0D0D0A, struct.pack('<IHHq', 0x11111111, 1, 0, -1)), _pcap.MSG_BAD_BOM % ('{path}', 0)),
     (_block('<', 0x0A0D0D0A, struct.pack('<IHHq', 0x1A2B3C4D, 1, 0, -1))
      + _block('<', 6, struct.pack('<IIIII', 2, 0, 0, 0, 0)), _pcap.MSG_NO_IDB % ('{path}', 28, 2)),
@@ -739,8 +739,26 @@ def test_truncated_last_record(tmp_path, container):
     frames = 12 if container == 'pcap_le_us' else 13   # pcapng: the custom block is a frame too
     assert result['truncated'] is True
     assert result['summary']['packets'] == frames
-    assert result['summary']['notes'] == [_pcap.MSG_TRUNCATED % frames]
+    # the file ends inside the last packet: record 13 of the pcap, block 17 of the pcapng (section header, interface,
+    # name resolution, custom block, 13 packet blocks; the interface statistics block after them is cut off)
+    starts = unit_offsets(data, container)
+    where = {'unit': 'record', 'number': 13, 'offset': starts[12]} if container == 'pcap_le_us' \
+        else {'unit': 'block', 'number': 17, 'offset': starts[16]}
+    assert result['truncated_at'] == where
+    assert result['summary']['notes'] == [_pcap.MSG_TRUNCATED % (where['unit'], where['number'], where['offset'], frames)]
     assert result['keepalive_frames'] == facts['ka']
+
+
+def unit_offsets(data, container):
+    """Byte offsets of the records (pcap) or blocks (pcapng, little-endian) of a capture."""
+    pos, step, out = (24, 16, []) if container.startswith('pcap_') else (0, 0, [])
+    while pos + 8 <= len(data):
+        out.append(pos)
+        if container.startswith('pcap_'):
+            pos += step + struct.unpack_from('<I', data, pos + 8)[0]
+        else:
+            pos += struct.unpack_from('<I', data, pos + 4)[0]
+    return out
 
 
 def test_empty_capture(tmp_path):
@@ -752,12 +770,20 @@ def test_empty_capture(tmp_path):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    ({'expect': {'time': 0}}, _pcap.MSG_EXPECT % ('time', 0)),
-    ({'expect': {'intvl': '3'}}, _pcap.MSG_EXPECT % ('intvl', '3')),
-    ({'expect': {'probes': True}}, _pcap.MSG_EXPECT % ('probes', True)),
+    ({'expect': {'time': 0}}, _pcap.MSG_EXPECT % ('time', 32767, 'seconds of idle time', 0)),
+    ({'expect': {'time': -5}}, _pcap.MSG_EXPECT % ('time', 32767, 'seconds of idle time', -5)),
+    ({'expect': {'time': 40000}}, _pcap.MSG_EXPECT % ('time', 32767, 'seconds of idle time', 40000)),
+    ({'expect': {'intvl': '3'}}, _pcap.MSG_EXPECT % ('intvl', 32767, 'seconds between probes', '3')),
+    ({'expect': {'intvl': -1}}, _pcap.MSG_EXPECT % ('intvl', 32767, 'seconds between probes', -1)),
+    ({'expect': {'probes': True}}, _pcap.MSG_EXPECT % ('probes', 127, 'unanswered probes before the RST', True)),
+    ({'expect': {'probes': 128}}, _pcap.MSG_EXPECT % ('probes', 127, 'unanswered probes before the RST', 128)),
     ({'expect': {'idle': 3}}, _pcap.MSG_EXPECT_KEYS % 'idle'),
-    ({'tolerance': {'seconds': -1}}, _pcap.MSG_TOLERANCE % ('seconds', -1)),
-    ({'tolerance': {'percent': 'x'}}, _pcap.MSG_TOLERANCE % ('percent', 'x')),
+    ({'tolerance': {'seconds': -1}}, _pcap.MSG_TOLERANCE % ('seconds', 32767, 'seconds', -1)),
+    ({'tolerance': {'seconds': float('nan')}}, _pcap.MSG_TOLERANCE % ('seconds', 32767, 'seconds', float('nan'))),
+    ({'tolerance': {'seconds': float('inf')}}, _pcap.MSG_TOLERANCE % ('seconds', 32767, 'seconds', float('inf'))),
+    ({'tolerance': {'percent': -0.5}}, _pcap.MSG_TOLERANCE % ('percent', 100, 'percent of the expected value', -0.5)),
+    ({'tolerance': {'percent': 250}}, _pcap.MSG_TOLERANCE % ('percent', 100, 'percent of the expected value', 250)),
+    ({'tolerance': {'percent': 'x'}}, _pcap.MSG_TOLERANCE % ('percent', 100, 'percent of the expected value', 'x')),
     ({'tolerance': {'ms': 1}}, _pcap.MSG_TOLERANCE_KEYS % 'ms'),
     ({'connection': {'address': 'localhost'}},
      _pcap.MSG_CONNECTION % ('address', "must be an IPv4 or IPv6 address, got 'localhost'")),

@@ -1,12 +1,26 @@
 # Unit tests of the experiment verdict and report rendering, over an analysis
-# shaped like tcplab.keepalive.capture's (pure functions, no kernel needed).
+# shaped like tcplab.keepalive.capture's (pure functions, no kernel needed);
+# the input checks (nothing written on bad input), pcaps that are FIFOs, and
+# a report over a generated capture whose server closed the connection.
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+from pathlib import Path
 
 import pytest
 
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _pcap, _pcap_wait, _report
 from ansible_collections.tcplab.keepalive.plugins.module_utils._report import judge, observe, timeline, write_experiment
+
+_spec = importlib.util.spec_from_file_location('tcplab_test__pcap_r', str(Path(__file__).with_name('test__pcap.py')))
+gen = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gen)
+_spec = importlib.util.spec_from_file_location('tcplab_test__pcap_hy', str(Path(__file__).with_name('test__pcap_hygiene.py')))
+_hygiene = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_hygiene)
+bounded = _hygiene.bounded
 
 EXPECT = {'time': 2, 'intvl': 1, 'probes': 3}
 TOL = {'seconds': 0.25, 'percent': 10}
@@ -20,7 +34,9 @@ def analysis(unanswered_times=(5.0, 6.01, 7.02), rst_time=8.03, rst_from='127.0.
         'connections': [{
             'endpoints': ['127.0.0.1:22345', '127.0.0.1:12345'],
             'start': 0.0,
-            'rst': {'from': rst_from, 'time': rst_time, 'flags': 'RST|ACK',
+            'name': '127.0.0.1:22345 -> 127.0.0.1:12345',
+            'rst': {'from': rst_from, 'time': rst_time, 'flags': 'RST|ACK', 'frame': 20,
+                    'after_probes': len(unanswered_times) if rst_from.endswith(':22345') else 0,
                     'after_last_probe': round(rst_time - unanswered_times[-1], 3) if unanswered_times else None},
             'probers': [{'endpoint': '127.0.0.1:22345', 'probes': probes, 'answered': answered,
                          'final_unanswered': len(unanswered_times), 'idle_before_first_probe': 2.0,
@@ -85,3 +101,143 @@ def test_write_experiment(tmp_path):
     assert set(saved['observed']) >= {'answered_probes', 'unanswered_probes', 'first_probe_idle_s', 'probe_interval_s', 'rst'}
     assert '**Verdict: PASS**' in text and 'keepalive probe 3/3  unanswered' in text
     assert (tmp_path / 'timeline.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+# ---------------------------------------------------------------- input checked before anything is written (item 17)
+
+OMIT = object()   # a key left out of good_data()
+
+
+def good_data(**changes):
+    data = {'run_id': 'r1', 'settings': dict(EXPECT), 'expected': dict(EXPECT), 'governs': 'the sysctls',
+            'client_kind': 'python', 'server_kind': 'python',
+            'hosts': {'client': 'demo', 'server': 'demo', 'loopback': True}, 'client_port': 22345, 'idle_probes': 2,
+            'tolerance': TOL, 'analysis': analysis(), 'client': CLIENT_OK, 'drop_at': 1004.5, 'pcaps': []}
+    data.update(changes)
+    return {k: v for k, v in data.items() if v is not OMIT}
+
+
+@pytest.mark.parametrize('key', ['run_id', 'settings', 'expected', 'client_port'])
+def test_a_missing_key_is_named_and_nothing_is_created(tmp_path, key):
+    dest = tmp_path / 'reports' / 'r1'
+    with pytest.raises(_report.ReportError) as exc:
+        write_experiment(str(dest), good_data(**{key: OMIT}))
+    assert str(exc.value) == _report.MSG_MISSING_KEY % (key, _report.REQUIRED[key])
+    assert not (tmp_path / 'reports').exists()
+
+
+@pytest.mark.parametrize('changes, message', [
+    ({'run_id': ['r1']}, _report.MSG_BAD_VALUE % ('run_id', 'a string (or a number)', ['r1'])),
+    ({'client_port': 'abc'}, _report.MSG_BAD_VALUE % ('client_port', 'an integer 1..65535', 'abc')),
+    ({'client_port': 0}, _report.MSG_BAD_VALUE % ('client_port', 'an integer 1..65535', 0)),
+    ({'client_port': True}, _report.MSG_BAD_VALUE % ('client_port', 'an integer 1..65535', True)),
+    ({'settings': {'time': 2, 'intvl': 1}}, _report.MSG_BAD_VALUE % ('settings', _report.TRIPLE, {'time': 2, 'intvl': 1})),
+    ({'expected': {'time': 0, 'intvl': 1, 'probes': 3}},
+     _report.MSG_BAD_VALUE % ('expected', _report.TRIPLE, {'time': 0, 'intvl': 1, 'probes': 3})),
+    ({'idle_probes': -1}, _report.MSG_BAD_VALUE % ('idle_probes', 'an integer >= 0', -1)),
+    ({'tolerance': {'percent': 500}}, _report.MSG_BAD_VALUE % (
+        'tolerance', 'a dict with seconds (0..32767) and percent (0..100)', {'percent': 500})),
+    ({'drop_at': 'soon'}, _report.MSG_BAD_VALUE % ('drop_at', 'a time stamp (seconds since the epoch) or null', 'soon')),
+    ({'pcaps': 'a.pcap'}, _report.MSG_BAD_VALUE % ('pcaps', 'a list', 'a.pcap')),
+    ({'analysis': 'none'}, _report.MSG_BAD_VALUE % ('analysis', 'a dict', 'none')),
+    ({'client_prot': 1}, _report.MSG_UNKNOWN_KEYS % (', '.join(list(_report.REQUIRED) + list(_report.OPTIONAL)),
+                                                     'client_prot')),
+], ids=['run_id-list', 'port-word', 'port-0', 'port-bool', 'settings-incomplete', 'expected-0', 'idle-negative', 'tolerance',
+        'drop_at', 'pcaps', 'analysis', 'unknown-key'])
+def test_bad_values_are_named(tmp_path, changes, message):
+    dest = tmp_path / 'r1'
+    with pytest.raises(_report.ReportError) as exc:
+        write_experiment(str(dest), good_data(**changes))
+    assert str(exc.value) == message
+    assert not dest.exists()
+
+
+def test_integer_strings_are_accepted(tmp_path):
+    report, _text = write_experiment(str(tmp_path / 'r1'), good_data(
+        client_port='22345', idle_probes='2', settings={'time': '2', 'intvl': '1', 'probes': '3'}, drop_at='1004.5'))
+    assert report['verdict'] == 'pass' and report['settings'] == EXPECT
+
+
+def test_dest_that_is_a_file(tmp_path):
+    afile = tmp_path / 'notes.txt'
+    afile.write_text('mine')
+    with pytest.raises(_report.ReportError) as exc:
+        write_experiment(str(afile), good_data())
+    assert str(exc.value) == _report.MSG_DEST_NOT_DIR % afile
+    with pytest.raises(_report.ReportError) as exc:
+        write_experiment(str(afile / 'r1'), good_data())
+    assert str(exc.value) == _report.MSG_DEST_PARENT % (afile / 'r1', afile)
+    assert afile.read_text() == 'mine' and sorted(p.name for p in tmp_path.iterdir()) == ['notes.txt']
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    real = _report.atomic_write
+    calls = []
+
+    def second_fails(path, content, mode):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, 'No space left on device')
+        real(path, content, mode)
+    monkeypatch.setattr(_report, 'atomic_write', second_fails)
+    with pytest.raises(_report.ReportError) as exc:
+        write_experiment(str(tmp_path / 'reports' / 'r1'), good_data())
+    assert str(exc.value) == _report.MSG_WRITE % (tmp_path / 'reports' / 'r1', 'No space left on device')
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- pcaps that are not regular files (item 9)
+
+def test_a_fifo_among_the_pcaps_is_refused_at_once(tmp_path):
+    fifo = tmp_path / 'capture.pcap'
+    os.mkfifo(str(fifo))
+    dest = tmp_path / 'r1'
+    status, value = bounded(write_experiment, str(dest), good_data(pcaps=[str(fifo)]))
+    assert (status, value) == ('error', 'ReportError: ' + _report.MSG_PCAP % (
+        _pcap.MSG_NOT_FILE % (fifo, 'a FIFO (named pipe)')))
+    assert not dest.exists()
+
+
+def test_a_missing_pcap_is_noted(tmp_path):
+    missing = str(tmp_path / 'gone.pcap')
+    report, _text = write_experiment(str(tmp_path / 'r1'), good_data(pcaps=[missing]))
+    assert _report.MSG_PCAP_MISSING % missing in report['notes']
+
+
+# ---------------------------------------------------------------- what the capture holds when a process died (item 10)
+
+def fin_before_any_probe(tmp_path):
+    """The server's program exits 1 s after the handshake: FIN from the server, then from the client."""
+    pkts = []
+    c = gen.Conv(pkts, client=(gen.C4, 22345), server=(gen.S4, 12345))
+    c.handshake(0.0)
+    c.seg(1.0, 's', 'FA')
+    c.seg(1.001, 'c', 'FA')
+    c.seg(1.002, 's', 'A')
+    return gen.write_capture(tmp_path / 'h1.pcap', pkts)
+
+
+def test_the_report_says_how_the_connection_ended(tmp_path):
+    """Before: 'the capture holds no connection from the client port' (the capture host's analysis lists only
+    connections with keepalive activity) although the pcap holds the handshake and the FINs."""
+    pcap = fin_before_any_probe(tmp_path)
+    closed = {'state': 'closed', 'errno': None, 'error': 'the server closed the connection'}
+    report, text = write_experiment(str(tmp_path / 'r1'), good_data(
+        analysis=_pcap.analyse(pcap, expect=EXPECT), client=closed, pcaps=[pcap]))
+    name = '198.18.0.1:22345 -> 198.18.0.2:12345'
+    assert report['reasons'][0] == _report.MSG_ENDED % (name, 'FIN', 'server', '198.18.0.2:12345', 1.0,
+                                                        _pcap_wait.HINTS[('FIN', 'server')], 0, 0)
+    assert not any('holds no connection' in reason for reason in report['reasons'])
+    assert report['observed']['connection_found'] is True
+    assert report['observed']['end'] == {'by': 'FIN', 'from': 'server', 'endpoint': '198.18.0.2:12345', 'time': 1.0,
+                                         'after_start': 1.0, 'flags': 'FIN|ACK', 'connection': name}
+    assert _report.MSG_LOCAL_ANALYSIS % (22345, 'h1.pcap') in report['notes']
+    assert '- connection: found, ended by a FIN from the server (198.18.0.2:12345) at +1.000 s' in text
+    assert '   +1.000 s  server > client  FIN|ACK: the server closed the connection' in text
+
+
+def test_no_analysis_is_not_called_an_empty_capture():
+    observed = observe({}, 22345)
+    verdict, reasons = judge(EXPECT, EXPECT, observed, {}, 1, TOL)
+    assert _report.MSG_NO_ANALYSIS in reasons
+    assert not any('holds no connection' in reason for reason in reasons)
