@@ -41,6 +41,7 @@ HINTS = {
     ('RST', 'server'): '(the server process was killed or aborted the connection, or its host lost the socket?)',
     ('RST', 'client'): '(the client process aborted the connection or was killed with unread data?)',
 }
+MSG_CAPTURE_GONE = 'the capture ended before the wait was over: %s; %s'
 HINT_GAVE_UP = '(after %d unanswered probe%s: keepalive or a TCP_USER_TIMEOUT gave up)'
 COUNT_MAX = {'answered': 1000000, 'unanswered': 127}
 SECONDS_RANGE = {'timeout': (0, 3600), 'interval': (0.01, 60)}
@@ -178,8 +179,23 @@ def judge_wait(result, cond, seconds):
     return waited
 
 
-def wait_for(path, cond, clock=time.monotonic, sleep=time.sleep, **kwargs):
+def capture_gone(waited, alive):
+    """Mark waited as ended when the capture writing the file no longer runs (alive(): capture liveness or None)."""
+    state = alive() if alive is not None else None
+    if state is None or state.get('running'):
+        return waited
+    died = state.get('died') or {}
+    why = died.get('msg') or 'the capture writing it stopped (%s)' % ((state.get('finished') or {}).get('reason') or 'stopped')
+    waited.update(ended=True, unexpected_end=True, capture=why,
+                  reason=MSG_CAPTURE_GONE % (why, waited['reason']))
+    return waited
+
+
+def wait_for(path, cond, clock=time.monotonic, sleep=time.sleep, alive=None, **kwargs):
     """analyse() repeatedly until cond is met, the connection ended, or cond['timeout'] passed.
+
+    alive, when given, tells whether the capture that writes the file still runs (capture's liveness()); a
+    capture that died ends the wait at once, since nothing more will come.
 
     Without a connection filter the analysis is focused on the client's port (a connection without probes is
     listed then, and its end seen). A file that does not exist yet or has no complete header yet is read again;
@@ -197,6 +213,8 @@ def wait_for(path, cond, clock=time.monotonic, sleep=time.sleep, **kwargs):
             sleep(cond['interval'])
             continue
         waited = judge_wait(result, cond, clock() - start)
+        if not (waited['met'] or waited['ended']):
+            waited = capture_gone(waited, alive)
         if waited['met'] or waited['ended'] or clock() - start >= cond['timeout']:
             result['waited'] = waited
             result['msg'] = waited['reason']

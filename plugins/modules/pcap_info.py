@@ -83,6 +83,13 @@ options:
       - Also return the 1-based frame numbers of every Keep-Alive and Keep-Alive ACK (as tshark numbers them).
     type: bool
     default: false
+  capture_state_dir:
+    description:
+      - With O(wait_for), where M(tcplab.keepalive.capture) keeps its state records. When a capture of that
+        module writes O(path) and its sniffer has stopped or died, the wait ends at once and says how, since
+        nothing more will come.
+    type: path
+    default: /var/lib/tcplab-keepalive/capture
   wait_for:
     description:
       - Poll the file (a capture still being written) until the client's probes reach a count or its
@@ -213,8 +220,15 @@ waited:
       description:
         - Whether the connection ended in a way the keepalive timeline does not explain - a FIN from either side, a
           RST from the server, or a RST from the client without unanswered probes before it (or while only answered
-          probes were awaited). The caller should stop and report RV(waited.reason).
+          probes were awaited), or the capture writing the file stopped or died (RV(waited.capture)). The caller
+          should stop and report RV(waited.reason).
       type: bool
+    capture:
+      description:
+        - When the capture writing the file (a M(tcplab.keepalive.capture) of O(capture_state_dir)) no longer runs,
+          how it ended, e.g. C(the capture's sniffer (pid 4242) died: killed by SIGKILL).
+      type: str
+      returned: when the capture ended during the wait
     reason:
       description: What was seen, in words - met, still open, no connection yet, or how and when the connection ended.
       type: str
@@ -532,8 +546,19 @@ keepalive_ack_frames:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import DEFAULT_STATE_DIR, liveness
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_wait import wait_for
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse, truncation_note
+
+
+def capture_alive(path, state_dir):
+    """A callable telling whether the capture that writes path still runs (None: no capture of ours writes it)."""
+    def alive():
+        try:
+            return liveness(path, state_dir)
+        except (OSError, ValueError):
+            return None
+    return alive
 
 
 def main():
@@ -554,6 +579,7 @@ def main():
                 percent=dict(type='float', default=10.0),
             )),
             return_frames=dict(type='bool', default=False),
+            capture_state_dir=dict(type='path', default=DEFAULT_STATE_DIR),
             wait_for=dict(type='dict', options=dict(
                 port=dict(type='int', required=True),
                 answered=dict(type='int'),
@@ -569,7 +595,8 @@ def main():
     try:
         if p['wait_for']:
             result = wait_for(p['path'], p['wait_for'], expect=p['expect'], connection=p['connection'],
-                              tolerance=p['tolerance'], return_frames=p['return_frames'])
+                              tolerance=p['tolerance'], return_frames=p['return_frames'],
+                              alive=capture_alive(p['path'], p['capture_state_dir']))
         else:
             result = analyse(p['path'], expect=p['expect'], connection=p['connection'], tolerance=p['tolerance'],
                              return_frames=p['return_frames'])

@@ -52,7 +52,7 @@ start a2.log -e experiment_client=c2 -e experiment_server=s2 "$@"; A2=$LAST
 rc1=0; wait "$A1" || rc1=$?
 rc2=0; wait "$A2" || rc2=$?
 cat "$LOGS/a1.log" "$LOGS/a2.log"
-[ "$rc1" = 0 ] && [ "$rc2" = 0 ] || { echo "A: two experiments on two pairs broke each other (rc $rc1, $rc2)"; exit 1; }
+if [ "$rc1" != 0 ] || [ "$rc2" != 0 ]; then echo "A: two experiments on two pairs broke each other (rc $rc1, $rc2)"; exit 1; fi
 [ "$(find "$REPORTS" -name report.json | wc -l)" = 2 ] || { echo "A: two runs must write two reports"; exit 1; }
 for report in "$REPORTS"/*/report.json; do
   python -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(r["verdict"] != "pass")' "$report"
@@ -82,6 +82,6 @@ start b4.log -e experiment_client=solo -e experiment_port=12346 -e experiment_cl
 rc3=0; wait "$B3" || rc3=$?
 rc4=0; wait "$B4" || rc4=$?
 cat "$LOGS/b3.log" "$LOGS/b4.log"
-[ "$rc3" = 0 ] && [ "$rc4" = 0 ] || { echo "B2: two waiting runs on one host (rc $rc3, $rc4)"; exit 1; }
+if [ "$rc3" != 0 ] || [ "$rc4" != 0 ]; then echo "B2: two waiting runs on one host (rc $rc3, $rc4)"; exit 1; fi
 cat "$LOGS/b3.log" "$LOGS/b4.log" | grep -q 'RETRYING: .*Take the lease' || { echo "B2: no progress line while waiting"; exit 1; }
 [ "$(all_state)" = "$BEFORE" ] || { echo "B2: the hosts are not as before"; exit 1; }

@@ -22,11 +22,13 @@ trap cleanup EXIT
 ansible-playbook tcplab.keepalive.lab -e "$LAB_VARS" "$@"
 
 # What "as before" means: the namespace's sysctls and rules, no experiment process.
+ns_cmdlines() { local pid; for pid in $(ip netns pids "$NS"); do tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null; echo; done; }
 host_state() {
   ip netns exec "$NS" cat /proc/sys/net/ipv4/tcp_keepalive_time /proc/sys/net/ipv4/tcp_keepalive_intvl /proc/sys/net/ipv4/tcp_keepalive_probes
   ip netns exec "$NS" iptables -w 10 -S
   ip netns exec "$NS" ip6tables -w 10 -S
-  pgrep -af 'tcplab-keepalive-(endpoint|capture|drop-rule-timer)' | cut -d' ' -f2- || true
+  # the processes of this lab host only: other runs on this machine are not ours to judge
+  ns_cmdlines | sort
 }
 BEFORE=$(host_state)
 
@@ -54,7 +56,8 @@ kill_play() {
 
 sysctl_changed() { [ "$(ip netns exec "$NS" cat /proc/sys/net/ipv4/tcp_keepalive_time)" = 2 ]; }
 rule_in() { ip netns exec "$NS" iptables -w 10 -S | grep -q tcplab-keepalive; }
-client_running() { pgrep -f 'tcplab-keepalive-endpoint:exp-.*-client' >/dev/null; }
+in_ns() { ns_cmdlines | grep -q "$1"; }
+client_running() { in_ns 'tcplab-keepalive-endpoint:exp-.*-client'; }
 
 for point in sysctl client drop waiting; do
   experiment "$@"
@@ -84,3 +87,31 @@ fi
 grep -q 'The experiment failed at "Start the capture"' "$REPORTS/failed.log"
 [ "$(host_state)" = "$BEFORE" ] || { echo "a failing step left the host changed"; exit 1; }
 rm -f /var/tmp/tcplab-keepalive/captures/exp-faultyrun-faulty.pcap
+
+# A process dies mid-run: the server is killed while the client waits for
+# its answered probes. The play stops at once (not after the retry budget)
+# and says which process died and how; the host ends as before.
+server_running() { in_ns 'tcplab-keepalive-endpoint:exp-.*-server'; }
+START=$(date +%s)
+setsid ansible-playbook -i "$INV" tcplab.keepalive.experiment \
+  -e '{"experiment_keepalive": {"time": 3, "intvl": 1, "probes": 3}, "experiment_idle_probes": 3}' \
+  -e "experiment_client=faulty experiment_report_dir=$REPORTS" "$@" > "$REPORTS/died.log" 2>&1 &
+PLAY_PID=$!
+wait_for "the server" server_running
+wait_for "the client" client_running
+sleep 1
+for pid in $(ip netns pids "$NS"); do
+  if tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q 'tcplab-keepalive-endpoint:exp-.*-server'; then kill -KILL "$pid"; fi
+done
+rc=0; wait "$PLAY_PID" || rc=$?
+PLAY_PID=
+ELAPSED=$(( $(date +%s) - START ))
+cat "$REPORTS/died.log"
+[ "$rc" != 0 ] || { echo "the experiment should have failed when its server died"; exit 1; }
+grep -q 'The experiment failed at "Stop when a process or the capture ended the run early"' "$REPORTS/died.log"
+grep -q 'from the server' "$REPORTS/died.log"
+grep -q 'the server (pid [0-9]*, python) .*SIGKILL' "$REPORTS/died.log"
+if grep -q 'Unknown error' "$REPORTS/died.log"; then echo "the failure must say why"; exit 1; fi
+# the kernel timeline alone is 3 answered probes x 3 s + 3 x 1 s + margin: the play must not wait it out
+[ "$ELAPSED" -lt 30 ] || { echo "the play took $ELAPSED s to notice the dead server"; exit 1; }
+[ "$(host_state)" = "$BEFORE" ] || { echo "a dead server left the host changed"; exit 1; }
