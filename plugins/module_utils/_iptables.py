@@ -576,7 +576,7 @@ class Timers:
         has them, pins the process between the check and the signal so a reused pid is never hit."""
         pidfd = None
         try:
-            pidfd = os.pidfd_open(pid) if hasattr(os, 'pidfd_open') else None
+            pidfd = os.pidfd_open(pid) if hasattr(os, 'pidfd_open') else None  # novm: Python >= 3.9 only, hasattr-guarded
         except OSError as exc:
             if exc.errno == errno.ESRCH:
                 return False
@@ -584,7 +584,7 @@ class Timers:
             if not self.alive(info):
                 return False
             if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, signum)
+                signal.pidfd_send_signal(pidfd, signum)  # novm: a pidfd exists only where os.pidfd_open (3.9) did
             else:
                 os.kill(pid, signum)
         except OSError as exc:

@@ -226,7 +226,7 @@ waited:
     capture:
       description:
         - When the capture writing the file (a M(tcplab.keepalive.capture) of O(capture_state_dir)) no longer runs,
-          how it ended, e.g. C(the capture's sniffer (pid 4242) died: killed by SIGKILL).
+          how it ended, in words (which process, and the signal or exit code that ended it).
       type: str
       returned: when the capture ended during the wait
     reason:
