@@ -21,6 +21,7 @@ TCPLAB_APT_PACKAGES=(
   iproute2 iptables tcpdump tshark openssh-server openssh-client util-linux procps
   netcat-openbsd curl bc sudo python3 python3-venv python3-pip git ca-certificates
   chromium fonts-dejavu-core shellcheck
+  mmdebstrap qemu-system-x86 qemu-utils apt-cacher-ng e2fsprogs
 )
 
 tcplab_apt() {
@@ -33,6 +34,11 @@ tcplab_apt() {
   echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The lab runs its own apt-cacher-ng on the lab bridge for its VMs; the
+  # package's system service (a proxy on every address) is not wanted.
+  if command -v systemctl >/dev/null && systemctl is-enabled apt-cacher-ng >/dev/null 2>&1; then
+    systemctl disable --now apt-cacher-ng >/dev/null 2>&1 || true
+  fi
 }
 
 tcplab_venv() {

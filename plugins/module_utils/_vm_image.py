@@ -1,0 +1,638 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Base images of lab VMs, built from Debian's archive.
+
+This file is private to the collection: its names may change at any time
+and must not be used from outside tcplab.keepalive.
+
+An image is what a minimal Debian cloud image holds (python3, openssh-server,
+sudo, iproute2, the release's own kernel and what boot needs; no scapy,
+tcpdump, iptables or nftables), made with mmdebstrap from the Debian archive
+that this machine's apt sources use, then turned into an ext4 disk without
+loop mounts (``mkfs.ext4 -d``). The kernel and initrd lie beside the disk so
+that QEMU boots them directly.
+
+Nothing in an image is specific to one VM: a login user ``tcplab`` with
+passwordless sudo but no key, and a first-boot unit (``tcplab-seed``) that
+reads the VM's own settings from QEMU's fw_cfg at every boot (see _vm.py for
+the seed). Images are cached by release and by a hash of everything that
+shaped them; a build happens in a temporary directory that is renamed into
+place when complete. VMs never write the base image: each runs on its own
+qcow2 overlay.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import shutil
+import time
+
+from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import starttime
+
+RELEASES = ('bullseye', 'bookworm', 'trixie')
+DEFAULT_RELEASE = 'bookworm'
+DEFAULT_CACHE_DIR = '/var/cache/tcplab-keepalive/images'
+# Bump when the build logic changes in a way the hashed inputs below do not show.
+BUILDER_VERSION = '1'
+IMAGE_SIZE = '4G'
+MIN_FREE_BYTES = 3 * 1024 ** 3
+LOGIN_USER = 'tcplab'
+SEED_FW_CFG = 'opt/tcplab/seed'
+
+# What a minimal cloud image holds; iptables, nftables, tcpdump and scapy are left out on purpose.
+PACKAGES = (
+    'systemd-sysv', 'udev', 'dbus', 'libpam-systemd', 'kmod', 'e2fsprogs', 'initramfs-tools',
+    'linux-image-amd64', 'ifupdown', 'iproute2', 'openssh-server', 'sudo', 'python3',
+)
+ABSENT_PACKAGES = ('python3-scapy', 'tcpdump', 'iptables', 'nftables')
+DPKG_EXCLUDES = (
+    'path-exclude=/usr/share/man/*',
+    'path-exclude=/usr/share/locale/*',
+    'path-exclude=/usr/share/doc/*',
+    'path-include=/usr/share/doc/*/copyright',
+)
+# Timers that would run apt or disk jobs in the background of an experiment.
+MASKED_UNITS = ('apt-daily.timer', 'apt-daily-upgrade.timer', 'e2scrub_all.timer', 'e2scrub_reap.service',
+                'fstrim.timer')
+DEBIAN_SUITES = RELEASES + ('buster', 'forky', 'sid', 'oldoldstable', 'oldstable', 'stable', 'testing', 'unstable')
+SOURCES_LIST = '/etc/apt/sources.list'
+SOURCES_DIR = '/etc/apt/sources.list.d'
+
+TOOLS = {
+    'mmdebstrap': 'mmdebstrap',
+    'mkfs.ext4': 'e2fsprogs',
+    'qemu-img': 'qemu-utils',
+    'chroot': 'coreutils',
+}
+
+MSG_RELEASE = 'release %r is not supported: use one of bullseye, bookworm, trixie'
+MSG_TOOL = '%s is needed to build lab VM images and was not found: install it (Debian/Ubuntu: apt-get install %s)'
+MSG_DISK = ('not enough free space in %s to build a lab VM image: %d MiB free, %d MiB needed; '
+            'free some space or set the image cache directory to a larger file system')
+MSG_NO_MIRROR = ('no Debian archive found in the apt sources (%s): give the mirror explicitly '
+                 '(the URI of a Debian archive, as used in a deb line)')
+MSG_MIRROR = 'mirror %r is not an http(s) URI: give the URI of a Debian archive, as used in a deb line'
+MSG_CACHE_DIR = 'image cache directory must be an absolute path without spaces that is not "/", got %r'
+MSG_KERNEL = 'the image of %s holds %d kernels in /boot (%s), expected exactly one: rebuild with rebuild: true'
+MSG_FORBIDDEN = ('the image of %s holds %s, which a minimal image must not hold: '
+                 'remove it from the package list and rebuild')
+MSG_MOUNTED = ('%s still has file systems mounted under it (%s), left by an interrupted mmdebstrap: '
+               'unmount them (umount -R), then remove the directory')
+MSG_NOT_ROOT = 'building lab VM images needs root (running as uid %d): use become: true or run as root'
+
+
+class VmImageError(Exception):
+    """A lab VM image cannot be built or used; the message names the fix."""
+
+
+# -- files baked into every image -------------------------------------------
+
+SEED_SCRIPT = r'''#!/bin/sh
+# tcplab-seed: apply this VM's own settings (hostname, address, keys, apt proxy)
+# from the seed that QEMU hands over through fw_cfg (opt/tcplab/seed). Runs at
+# every boot before the network and sshd, so that one base image serves every
+# VM. Written by tcplab.keepalive; the seed format is documented in _vm.py.
+set -eu
+SEED=/sys/firmware/qemu_fw_cfg/by_name/opt/tcplab/seed/raw
+say() { echo "tcplab-seed: $*"; }
+fail() { say "$*"; exit 1; }
+
+[ -r "$SEED" ] || modprobe qemu_fw_cfg 2>/dev/null || true
+if [ ! -r "$SEED" ]; then
+    say "no seed at $SEED (QEMU option -fw_cfg name=opt/tcplab/seed,file=...): image defaults kept"
+    [ -e /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -A
+    exit 0
+fi
+version='' hostname='' address='' gateway='' mac='' apt_proxy='' host_key='' host_key_pub='' keys=''
+while IFS= read -r line || [ -n "$line" ]; do
+    value=${line#*=}
+    case "$line" in
+        version=*) version=$value ;;
+        hostname=*) hostname=$value ;;
+        address=*) address=$value ;;
+        gateway=*) gateway=$value ;;
+        mac=*) mac=$value ;;
+        apt_proxy=*) apt_proxy=$value ;;
+        host_key_ed25519=*) host_key=$value ;;
+        host_key_ed25519_pub=*) host_key_pub=$value ;;
+        authorized_key=*) keys="$keys$value
+" ;;
+    esac
+done < "$SEED"
+[ "$version" = 1 ] || fail "seed version '$version' is not 1: boot with an image of this collection"
+case "$hostname" in ''|-*|*[!A-Za-z0-9-]*) fail "bad hostname '$hostname'";; esac
+case "$address" in ''|*[!0-9./]*) fail "bad address '$address'";; esac
+case "$gateway" in *[!0-9.]*) fail "bad gateway '$gateway'";; esac
+case "$mac" in *[!0-9a-f:]*) fail "bad mac '$mac'";; esac
+case "$apt_proxy" in *[!A-Za-z0-9:/.-]*) fail "bad apt_proxy '$apt_proxy'";; esac
+umask 022
+
+echo "$hostname" > /etc/hostname
+hostname "$hostname"
+sed -i '/^127\.0\.1\.1[[:space:]]/d' /etc/hosts
+printf '127.0.1.1\t%s\n' "$hostname" >> /etc/hosts
+
+# net.ifnames=0 makes the one NIC eth0; ifupdown configures it when udev reports it (ifup@eth0,
+# ordered after network-pre.target and so after this unit)
+iface=eth0
+for dev in /sys/class/net/*; do
+    if [ -n "$mac" ] && [ "$(cat "$dev/address" 2>/dev/null)" = "$mac" ]; then iface=${dev##*/}; fi
+done
+{
+    echo "# Written at every boot by tcplab-seed from this VM's seed: edits are lost."
+    echo "allow-hotplug $iface"
+    echo "iface $iface inet static"
+    echo "    address $address"
+    if [ -n "$gateway" ]; then echo "    gateway $gateway"; fi
+} > /etc/network/interfaces.d/tcplab
+
+if [ -n "$apt_proxy" ]; then
+    printf 'Acquire::http::Proxy "%s";\n' "$apt_proxy" > /etc/apt/apt.conf.d/01tcplab-proxy
+else
+    rm -f /etc/apt/apt.conf.d/01tcplab-proxy
+fi
+
+install -d -m 0700 -o tcplab -g tcplab /home/tcplab/.ssh
+(umask 077 && printf '%s' "$keys" > /home/tcplab/.ssh/authorized_keys)
+chown tcplab:tcplab /home/tcplab/.ssh/authorized_keys
+if [ -n "$host_key" ]; then
+    (umask 077 && printf '%s\n' "$host_key" | base64 -d > /etc/ssh/ssh_host_ed25519_key)
+    printf '%s\n' "$host_key_pub" > /etc/ssh/ssh_host_ed25519_key.pub
+elif [ ! -e /etc/ssh/ssh_host_ed25519_key ]; then
+    ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
+fi
+say "$hostname: $address on $iface${gateway:+ via $gateway}${apt_proxy:+, apt proxy $apt_proxy}"
+'''
+
+SEED_UNIT = '''[Unit]
+Description=tcplab lab VM settings from the QEMU fw_cfg seed
+DefaultDependencies=no
+After=local-fs.target systemd-udev-trigger.service systemd-modules-load.service
+Before=network-pre.target ssh.service systemd-user-sessions.service
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/tcplab-seed
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+'''
+
+SSHD_DROPIN = '''# tcplab.keepalive lab VM: key logins of tcplab only; the host key comes from the VM's seed.
+HostKey /etc/ssh/ssh_host_ed25519_key
+PermitRootLogin no
+PasswordAuthentication no
+'''
+
+SUDOERS = '# tcplab.keepalive lab VM login\n%s ALL=(ALL:ALL) NOPASSWD: ALL\n' % LOGIN_USER
+INTERFACES = '''# interfaces(5): loopback here; this VM's own address in interfaces.d/tcplab (written at boot)
+auto lo
+iface lo inet loopback
+
+source /etc/network/interfaces.d/*
+'''
+FSTAB = '/dev/vda / ext4 errors=remount-ro 0 1\n'
+HOSTS = '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n'
+
+# The initramfs holds only what finds the root file system of a lab VM (a virtio disk with ext4): a
+# tenth of the default "most" and so much faster to unpack under TCG. In place before the kernel is
+# installed (an mmdebstrap essential hook), so that the initramfs is made once.
+INITRAMFS_FILES = {
+    'etc/initramfs-tools/conf.d/tcplab': 'MODULES=list\n',
+    'usr/share/initramfs-tools/modules.d/tcplab': 'virtio_pci\nvirtio_blk\next4\ncrc32c_generic\n',
+}
+
+# path in the image -> (text, mode)
+BAKED_FILES = {
+    '/usr/local/sbin/tcplab-seed': (SEED_SCRIPT, 0o755),
+    '/etc/systemd/system/tcplab-seed.service': (SEED_UNIT, 0o644),
+    '/etc/modules-load.d/tcplab.conf': ('qemu_fw_cfg\n', 0o644),
+    '/etc/ssh/sshd_config.d/tcplab.conf': (SSHD_DROPIN, 0o644),
+    '/etc/sudoers.d/tcplab': (SUDOERS, 0o440),
+    '/etc/network/interfaces': (INTERFACES, 0o644),
+    '/etc/fstab': (FSTAB, 0o644),
+    '/etc/hostname': ('tcplab\n', 0o644),
+    '/etc/hosts': (HOSTS, 0o644),
+    '/etc/resolv.conf': ('# lab VMs reach only the lab network: no name server\n', 0o644),
+    '/etc/machine-id': ('', 0o444),
+}
+# path in the image -> link target
+BAKED_LINKS = dict(
+    [('/etc/systemd/system/multi-user.target.wants/tcplab-seed.service', '/etc/systemd/system/tcplab-seed.service')]
+    + [('/etc/systemd/system/%s' % unit, '/dev/null') for unit in MASKED_UNITS])
+
+
+# -- apt sources ------------------------------------------------------------
+
+def _deb822_stanzas(text):
+    """Stanzas of a deb822 file as dicts of lower-case field name -> value (continuations joined)."""
+    stanzas, current, last = [], {}, None
+    for raw in text.splitlines():
+        if raw.startswith('#'):
+            continue
+        if not raw.strip():
+            if current:
+                stanzas.append(current)
+            current, last = {}, None
+        elif raw[0] in ' \t' and last:
+            current[last] += ' ' + raw.strip()
+        elif ':' in raw:
+            key, value = raw.split(':', 1)
+            last = key.strip().lower()
+            current[last] = value.strip()
+    if current:
+        stanzas.append(current)
+    return stanzas
+
+
+def parse_deb822(text):
+    """Source entries ({types, uris, suites, components}) of a .sources file; disabled ones left out."""
+    entries = []
+    for stanza in _deb822_stanzas(text):
+        if stanza.get('enabled', 'yes').lower() == 'no':
+            continue
+        entries.append({field: stanza.get(field, '').split() for field in ('types', 'uris', 'suites', 'components')})
+    return entries
+
+
+def parse_one_line(text):
+    """Source entries of a one-line sources.list."""
+    entries = []
+    for raw in text.splitlines():
+        line = raw.split('#', 1)[0].strip()
+        if line.startswith('['):
+            continue
+        if ' [' in line and ']' in line:
+            head, rest = line.split(' [', 1)
+            line = head + ' ' + rest.split(']', 1)[1]
+        words = line.split()
+        if len(words) < 3 or words[0] not in ('deb', 'deb-src'):
+            continue
+        entries.append({'types': [words[0]], 'uris': [words[1]], 'suites': [words[2]], 'components': words[3:]})
+    return entries
+
+
+def read_apt_sources(sources_list=SOURCES_LIST, sources_dir=SOURCES_DIR):
+    """Every enabled source entry of this machine's apt configuration."""
+    entries = []
+    paths = [sources_list] + sorted(glob.glob(os.path.join(sources_dir, '*.list')))
+    paths += sorted(glob.glob(os.path.join(sources_dir, '*.sources')))
+    for path in paths:
+        try:
+            with open(path) as handle:
+                text = handle.read()
+        except (IOError, OSError):
+            continue
+        entries.extend(parse_deb822(text) if path.endswith('.sources') else parse_one_line(text))
+    return entries
+
+
+def debian_mirrors(entries):
+    """(archive URI, security URI or None) of the Debian archive these source entries use."""
+    archive = security = None
+    for entry in entries:
+        if 'deb' not in entry['types'] or not entry['uris']:
+            continue
+        uri = entry['uris'][0].rstrip('/')
+        if archive is None and any(suite in DEBIAN_SUITES for suite in entry['suites']):
+            archive = uri
+        if security is None and any(suite.endswith('-security') for suite in entry['suites']):
+            security = uri
+    return archive, security
+
+
+def image_sources(release, archive, security):
+    """The deb lines of an image: the release, its updates and (when known) its security suite."""
+    lines = ['deb %s %s main' % (archive, release), 'deb %s %s-updates main' % (archive, release)]
+    if security:
+        lines.append('deb %s %s-security main' % (security, release))
+    return lines
+
+
+# -- the build --------------------------------------------------------------
+
+def check_release(release):
+    if release not in RELEASES:
+        raise VmImageError(MSG_RELEASE % (release,))
+    return release
+
+
+def find_tools(names, which=shutil.which, path=None):
+    """{name: path} of the build tools; a clear error naming the Debian package of a missing one."""
+    search = os.pathsep.join([path or os.environ.get('PATH', ''), '/usr/sbin', '/sbin', '/usr/bin', '/bin'])
+    found = {}
+    for name in names:
+        found[name] = which(name, path=search)
+        if not found[name]:
+            raise VmImageError(MSG_TOOL % (name, TOOLS.get(name, name)))
+    return found
+
+
+def check_free_space(directory, needed=MIN_FREE_BYTES, statvfs=os.statvfs):
+    st = statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise VmImageError(MSG_DISK % (directory, free // 2 ** 20, needed // 2 ** 20))
+    return free
+
+
+def mounts_under(directory, mountinfo='/proc/self/mountinfo'):
+    """Mount points at or below directory (an interrupted mmdebstrap may leave /proc, /dev... mounted)."""
+    prefix = os.path.realpath(directory).rstrip('/') + '/'
+    found = []
+    try:
+        with open(mountinfo) as handle:
+            for line in handle:
+                point = line.split()[4].replace('\\040', ' ')
+                if (point + '/').startswith(prefix):
+                    found.append(point)
+    except (IOError, OSError):
+        pass
+    return found
+
+
+def remove_tree(directory):
+    """rmtree, but never through a mount point (a bind-mounted /dev would lose the host's device nodes)."""
+    if not os.path.lexists(directory):
+        return
+    mounted = mounts_under(directory)
+    if mounted:
+        raise VmImageError(MSG_MOUNTED % (directory, ', '.join(mounted)))
+    shutil.rmtree(directory)
+
+
+def image_spec(release, archive, security, packages=PACKAGES, size=IMAGE_SIZE):
+    """Everything that shapes an image, and the cache key (a hash of it)."""
+    spec = {
+        'builder': BUILDER_VERSION,
+        'release': release,
+        'sources': image_sources(release, archive, security),
+        'packages': sorted(packages),
+        'dpkg_excludes': list(DPKG_EXCLUDES),
+        'size': size,
+        'files': {path: [hashlib.sha256(text.encode('utf-8')).hexdigest(), oct(mode)]
+                  for path, (text, mode) in sorted(BAKED_FILES.items())},
+        'initramfs': {path: hashlib.sha256(text.encode('utf-8')).hexdigest() for path, text in sorted(INITRAMFS_FILES.items())},
+        'links': dict(sorted(BAKED_LINKS.items())),
+        'user': LOGIN_USER,
+    }
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode('utf-8')).hexdigest()
+    spec['key'] = digest[:16]
+    return spec
+
+
+def stage_initramfs_files(stage):
+    """Write INITRAMFS_FILES under stage; returns the mmdebstrap hooks that copy them in."""
+    for path, text in INITRAMFS_FILES.items():
+        target = os.path.join(stage, path)
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        atomic_write(target, text, 0o644)
+    for root, dirs, files in os.walk(stage):
+        os.chmod(root, 0o755)
+    # copy-in DIR /parent puts DIR (with its tree) into /parent, which exists at that point
+    parents = sorted({path.split('/initramfs-tools/')[0] for path in INITRAMFS_FILES})
+    return ['--essential-hook=copy-in %s /%s' % (os.path.join(stage, parent, 'initramfs-tools'), parent)
+            for parent in parents]
+
+
+def mmdebstrap_argv(tool, spec, rootfs, hooks=()):
+    argv = [tool, '--mode=root', '--variant=apt', '--format=directory',
+            '--include=%s' % ','.join(spec['packages'])]
+    argv += ['--dpkgopt=%s' % opt for opt in spec['dpkg_excludes']] + list(hooks)
+    return argv + [spec['release'], rootfs] + spec['sources']
+
+
+def mkfs_argv(tool, rootfs, disk, size):
+    return [tool, '-q', '-F', '-L', 'tcplab-root', '-d', rootfs, disk, size]
+
+
+def useradd_argv(chroot, rootfs):
+    # '*': no password, yet not a locked account; keys come from the seed at boot
+    return [chroot, rootfs, 'useradd', '--create-home', '--shell', '/bin/bash', '--password', '*',
+            '--comment', 'tcplab.keepalive lab VM login', LOGIN_USER]
+
+
+def _inside(rootfs, path):
+    return os.path.join(rootfs, path.lstrip('/'))
+
+
+def customize_rootfs(rootfs):
+    """Write the baked files and links into a freshly bootstrapped root file system."""
+    for path, (text, mode) in BAKED_FILES.items():
+        target = _inside(rootfs, path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        atomic_write(target, text, mode)
+    for path, link in BAKED_LINKS.items():
+        target = _inside(rootfs, path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.lexists(target):
+            os.unlink(target)
+        os.symlink(link, target)
+    # host keys made by openssh-server's postinst would be shared by every VM: each VM's comes from its seed
+    for key in glob.glob(_inside(rootfs, '/etc/ssh/ssh_host_*')):
+        os.unlink(key)
+    sshd_config = _inside(rootfs, '/etc/ssh/sshd_config')
+    with open(sshd_config) as handle:
+        text = handle.read()
+    if 'Include /etc/ssh/sshd_config.d/' not in text:
+        atomic_write(sshd_config, 'Include /etc/ssh/sshd_config.d/*.conf\n' + text, 0o644)
+
+
+def kernel_files(rootfs, release):
+    """(vmlinuz, initrd, version) in the image's /boot."""
+    kernels = sorted(glob.glob(_inside(rootfs, '/boot/vmlinuz-*')))
+    if len(kernels) != 1:
+        raise VmImageError(MSG_KERNEL % (release, len(kernels), ', '.join(os.path.basename(k) for k in kernels)))
+    version = os.path.basename(kernels[0])[len('vmlinuz-'):]
+    initrd = _inside(rootfs, '/boot/initrd.img-%s' % version)
+    if not os.path.exists(initrd):
+        raise VmImageError(MSG_KERNEL % (release, 0, 'no initrd.img-%s' % version))
+    return kernels[0], initrd, version
+
+
+def installed_packages(run, chroot, rootfs):
+    rc, out, err = run([chroot, rootfs, 'dpkg-query', '-W', '-f', '${Package}\\n'], what='listing the packages of the image')
+    return sorted(set(out.split()))
+
+
+def check_packages(release, installed, absent=ABSENT_PACKAGES):
+    found = sorted(set(installed) & set(absent))
+    if found:
+        raise VmImageError(MSG_FORBIDDEN % (release, ', '.join(found)))
+
+
+class ImageCache:
+    """Lab VM base images in one cache directory. `run` is a _common.Runner."""
+
+    MANIFEST = 'manifest.json'
+
+    def __init__(self, run, cache_dir=DEFAULT_CACHE_DIR, tools=None, log=None, sources=None, clock=time.monotonic):
+        if not cache_dir or not os.path.isabs(cache_dir) or os.path.normpath(cache_dir) == '/' or len(cache_dir.split()) != 1:
+            raise VmImageError(MSG_CACHE_DIR % (cache_dir,))
+        self.run = run
+        self.cache_dir = os.path.normpath(cache_dir)
+        self.tools = tools
+        self.log = log or (lambda line: None)
+        self.sources = sources
+        self.clock = clock
+
+    # -- lookup ----------------------------------------------------------
+    def spec(self, release, mirror=None, security_mirror=None):
+        check_release(release)
+        archive, security = (mirror, security_mirror) if mirror else debian_mirrors(
+            self.sources if self.sources is not None else read_apt_sources())
+        if not archive:
+            raise VmImageError(MSG_NO_MIRROR % ', '.join([SOURCES_LIST, SOURCES_DIR]))
+        for uri in (archive, security):
+            if uri and not uri.startswith(('http://', 'https://')):
+                raise VmImageError(MSG_MIRROR % (uri,))
+        return image_spec(release, archive.rstrip('/'), security.rstrip('/') if security else None)
+
+    def entry_dir(self, spec):
+        return os.path.join(self.cache_dir, '%s-%s' % (spec['release'], spec['key']))
+
+    def cached(self, spec):
+        """The image info of a complete cache entry for spec, or None."""
+        directory = self.entry_dir(spec)
+        try:
+            with open(os.path.join(directory, self.MANIFEST)) as handle:
+                manifest = json.load(handle)
+        except (IOError, OSError, ValueError):
+            return None
+        if manifest.get('key') != spec['key']:
+            return None
+        info = self._info(directory, manifest)
+        if not all(os.path.isfile(info[name]) for name in ('disk', 'kernel', 'initrd')):
+            return None
+        return info
+
+    @staticmethod
+    def _info(directory, manifest):
+        return {
+            'release': manifest['release'], 'key': manifest['key'], 'build_id': manifest['build_id'],
+            'dir': directory, 'disk': os.path.join(directory, 'disk.img'), 'disk_format': 'raw',
+            'kernel': os.path.join(directory, 'vmlinuz'), 'initrd': os.path.join(directory, 'initrd.img'),
+            'kernel_version': manifest['kernel_version'], 'packages': manifest['packages'],
+        }
+
+    # -- build -----------------------------------------------------------
+    def ensure(self, release=DEFAULT_RELEASE, rebuild=False, mirror=None, security_mirror=None):
+        """The image of release, built unless cached (or always with rebuild).
+
+        Returns the image info (release, key, build_id, dir, disk, disk_format, kernel, initrd,
+        kernel_version, packages) plus built (bool) and seconds (time taken).
+        """
+        started = self.clock()
+        spec = self.spec(release, mirror, security_mirror)
+        info = None if rebuild else self.cached(spec)
+        if info is None:
+            if os.geteuid() != 0:
+                raise VmImageError(MSG_NOT_ROOT % os.geteuid())
+            tools = self.tools or find_tools(sorted(TOOLS))
+            os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+            with self._lock(spec):
+                info = None if rebuild else self.cached(spec)  # another build may have finished meanwhile
+                if info is None:
+                    info = self._build(spec, tools)
+                    info['built'] = True
+        info.setdefault('built', False)
+        info['seconds'] = round(self.clock() - started, 2)
+        return info
+
+    def _lock(self, spec):
+        return _FileLock(os.path.join(self.cache_dir, '.%s-%s.lock' % (spec['release'], spec['key'])))
+
+    def _build(self, spec, tools):
+        self._clean_stale_builds()
+        check_free_space(self.cache_dir, MIN_FREE_BYTES)
+        work = os.path.join(self.cache_dir, '.build-%s-%s-%d' % (spec['release'], spec['key'], os.getpid()))
+        remove_tree(work)
+        os.mkdir(work, 0o700)
+        try:
+            return self._build_in(work, spec, tools)
+        finally:
+            remove_tree(work)
+
+    def _build_in(self, work, spec, tools):
+        rootfs = os.path.join(work, 'rootfs')
+        out = os.path.join(work, 'out')
+        os.mkdir(out, 0o755)
+        hooks = stage_initramfs_files(os.path.join(work, 'stage'))
+        self.log('building the %s lab VM image %s with mmdebstrap' % (spec['release'], spec['key']))
+        rc, stdout, stderr = self.run(mmdebstrap_argv(tools['mmdebstrap'], spec, rootfs, hooks),
+                                      what='mmdebstrap of %s' % spec['release'])
+        customize_rootfs(rootfs)
+        self.run(useradd_argv(tools['chroot'], rootfs), what='adding the %s user to the image' % LOGIN_USER)
+        packages = installed_packages(self.run, tools['chroot'], rootfs)
+        check_packages(spec['release'], packages)
+        kernel, initrd, version = kernel_files(rootfs, spec['release'])
+        shutil.copyfile(kernel, os.path.join(out, 'vmlinuz'))
+        shutil.copyfile(initrd, os.path.join(out, 'initrd.img'))
+        disk = os.path.join(out, 'disk.img')
+        self.run(mkfs_argv(tools['mkfs.ext4'], rootfs, disk, spec['size']), what='mkfs.ext4 of the image')
+        remove_tree(rootfs)
+        self.run([tools['qemu-img'], 'info', '-f', 'raw', disk], what='checking the image with qemu-img')
+        for name in ('disk.img', 'vmlinuz', 'initrd.img'):
+            os.chmod(os.path.join(out, name), 0o444)  # the base is never written: VMs run on overlays
+        manifest = dict(spec, kernel_version=version, packages=packages, built_at=int(time.time()),
+                        build_id='%s-%d-%d' % (spec['key'], time.time_ns(), os.getpid()))
+        atomic_write(os.path.join(out, 'build.log'), (stdout or '') + (stderr or ''), 0o644)
+        atomic_write(os.path.join(out, self.MANIFEST), json.dumps(manifest, indent=2, sort_keys=True) + '\n', 0o644)
+        return self._info(self._publish(out, spec), manifest)
+
+    def _publish(self, out, spec):
+        """Rename the finished build into place (an older entry of the same key is replaced)."""
+        final = self.entry_dir(spec)
+        old = None
+        if os.path.lexists(final):
+            old = final + '.old-%d' % os.getpid()
+            os.rename(final, old)
+        os.rename(out, final)
+        if old:
+            remove_tree(old)
+        self.log('lab VM image %s ready in %s' % (spec['key'], final))
+        return final
+
+    def _clean_stale_builds(self):
+        """Work directories of builds whose process has gone."""
+        for work in glob.glob(os.path.join(self.cache_dir, '.build-*-*-*')):
+            try:
+                pid = int(work.rsplit('-', 1)[1])
+            except ValueError:
+                continue
+            if pid != os.getpid() and starttime(pid) is None and not mounts_under(work):
+                shutil.rmtree(work, ignore_errors=True)
+
+
+class _FileLock:
+    """An exclusive flock on a file, held while the with-block runs."""
+
+    def __init__(self, path):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = open(self.path, 'a')
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+        return False
+
+
+def build_image(run, release=DEFAULT_RELEASE, cache_dir=DEFAULT_CACHE_DIR, rebuild=False, mirror=None,
+                security_mirror=None, log=None):
+    """The image of release (see ImageCache.ensure)."""
+    return ImageCache(run, cache_dir, log=log).ensure(release, rebuild=rebuild, mirror=mirror,
+                                                      security_mirror=security_mirror)
