@@ -6,6 +6,8 @@
 #   bash scripts/demo.sh                 loopback on one lab host, 2/1/3
 #   bash scripts/demo.sh --walkthrough   the walk-through's own timings, 30/3/3 (about 1.5 minutes)
 #   bash scripts/demo.sh --two-hosts     client and server on two lab hosts, reached over ssh
+#   bash scripts/demo.sh --vms           client and server on two lab VMs (Debian bookworm and
+#                                        bullseye, their own kernels, tools installed with apt)
 #   KEEP_LAB=1 bash scripts/demo.sh      leave the lab up afterwards
 set -euo pipefail
 # shellcheck source=scripts/bootstrap.sh
@@ -13,17 +15,24 @@ set -euo pipefail
 
 TIMINGS='{"time": 2, "intvl": 1, "probes": 3}'
 TWO_HOSTS=0
+VMS=0
 for arg in "$@"; do
   case "$arg" in
     --walkthrough) TIMINGS='{"time": 30, "intvl": 3, "probes": 3}' ;;
     --two-hosts) TWO_HOSTS=1 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --vms) VMS=1 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) tcplab_die "unknown option $arg (see --help)" ;;
   esac
 done
 
 LAB_DIR=/run/tcplab-keepalive/demo
-if [ "$TWO_HOSTS" = 1 ]; then
+EXTRA='{}'
+if [ "$VMS" = 1 ]; then
+  HOSTS='[{"name": "client", "kind": "vm", "release": "bookworm"}, {"name": "server", "kind": "vm", "release": "bullseye"}]'
+  CLIENT=client SERVER=server
+  EXTRA='{"experiment_install_deps": true, "experiment_captures": "both"}'
+elif [ "$TWO_HOSTS" = 1 ]; then
   HOSTS='[{"name": "client", "transport": "ssh"}, {"name": "server", "transport": "ssh"}]'
   CLIENT=client SERVER=server
 else
@@ -46,7 +55,7 @@ ansible-playbook tcplab.keepalive.lab -e "$LAB_VARS"
 
 tcplab_step "the keepalive experiment ($TIMINGS, client $CLIENT, server $SERVER)"
 ansible-playbook -i "$LAB_DIR/inventory.yml" tcplab.keepalive.experiment \
-  -e "{\"experiment_keepalive\": $TIMINGS}" \
+  -e "{\"experiment_keepalive\": $TIMINGS}" -e "$EXTRA" \
   -e "experiment_client=$CLIENT experiment_server=$SERVER experiment_report_dir=$REPORTS"
 
 tcplab_step "reports in $REPORTS (newest last)"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
+
 from ansible.utils.collection_loader import AnsibleCollectionConfig
 from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder
 
@@ -25,3 +27,21 @@ def _collections_root():
 
 if AnsibleCollectionConfig.collection_finder is None:
     _AnsibleCollectionFinder(paths=[_collections_root()], scan_sys_paths=False)._install()
+
+
+@pytest.fixture(autouse=True)
+def _module_side(request):
+    """Module tests run modules in-process as a target would: once any test has
+    imported controller code, ansible-core marks the process as the controller
+    and module warnings go to the display instead of the result; undo that for
+    tests of modules."""
+    from ansible.module_utils import _internal  # pylint: disable=import-outside-toplevel
+    if '/plugins/modules/' not in str(request.node.fspath) or not hasattr(_internal, 'is_controller'):
+        yield
+        return
+    saved = _internal.is_controller
+    _internal.is_controller = False
+    try:
+        yield
+    finally:
+        _internal.is_controller = saved

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# kill_and_rollback.sh INVENTORY HOST REPORT_DIR: start the experiment on HOST
+# (loopback), SIGKILL its controller's whole process group once the DROP rule
+# is in, then run tcplab.keepalive.rollback for HOST from a fresh controller.
+set -euo pipefail
+INV=$1 HOST=$2 REPORTS=$3
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+setsid ansible-playbook -i "$INV" tcplab.keepalive.experiment \
+  -e '{"experiment_keepalive": {"time": 2, "intvl": 1, "probes": 3}, "experiment_idle_probes": 2}' \
+  -e "experiment_client=$HOST experiment_report_dir=$REPORTS" > "$LOG" 2>&1 &
+PLAY=$!
+# the task after the DROP names the unanswered probes: the rule is in by then
+for _ in $(seq 1 900); do
+  if grep -q 'Wait for unanswered keepalive probe 1' "$LOG"; then break; fi
+  if ! kill -0 "$PLAY" 2>/dev/null; then cat "$LOG"; echo "the experiment ended before it could be killed"; exit 1; fi
+  sleep 0.2
+done
+grep -q 'Wait for unanswered keepalive probe 1' "$LOG" || { cat "$LOG"; echo "never reached the DROP"; exit 1; }
+kill -KILL -- "-$PLAY"
+wait "$PLAY" || true
+echo "killed the controller of the experiment on $HOST after the DROP"
+ansible-playbook -i "$INV" tcplab.keepalive.rollback --limit "$HOST"
