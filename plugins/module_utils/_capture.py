@@ -1,15 +1,18 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A detached scapy capture: start it, find it again from its handle, stop it.
+"""A detached capture: start it, find it again from its handle, stop it.
 
-The sniffer is a separate Python process (CHILD_CODE, run with ``python -c``)
-that outlives the module and the Ansible connection. It opens its packet
-socket with the BPF filter compiled by libpcap *before* it reports ready, so
-a capture that the module reports as started sees every later packet. It
-writes a pcap (mode 0600) record by record, so a SIGKILLed capture still
-leaves a readable file. Its parent, a small monitor process, waits for it and
-records how it ended when it did not say so itself (a signal, an exit code).
+Two backends write the same pcap. With scapy (where the module's Python has
+it) the sniffer is a separate Python process (CHILD_CODE, _capture_scapy.py);
+with tcpdump (where it has not) tcpdump runs under a monitor written for the
+target's own Python (MONITOR_CODE, _capture_tcpdump.py). Either outlives the
+module and the Ansible connection, has its BPF filter compiled by libpcap and
+attached *before* it reports ready, so a capture that the module reports as
+started sees every later packet, and writes a pcap (mode 0600) packet by
+packet, so a SIGKILLed capture still leaves a readable file. A monitor process
+(the sniffer's parent) records how it ended when it did not say so itself (a
+signal, an exit code).
 
 What the module made is proven by a state record in ``state_dir`` (one per
 pcap path): the pcap's path and identity (device and inode), the sniffer's
@@ -35,6 +38,9 @@ import subprocess
 import tempfile
 import time
 
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_scapy import CHILD_CODE
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_tcpdump import (
+    MONITOR_CODE, marked_args, tcpdump_argv, tcpdump_ownership)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import LANG_ENV
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import (
     cmdline as proc_cmdline, netns_inode, netns_of, starttime as proc_starttime)
@@ -45,7 +51,9 @@ DEFAULT_STATE_DIR = '/var/lib/tcplab-keepalive/capture'
 NETNS_DIR = '/run/netns'
 RECORD_SUFFIX = '.json'
 LOG_SUFFIX = '.log'
+BACKENDS = ('auto', 'scapy', 'tcpdump')
 DEFAULTS = {
+    'backend': 'auto',
     'iface': 'lo',
     'snaplen': 262144,
     'max_packets': 1000000,
@@ -81,8 +89,17 @@ KINDS = {
     stat.S_IFBLK: 'a block device',
 }
 
-MSG_NO_SCAPY = ('scapy is not importable by %s: install scapy (pip install ' + SCAPY_PIN
-                + ') in the Python that runs the modules (%s)')
+MSG_NO_SCAPY = ('scapy is not importable by %s: install it for the Python that runs the modules (a distribution\'s '
+                'package such as apt-get install python3-scapy, or in a virtual environment pip install ' + SCAPY_PIN
+                + '), or use backend: tcpdump (%s)')
+MSG_NO_TCPDUMP = ('tcpdump is not installed on the target (not found in PATH or the sbin directories): install it '
+                  '(apt-get install tcpdump) or use backend: scapy')
+MSG_NO_BACKEND = ('no capture backend on the target: scapy is not importable by %s and tcpdump is not installed '
+                  '(not found in PATH or the sbin directories): install one of them - apt-get install tcpdump, or '
+                  'apt-get install python3-scapy (scapy for the Python that runs the modules)')
+MSG_BACKEND = 'backend must be one of auto, scapy, tcpdump, got %r'
+MSG_TCPDUMP_EXEC = 'tcpdump could not be run: %s'
+MSG_TCPDUMP_FAILED = 'tcpdump did not start capturing on %r in %s: %s'
 MSG_NO_LIBPCAP = ('libpcap is not available to scapy, so the filter %r cannot be compiled (scapy would capture '
                   'unfiltered): install libpcap (apt-get install libpcap0.8) (%s)')
 MSG_BAD_FILTER = 'bad filter %r: %s'
@@ -133,226 +150,6 @@ class CaptureError(Exception):
     """A capture cannot be started or stopped; the message names the fix."""
 
 
-# -- the sniffer process ------------------------------------------------------
-
-# Run as [python, -c, CHILD_CODE, MARKER, json-args]. The first process forks
-# and exits (the module waits for it only); its child, the monitor, forks the
-# sniffer and waits for it: when the sniffer ends without writing its own
-# account ("finished" in the state record), the monitor records the signal or
-# exit code ("died"). The sniffer reports {"pid", "monitor"} and then
-# {"ready"} or {"error", "detail"} as JSON lines on the inherited fd
-# ready_fd, and captures until SIGTERM or a limit.
-# The module creates the pcap and passes its identity (device, inode); the
-# sniffer opens exactly that file (no symlink, no other file put there since)
-# and records it, with its own pid, start time and network namespace.
-# On loopback a packet socket sees each segment twice (the outgoing copy,
-# sll_pkttype PACKET_OUTGOING, and the incoming one); libpcap - and so
-# tcpdump - drops the outgoing copy there, and so does this loop. scapy's
-# L2ListenSocket does not report the packet type, so the loop reads the
-# socket itself with recvmsg (address, kernel timestamp, original length).
-CHILD_CODE = r'''
-import json, logging, os, select, signal, socket, stat, struct, sys, time
-A = json.loads(sys.argv[2])
-R = A.pop("ready_fd")
-if os.fork():
-    os._exit(0)
-os.umask(0o077)
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
-def say(**kw):
-    os.write(R, (json.dumps(kw) + "\n").encode())
-
-
-def save(state):
-    tmp = A["state"] + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(state, f, indent=2, sort_keys=True)
-    os.rename(tmp, A["state"])
-
-
-def load():
-    try:
-        fd = os.open(A["state"], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    with os.fdopen(fd) as f:
-        try:
-            return json.load(f)
-        except ValueError:
-            return None
-
-
-def ticks(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        return int(f.read().rsplit(")", 1)[1].split()[19])
-
-
-def final(fd):
-    st = os.fstat(fd)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
-
-
-monitor = os.getpid()
-try:  # the monitor's own look at the pcap: how the sniffer left it, even after SIGKILL
-    mfd = os.open(A["path"], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    if [os.fstat(mfd).st_dev, os.fstat(mfd).st_ino] != A["pcap_id"]:
-        os.close(mfd)
-        mfd = None
-except OSError:
-    mfd = None
-sniffer = os.fork()
-if sniffer:
-    os.close(R)
-    status = os.waitpid(sniffer, 0)[1]
-    state = load()
-    if isinstance(state, dict) and state.get("pid") == sniffer and not state.get("finished"):
-        if mfd is not None:
-            state["pcap_end"] = final(mfd)
-        if os.WIFSIGNALED(status):
-            try:
-                name = signal.Signals(os.WTERMSIG(status)).name
-            except ValueError:
-                name = "signal %d" % os.WTERMSIG(status)
-            state["died"] = {"signal": name, "at": time.time()}
-        else:
-            state["died"] = {"exit_code": os.WEXITSTATUS(status), "at": time.time()}
-        save(state)
-        print("the sniffer (pid %d) died: %s" % (sniffer, state["died"]), flush=True)
-    os._exit(0)
-if mfd is not None:
-    os.close(mfd)
-
-
-def fail(kind, exc):
-    say(error=kind, detail="%s: %s" % (type(exc).__name__, exc))
-    sys.exit(2)
-
-
-pid = os.getpid()
-starttime = ticks(pid)
-say(pid=pid, starttime=starttime, monitor=monitor, monitor_starttime=ticks(monitor))
-try:
-    import scapy.arch  # noqa: sets conf.L2listen
-    from scapy.config import conf
-    from scapy.data import ARPHRD_TO_DLT
-    from scapy.utils import PcapWriter
-except ImportError as exc:
-    fail("scapy", exc)
-try:
-    socket.if_nametoindex(A["iface"])
-except OSError as exc:
-    fail("iface", exc)
-if A["filter"]:
-    try:
-        from scapy.arch.common import compile_filter
-        compile_filter(A["filter"], iface=A["iface"])
-    except ImportError as exc:  # no libpcap: scapy's sniff() would silently skip the filter
-        fail("libpcap", exc)
-    except Exception as exc:
-        fail("filter", exc)
-try:  # the file the module created, and nothing else: no symlink followed, no FIFO waited for
-    fd = os.open(A["path"], os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or [st.st_dev, st.st_ino] != A["pcap_id"]:
-        raise OSError("it is no longer the file the module created (replaced since)")
-    os.set_blocking(fd, True)
-    os.fchmod(fd, 0o600)
-except OSError as exc:
-    fail("pcap", exc)
-try:
-    logging.getLogger("scapy.runtime").setLevel(logging.ERROR)  # not "Unable to guess type": we parse nothing
-    listener = conf.L2listen(iface=A["iface"], filter=A["filter"] or None)  # filter attached before bind
-    sock = listener.ins
-    try:  # room for bursts of 64 KiB loopback segments
-        sock.setsockopt(socket.SOL_SOCKET, 33, 1 << 23)  # SO_RCVBUFFORCE
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 23)
-    sock.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
-    sock.setsockopt(263, 8, 1)  # SOL_PACKET, PACKET_AUXDATA: original length, VLAN tag
-    hatype = sock.getsockname()[3]
-    linktype = {12: 101}.get(ARPHRD_TO_DLT.get(hatype, 1), ARPHRD_TO_DLT.get(hatype, 1))
-    out = PcapWriter(os.fdopen(fd, "wb", 0), linktype=linktype, sync=True, snaplen=A["snaplen"])
-    out.write_header(None)
-except Exception as exc:
-    fail("socket", exc)
-state = dict(A, marker=sys.argv[1], pid=pid, starttime=starttime, monitor={"pid": monitor, "starttime": ticks(monitor)},
-             netns_inode=os.stat("/proc/self/ns/net").st_ino, pcap={"dev": st.st_dev, "ino": st.st_ino},
-             started_at=time.time(), linktype=linktype, hatype=hatype)
-save(state)
-stop = []
-signal.signal(signal.SIGTERM, lambda *_: stop.append("stopped"))
-signal.signal(signal.SIGINT, lambda *_: stop.append("stopped"))
-say(ready=True, pid=pid, starttime=starttime, linktype=linktype)
-os.close(R)
-print("capturing on %s (filter %r) to %s, pid %d" % (A["iface"], A["filter"], A["path"], pid), flush=True)
-TS = struct.Struct("ll")
-AUX = struct.Struct("IIIHHHH")
-packets, size, outgoing, reason = 0, 24, 0, None
-deadline = time.monotonic() + A["max_seconds"]
-
-
-def one():
-    global packets, size, outgoing, reason
-    try:
-        data, anc, flags, addr = sock.recvmsg(A["snaplen"], 512, socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return False
-    if addr[3] == 772 and addr[2] == 4:  # ARPHRD_LOOPBACK, PACKET_OUTGOING: the copy tcpdump drops
-        outgoing += 1
-        return True
-    sec, usec, wire = None, 0, len(data)
-    for level, kind, value in anc:
-        if level == socket.SOL_SOCKET and kind == 35 and len(value) >= TS.size:
-            sec, nsec = TS.unpack(value[:TS.size])
-            usec = nsec // 1000
-        elif level == 263 and kind == 8 and len(value) >= AUX.size:
-            status, wire, _, _, _, tci, tpid = AUX.unpack(value[:AUX.size])
-            if tci or status & 0x10:  # TP_STATUS_VLAN_VALID: put the tag back, as libpcap does
-                tag = struct.pack("!HH", tpid if status & 0x40 else 0x8100, tci)
-                data, wire = data[:12] + tag + data[12:], wire + 4
-    if sec is None:
-        now = time.time()
-        sec, usec = int(now), int((now - int(now)) * 1e6)
-    if packets >= A["max_packets"]:
-        reason = "max_packets"
-    elif size + 16 + len(data) > A["max_bytes"]:
-        reason = "max_bytes"
-    else:
-        out.write_packet(data, sec=sec, usec=usec, caplen=len(data), wirelen=wire)
-        packets, size = packets + 1, size + 16 + len(data)
-    return reason is None
-
-
-while reason is None:
-    if stop:
-        while one():  # what the kernel already queued belongs to the capture
-            pass
-        reason = reason or stop[0]
-        break
-    left = deadline - time.monotonic()
-    if left <= 0:
-        reason = "max_seconds"
-        break
-    if select.select([sock], [], [], min(left, 0.2))[0]:
-        while reason is None and one():
-            pass
-    if packets >= A["max_packets"]:
-        reason = "max_packets"
-try:
-    received, drops = struct.unpack("II", sock.getsockopt(263, 6, 8))  # PACKET_STATISTICS
-except OSError:
-    drops = None
-state["pcap_end"] = final(fd)
-out.close()
-state["finished"] = {"reason": reason, "packets": packets, "bytes": size, "loopback_outgoing_dropped": outgoing,
-                     "kernel_drops": drops, "at": time.time()}
-save(state)
-print("finished (%s): %d packets, %d bytes" % (reason, packets, size), flush=True)
-'''
-
-
 # -- validation ---------------------------------------------------------------
 
 def _int_option(name, value):
@@ -365,6 +162,11 @@ def _int_option(name, value):
 def validate(params, netns_dir=NETNS_DIR):
     """Checked and defaulted settings of a capture (a new dict)."""
     out = {}
+    backend = params.get('backend')
+    backend = DEFAULTS['backend'] if backend is None else backend
+    if backend not in BACKENDS:
+        raise CaptureError(MSG_BACKEND % (backend,))
+    out['backend'] = backend
     iface = params.get('iface')
     iface = DEFAULTS['iface'] if iface is None else iface
     if not isinstance(iface, str) or not IFACE_RE.match(iface) or iface in ('.', '..'):
@@ -546,23 +348,30 @@ def ownership(pid, starttime, path):
     if now is None:
         return False, 'no such process'
     argv = proc_cmdline(pid) or []
-    if MARKER not in argv or argv.index(MARKER) + 1 >= len(argv):
-        return False, 'its command line is not a tcplab.keepalive capture: %s' % ' '.join(argv)[:200]
-    try:
-        args = json.loads(argv[argv.index(MARKER) + 1])
-    except ValueError:
-        return False, 'its command line has no capture arguments'
-    if not isinstance(args, dict) or args.get('path') != path:
-        return False, 'it captures to %s' % (args.get('path') if isinstance(args, dict) else '?')
+    if MARKER in argv:  # the scapy sniffer (or a monitor)
+        args = marked_args(argv, MARKER)
+        if args is None:
+            return False, 'its command line has no capture arguments'
+        if args.get('path') != path:
+            return False, 'it captures to %s' % args.get('path')
+        if args.get('backend') == 'tcpdump':
+            return False, 'it is the monitor of the tcpdump capture of %s, not the capture' % path
+    else:  # tcpdump: proven by its parent, the monitor, which carries the marker and tcpdump's argv
+        ours = tcpdump_ownership(pid, argv, path, MARKER)
+        if ours is None:
+            return False, 'its command line is not a tcplab.keepalive capture: %s' % ' '.join(argv)[:200]
+        if not ours[0]:
+            return ours
     if starttime is not None and now != starttime:
         return False, 'it started at tick %d, the capture at tick %s (the pid was reused)' % (now, starttime)
     return True, ''
 
 
-def child_args(settings, path, ready_fd, state_dir=DEFAULT_STATE_DIR, pcap_id=None):
-    """The JSON arguments of the sniffer process."""
+def child_args(settings, path, ready_fd, state_dir=DEFAULT_STATE_DIR, pcap_id=None, tcpdump=None):
+    """The JSON arguments of the sniffer process (of tcpdump's monitor, with tcpdump's argv, for backend tcpdump)."""
     record, log = record_paths(state_dir, path)
-    return {
+    args = {
+        'backend': settings['backend'],
         'path': path,
         'state': record,
         'log': log,
@@ -576,11 +385,15 @@ def child_args(settings, path, ready_fd, state_dir=DEFAULT_STATE_DIR, pcap_id=No
         'netns': settings['netns'],
         'ready_fd': ready_fd,
     }
+    if settings['backend'] == 'tcpdump':
+        args['tcpdump_argv'] = tcpdump_argv(tcpdump, settings)
+    return args
 
 
 def capture_argv(python, args, nsenter=None, netns_dir=NETNS_DIR):
-    """argv of the sniffer; inside another namespace it runs under nsenter --net."""
-    argv = [python, '-c', CHILD_CODE, MARKER, json.dumps(args, sort_keys=True)]
+    """argv of the sniffer (of tcpdump's monitor); inside another namespace it runs under nsenter --net."""
+    code = MONITOR_CODE if args.get('backend') == 'tcpdump' else CHILD_CODE
+    argv = [python, '-c', code, MARKER, json.dumps(args, sort_keys=True)]
     if args.get('netns'):
         argv = [nsenter, '--net=%s' % os.path.join(netns_dir, args['netns']), '--'] + argv
     return argv
@@ -600,7 +413,15 @@ def make_handle(path, state, state_dir=DEFAULT_STATE_DIR):
         'iface': state.get('iface'),
         'filter': state.get('filter'),
         'netns': state.get('netns'),
+        'backend': record_backend(state),
     }
+
+
+def record_backend(state):
+    """The backend that runs (ran) a capture; records of releases before backends were scapy's."""
+    if not state:
+        return None
+    return state.get('backend') or 'scapy'
 
 
 def count_packets(path):
@@ -743,13 +564,19 @@ def _remove(*paths):
     return removed
 
 
-def error_message(kind, detail, settings, python, path=None):
-    """The message for an error the sniffer reported before it was ready."""
+def error_message(kind, detail, settings, python, path=None, backend='scapy'):
+    """The message for an error the sniffer (or tcpdump's monitor) reported before it was ready."""
     where = 'network namespace %s' % settings['netns'] if settings.get('netns') else 'the target'
     if kind == 'scapy':
         return MSG_NO_SCAPY % (python, detail)
     if kind == 'libpcap':
         return MSG_NO_LIBPCAP % (settings['filter'], detail)
+    if kind == 'filter' and backend == 'tcpdump':  # tcpdump says libpcap's words only
+        return MSG_BAD_FILTER % (settings['filter'], detail)
+    if kind == 'exec':
+        return MSG_TCPDUMP_EXEC % detail
+    if kind == 'tcpdump':
+        return MSG_TCPDUMP_FAILED % (settings['iface'], where, detail)
     if kind == 'filter':
         # scapy says "Failed to compile filter expression 'x' (<pcap error>)"; keep the pcap part
         match = re.search(r'\((.*)\)\s*$', detail)
@@ -834,9 +661,10 @@ class Capture:
     """started / status / stopped / absent / purged. Returns result dicts for the module."""
 
     def __init__(self, python, nsenter=None, check_mode=False, default_dir=DEFAULT_DIR, netns_dir=NETNS_DIR,
-                 ready_timeout=READY_TIMEOUT, stop_timeout=STOP_TIMEOUT, state_dir=DEFAULT_STATE_DIR):
+                 ready_timeout=READY_TIMEOUT, stop_timeout=STOP_TIMEOUT, state_dir=DEFAULT_STATE_DIR, tcpdump=None):
         self.python = python
         self.nsenter = nsenter
+        self.tcpdump = tcpdump
         self.check_mode = check_mode
         self.default_dir = default_dir
         self.netns_dir = netns_dir
@@ -893,10 +721,20 @@ class Capture:
             time.sleep(0.02)
 
     # started -------------------------------------------------------------------
+    def backend(self, requested):
+        """The backend that runs a capture: auto takes scapy where this Python has it, else tcpdump."""
+        scapy = requested != 'tcpdump' and scapy_available()
+        if requested == 'scapy' and not scapy:
+            raise CaptureError(MSG_NO_SCAPY % (self.python, 'ImportError: No module named scapy'))
+        if scapy:
+            return 'scapy'
+        if not (self.tcpdump and os.path.isfile(self.tcpdump) and os.access(self.tcpdump, os.X_OK)):
+            raise CaptureError(MSG_NO_TCPDUMP if requested == 'tcpdump' else MSG_NO_BACKEND % self.python)
+        return 'tcpdump'
+
     def started(self, params):
         settings = validate(params, self.netns_dir)
-        if not scapy_available():
-            raise CaptureError(MSG_NO_SCAPY % (self.python, 'ImportError: No module named scapy'))
+        requested, settings['backend'] = settings['backend'], self.backend(settings['backend'])
         check_dir(self.state_dir, 'state_dir', self.state_dir, FIX_STATE_DIR, private=True)
         path = os.path.abspath(params['path']) if params.get('path') else None
         kind = None
@@ -909,7 +747,7 @@ class Capture:
             if info['running']:
                 same = all(record.get(key) == settings[key] for key in
                            ('iface', 'filter', 'netns', 'snaplen', 'max_packets', 'max_seconds', 'max_bytes'))
-                if not same:
+                if not same or requested not in ('auto', record_backend(record)):
                     raise CaptureError(MSG_RUNNING_OTHER % (path, 'pid %s' % record.get('pid')))
                 return self._result(False, path, record, True, 'capture already running (pid %d)' % record['pid'])
             why = self.foreign(path, record, False) if kind is not None else None
@@ -919,7 +757,8 @@ class Capture:
             check_dir(self.default_dir, 'the capture directory', self.default_dir, FIX_DEFAULT_DIR, private=True)
         if self.check_mode:
             shown = path or os.path.join(self.default_dir, 'capture-<timestamp>-%s-<random>.pcap' % settings['iface'])
-            return self._result(True, shown, None, False, 'would start a capture on %s to %s' % (settings['iface'], shown))
+            return self._result(True, shown, None, False, 'would start a capture on %s to %s (with %s)'
+                                % (settings['iface'], shown, settings['backend']), backend=settings['backend'])
         return self._start(settings, path, record_identity(record) if kind is not None else None)
 
     def foreign(self, path, record, running):
@@ -990,14 +829,14 @@ class Capture:
                 _remove(record_file, record_file + '.tmp', log)
             remove_dirs(created)
             raise
-        return self._result(True, path, state, True, 'started a capture on %s (pid %d) to %s'
-                            % (settings['iface'], state['pid'], path))
+        return self._result(True, path, state, True, 'started a capture on %s (pid %d) to %s (with %s)'
+                            % (settings['iface'], state['pid'], path, settings['backend']))
 
     def _launch(self, settings, path, made):
         record_file, log = self.paths(path)
         read_fd, write_fd = os.pipe()
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        argv = capture_argv(self.python, child_args(settings, path, write_fd, self.state_dir, made),
+        argv = capture_argv(self.python, child_args(settings, path, write_fd, self.state_dir, made, self.tcpdump),
                             self.nsenter, self.netns_dir)
         env = dict(os.environ, **LANG_ENV)
         env['PYTHONUNBUFFERED'] = '1'
@@ -1022,7 +861,8 @@ class Capture:
             return state
         self._end_failed(reply, path)
         if 'error' in reply:
-            raise CaptureError(error_message(reply['error'], reply.get('detail', ''), settings, self.python, path))
+            raise CaptureError(error_message(reply['error'], reply.get('detail', ''), settings, self.python, path,
+                                             settings['backend']))
         if reply.get('timeout'):
             raise CaptureError(MSG_TIMEOUT % (self.ready_timeout, _tail(log) or '(nothing)'))
         raise CaptureError(MSG_CHILD_DIED % (_tail(log) or '(nothing)'))
@@ -1072,6 +912,7 @@ class Capture:
             'handle': make_handle(path, state, self.state_dir),
             'running': running,
             'pid': (state or {}).get('pid'),
+            'backend': record_backend(state),
             'msg': msg,
         }
         result.update(extra)
@@ -1225,7 +1066,7 @@ class Capture:
                 others += 1
                 continue
             entry = {'path': path, 'pid': record['pid'], 'iface': record.get('iface'), 'filter': record.get('filter'),
-                     'netns': record.get('netns'), 'signal': None}
+                     'netns': record.get('netns'), 'backend': record_backend(record), 'signal': None}
             if not self.check_mode:
                 entry['signal'] = _terminate(record['pid'], record['starttime'], path, self.stop_timeout)
                 self._wait_monitor(record)

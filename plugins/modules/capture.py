@@ -10,12 +10,15 @@ module: capture
 short_description: Start and stop a background packet capture and analyse the keepalive probes it saw
 version_added: 1.0.0
 description:
-  - O(state=started) starts a detached scapy sniffer on one interface, with an optional BPF filter,
-    writing a pcap file record by record (so even a killed capture leaves a readable file). The
+  - O(state=started) starts a detached capture on one interface, with an optional BPF filter,
+    writing a pcap file packet by packet (so even a killed capture leaves a readable file). The
     process outlives the module and the Ansible connection. The module returns only once the
     packet socket is open with the filter attached, so every packet sent after the task is captured.
-  - A bad filter, a missing libpcap (without which scapy would silently capture unfiltered) or a
-    missing scapy fail the task at start, with a message that names the fix.
+  - Two backends write the same pcap (O(backend)) - a scapy sniffer where the Python that runs the modules has
+    scapy, else C(tcpdump) (what a fresh Debian target can get with C(apt-get install tcpdump)). The result and
+    the state record say which one ran (RV(backend)); the analysis is the same.
+  - A bad filter, a missing interface, a missing libpcap (without which scapy would silently capture unfiltered),
+    or no backend at all (neither scapy nor tcpdump) fail the task at start, with a message that names the fix.
   - Each capture has a state record in O(state_dir) - the pcap's path and identity (device and inode), the
     sniffer's pid, start time and network namespace - which is the proof that a capture and its pcap are
     this module's. Nothing is signalled or removed without it.
@@ -35,7 +38,7 @@ description:
   - A O(path) that is a FIFO, a device, a directory, a socket or a symbolic link is refused before it is opened.
   - The pcap holds what C(tcpdump -i IFACE) would record. On loopback a packet socket sees every
     segment twice (the outgoing and the incoming copy); like libpcap, the capture keeps only the
-    incoming copy.
+    incoming copy. With the tcpdump backend, tcpdump itself writes it.
 author: tcplab.keepalive developers (@tcplab)
 extends_documentation_fragment:
   - tcplab.keepalive.attributes
@@ -58,6 +61,20 @@ options:
     type: str
     choices: [started, stopped, status, absent, purged]
     default: started
+  backend:
+    description:
+      - What captures, with O(state=started).
+      - V(auto) takes scapy when the Python that runs the modules can import it, else tcpdump; it fails, naming
+        both packages, when there is neither.
+      - V(scapy) - a scapy sniffer in that Python (its C(python3-scapy) package, or scapy in its virtualenv).
+      - V(tcpdump) - C(tcpdump) (found in C(PATH) or the sbin directories) under a monitor that runs on the
+        target's own Python with its standard library only. It runs as root (C(-Z root)), writes the pcap to the
+        file the module created (C(-w -), C(-U), C(--immediate-mode), C(-B 16384)), stops at O(max_packets)
+        (C(-c), at most 2^31-1) by itself and at O(max_seconds) and O(max_bytes) by its monitor, which polls the
+        pcap's size every 0.1 s and cuts it back to the whole packets within O(max_bytes) when it ends there.
+    type: str
+    choices: [auto, scapy, tcpdump]
+    default: auto
   iface:
     description: The interface to capture on, in the target's network namespace or in O(netns).
     type: str
@@ -123,16 +140,24 @@ options:
         (default 0.25) and C(percent) (default 10) of the expected value; the two add up.
     type: dict
 requirements:
-  - scapy (tested with 2.8.0) in the Python that runs the modules on the target
-  - libpcap (Debian/Ubuntu C(libpcap0.8)) when O(filter) is used
+  - Python 3.8 or later on the target
+  - For the scapy backend, scapy (tested with 2.8.0) in the Python that runs the modules on the target, and
+    libpcap (Debian/Ubuntu C(libpcap0.8)) when O(filter) is used
+  - For the tcpdump backend, tcpdump (Debian/Ubuntu C(tcpdump); tested with 4.99)
   - nsenter (util-linux) when O(netns) is used
   - root (packet sockets)
 notes:
-  - The capture process carries the marker C(tcplab-keepalive-capture) in its command line. It is only
+  - The scapy sniffer carries the marker C(tcplab-keepalive-capture) in its command line. It is only
     ever signalled when its command line names the same pcap and its start time (from
     C(/proc/PID/stat)) matches the one recorded at start, so a reused pid is never killed.
-  - Two processes run per capture - the sniffer and its parent, a monitor that records in the state record
-    how the sniffer ended when it did not end by itself (a signal, an exit code).
+  - tcpdump's command line cannot carry the marker; its parent, the monitor, does, with the pcap path and
+    tcpdump's exact argv. tcpdump is signalled only while its parent is that monitor, its command line is that
+    argv and its start time is the recorded one. It is tied to the monitor's life (it gets SIGTERM, and flushes,
+    when the monitor dies), so it never runs on unproven.
+  - Two processes run per capture - the sniffer (or tcpdump) and its parent, a monitor that records in the state
+    record how the sniffer ended when it did not end by itself (a signal, an exit code).
+  - Where AppArmor confines tcpdump (the profile of Debian's package), tcpdump may write only files named
+    C(*.pcap) or C(*.cap); keep such a O(path) with the tcpdump backend.
   - Records of a release before the state records moved to O(state_dir) (C(PATH.state.json) next to the pcap)
     are not recognised; remove such old pcaps yourself.
   - Timestamps come from the kernel (microseconds, as tcpdump writes them).
@@ -152,6 +177,12 @@ EXAMPLES = r'''
     handle: "{{ capture.handle }}"
     expect: {time: 30, intvl: 3, probes: 3}
   register: captured
+
+- name: Capture with tcpdump (a target without scapy; auto would choose it there too)
+  tcplab.keepalive.capture:
+    backend: tcpdump
+    filter: tcp port 12345
+  register: capture
 
 - name: Capture inside a lab namespace, to a chosen file
   tcplab.keepalive.capture:
@@ -222,11 +253,22 @@ handle:
     netns:
       description: The network namespace name (null for the target's own).
       type: str
+    backend:
+      description: The backend that captures (null when none was started).
+      type: str
+      sample: tcpdump
 pid:
-  description: The capture process.
+  description: The capture process (the scapy sniffer, or tcpdump).
   returned: when state is not purged
   type: int
   sample: 12345
+backend:
+  description:
+    - The backend that runs (or ran) the capture - V(scapy) or V(tcpdump); also in its state record. With
+      O(state=started) in check mode, the one that would run. Null when there is no capture of this module.
+  returned: when state is not purged
+  type: str
+  sample: tcpdump
 running:
   description: Whether the capture runs after this task.
   returned: when state is not purged
@@ -310,10 +352,12 @@ finished:
       description: Bytes written.
       type: int
     loopback_outgoing_dropped:
-      description: Outgoing copies of loopback segments left out (tcpdump leaves them out too).
+      description:
+        - Outgoing copies of loopback segments left out (tcpdump leaves them out too).
+        - Null with the tcpdump backend (libpcap leaves them out without counting).
       type: int
     kernel_drops:
-      description: Packets the kernel dropped because the capture fell behind.
+      description: Packets the kernel dropped because the capture fell behind (from tcpdump's own count with tcpdump).
       type: int
     at:
       description: When it ended (seconds since the epoch).
@@ -363,6 +407,9 @@ stopped:
     netns:
       description: The O(netns) name it was started with (null when started in the target's own namespace).
       type: str
+    backend:
+      description: Its backend, V(scapy) or V(tcpdump).
+      type: str
     signal:
       description: The signal that ended it (V(SIGTERM), or V(SIGKILL) when it did not exit); null in check mode.
       type: str
@@ -381,7 +428,7 @@ import sys
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import (
-    DEFAULT_STATE_DIR, DEFAULTS, MSG_NEEDS_TARGET, MSG_PURGED_TARGET, Capture, CaptureError, handle_state_dir, resolve_target)
+    BACKENDS, DEFAULT_STATE_DIR, DEFAULTS, MSG_NEEDS_TARGET, MSG_PURGED_TARGET, Capture, CaptureError, handle_state_dir, resolve_target)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, find_binary
 
 
@@ -389,6 +436,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type='str', choices=['started', 'stopped', 'status', 'absent', 'purged'], default='started'),
+            backend=dict(type='str', choices=list(BACKENDS), default=DEFAULTS['backend']),
             iface=dict(type='str', default=DEFAULTS['iface']),
             filter=dict(type='str'),
             path=dict(type='path'),
@@ -408,7 +456,8 @@ def main():
     try:
         state_dir = p['state_dir'] or handle_state_dir(p['handle']) or DEFAULT_STATE_DIR
         nsenter = find_binary(module, 'nsenter') if p['netns'] and p['state'] == 'started' else None
-        capture = Capture(sys.executable, nsenter=nsenter, check_mode=module.check_mode, state_dir=state_dir)
+        tcpdump = module.get_bin_path('tcpdump') if p['state'] == 'started' and p['backend'] != 'scapy' else None
+        capture = Capture(sys.executable, nsenter=nsenter, check_mode=module.check_mode, state_dir=state_dir, tcpdump=tcpdump)
         if p['state'] == 'purged':
             if p['path'] or p['handle'] is not None:
                 raise CaptureError(MSG_PURGED_TARGET)

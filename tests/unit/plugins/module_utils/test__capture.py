@@ -63,12 +63,12 @@ def test_constants():
     assert MARKER == 'tcplab-keepalive-capture'
     assert _capture.DEFAULT_DIR == '/var/tmp/tcplab-keepalive/captures'
     assert _capture.DEFAULT_STATE_DIR == '/var/lib/tcplab-keepalive/capture'
-    assert DEFAULTS == {'iface': 'lo', 'snaplen': 262144, 'max_packets': 1000000, 'max_seconds': 3600,
+    assert DEFAULTS == {'backend': 'auto', 'iface': 'lo', 'snaplen': 262144, 'max_packets': 1000000, 'max_seconds': 3600,
                         'max_bytes': 200000000}
 
 
 def test_validate_defaults():
-    assert validate({}) == {'iface': 'lo', 'filter': None, 'snaplen': 262144, 'max_packets': 1000000,
+    assert validate({}) == {'backend': 'auto', 'iface': 'lo', 'filter': None, 'snaplen': 262144, 'max_packets': 1000000,
                             'max_seconds': 3600, 'max_bytes': 200000000, 'netns': None}
     assert validate({'filter': '  tcp port 1 ', 'iface': 'eth0', 'max_seconds': 5})['filter'] == 'tcp port 1'
     assert validate({'filter': ''})['filter'] is None
@@ -109,7 +109,7 @@ def test_child_args_and_argv():
     record, log = record_paths('/s', '/c/x.pcap')
     assert record == '/s/x.pcap-%s.json' % hashlib.sha256(b'/c/x.pcap').hexdigest()[:16]
     assert log == record[:-len('.json')] + '.log'
-    assert args == {'path': '/c/x.pcap', 'state': record, 'log': log, 'pcap_id': [5, 6], 'iface': 'lo',
+    assert args == {'backend': 'auto', 'path': '/c/x.pcap', 'state': record, 'log': log, 'pcap_id': [5, 6], 'iface': 'lo',
                     'filter': 'tcp port 7', 'snaplen': 262144, 'max_packets': 1000000, 'max_seconds': 3600,
                     'max_bytes': 200000000, 'netns': None, 'ready_fd': 9}
     argv = capture_argv('/usr/bin/python3', args)
@@ -150,8 +150,9 @@ def test_resolve_target_errors(handle, path, message):
 
 @pytest.mark.parametrize('kind, detail, expected', [
     ('scapy', "ModuleNotFoundError: No module named 'scapy'",
-     "scapy is not importable by /py: install scapy (pip install scapy==2.8.0) in the Python that runs the modules "
-     "(ModuleNotFoundError: No module named 'scapy')"),
+     "scapy is not importable by /py: install it for the Python that runs the modules (a distribution's package "
+     "such as apt-get install python3-scapy, or in a virtual environment pip install scapy==2.8.0), or use backend: "
+     "tcpdump (ModuleNotFoundError: No module named 'scapy')"),
     ('libpcap', 'ImportError: libpcap is not available. Cannot compile filter !',
      "libpcap is not available to scapy, so the filter 'tcp prt 1' cannot be compiled (scapy would capture "
      "unfiltered): install libpcap (apt-get install libpcap0.8) (ImportError: libpcap is not available. Cannot "
@@ -207,7 +208,9 @@ def test_make_handle():
     record, log = record_paths('/s', '/c/x.pcap')
     assert make_handle('/c/x.pcap', state, '/s') == {
         'path': '/c/x.pcap', 'state_dir': '/s', 'state_path': record, 'log_path': log, 'pid': 42,
-        'starttime': 7, 'marker': MARKER, 'iface': 'lo', 'filter': None, 'netns': 'tkca-x'}
+        'starttime': 7, 'marker': MARKER, 'iface': 'lo', 'filter': None, 'netns': 'tkca-x', 'backend': 'scapy'}
+    assert make_handle('/c/x.pcap', dict(state, backend='tcpdump'), '/s')['backend'] == 'tcpdump'
+    assert make_handle('/c/x.pcap', None, '/s')['backend'] is None
 
 
 def test_ownership_rejects_processes_that_are_not_captures(tmp_path):
@@ -222,9 +225,11 @@ def test_ownership_rejects_processes_that_are_not_captures(tmp_path):
 def test_missing_scapy_is_reported_before_anything_starts(tmp_path, monkeypatch, state_dir):
     monkeypatch.setattr(_capture, 'scapy_available', lambda: False)
     with pytest.raises(CaptureError) as exc:
-        Capture('/opt/py/bin/python3', state_dir=state_dir, default_dir=str(tmp_path / 'c')).started({})
-    assert str(exc.value) == ('scapy is not importable by /opt/py/bin/python3: install scapy (pip install '
-                              'scapy==2.8.0) in the Python that runs the modules (ImportError: No module named scapy)')
+        Capture('/opt/py/bin/python3', state_dir=state_dir, default_dir=str(tmp_path / 'c')).started({'backend': 'scapy'})
+    assert str(exc.value) == ("scapy is not importable by /opt/py/bin/python3: install it for the Python that runs the "
+                              "modules (a distribution's package such as apt-get install python3-scapy, or in a virtual "
+                              "environment pip install scapy==2.8.0), or use backend: tcpdump (ImportError: No module "
+                              "named scapy)")
     assert not (tmp_path / 'c').exists()
 
 
@@ -655,8 +660,9 @@ def test_missing_scapy_in_the_sniffer_fails_at_start(netns, capture_dir, tmp_pat
     with pytest.raises(CaptureError) as exc:
         capture.started({'netns': netns})
     assert str(exc.value).startswith(
-        'scapy is not importable by %s: install scapy (pip install scapy==2.8.0) in the Python that runs the '
-        'modules (' % sys.executable)
+        "scapy is not importable by %s: install it for the Python that runs the modules (a distribution's package "
+        "such as apt-get install python3-scapy, or in a virtual environment pip install scapy==2.8.0), or use "
+        "backend: tcpdump (" % sys.executable)
     nothing_left(netns, capture_dir, state_dir)
 
 

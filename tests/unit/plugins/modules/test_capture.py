@@ -290,7 +290,7 @@ def test_purged_stops_only_the_captures_of_its_own_namespace(tmp_path, netns):
     purged = run_in(ns_a, {'state': 'purged', 'state_dir': state_dir})
     assert purged['changed'] is True, purged
     assert purged['stopped'] == [{'path': a['path'], 'pid': a['pid'], 'iface': 'lo', 'filter': None, 'netns': ns_a,
-                                  'signal': 'SIGTERM'}]
+                                  'backend': 'scapy', 'signal': 'SIGTERM'}]
     assert purged['others_running'] == 1
     assert purged['netns_inode'] == os.stat('/run/netns/%s' % ns_a).st_ino
     assert purged['msg'] == ('stopped 1 capture(s) of this network namespace: %s (pid %d); left 1 capture(s) of other '
