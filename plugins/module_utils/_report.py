@@ -53,7 +53,7 @@ REQUIRED = {
     'client_port': "the keepalive client's local port (an integer 1..65535)",
 }
 OPTIONAL = ('governs', 'client_kind', 'server_kind', 'hosts', 'idle_probes', 'tolerance', 'analysis', 'client', 'drop_at',
-            'pcaps', 'error', 'cleanup_errors', 'notes')
+            'pcaps', 'error', 'cleanup_errors', 'notes', 'capture_backend')
 
 
 class ReportError(Exception):
@@ -140,7 +140,7 @@ def validate(data):
         out[key] = _optional(data, key, dict, 'a dict', {})
     for key in ('pcaps', 'cleanup_errors', 'notes'):
         out[key] = list(_optional(data, key, (list, tuple), 'a list', []))
-    for key in ('governs', 'client_kind', 'server_kind', 'error'):
+    for key in ('governs', 'client_kind', 'server_kind', 'error', 'capture_backend'):
         out[key] = _optional(data, key, str, 'a string', None)
     if not all(isinstance(p, str) and p for p in out['pcaps']):
         raise ReportError(MSG_BAD_VALUE % ('pcaps', 'a list of paths of local pcap files', data.get('pcaps')))
@@ -386,6 +386,7 @@ def markdown(report, lines):
         '| client | %s on %s |' % (report['client_kind'], hosts.get('client', '?')),
         '| server | %s on %s (%s) |' % (
             report['server_kind'], hosts.get('server', '?'), 'loopback' if hosts.get('loopback') else 'two hosts'),
+        '| capture | %s |' % (report.get('capture_backend') or 'not recorded'),
         '',
         '## Timeline',
         '',
@@ -532,6 +533,7 @@ def write_experiment(dest, data):
         'governs': data['governs'],
         'client_kind': data['client_kind'],
         'server_kind': data['server_kind'],
+        'capture_backend': data['capture_backend'],
         'hosts': data['hosts'],
         'observed': {k: observed[k] for k in (
             'connection_found', 'end', 'answered_probes', 'unanswered_probes', 'first_probe_idle_s', 'probe_interval_s',

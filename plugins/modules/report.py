@@ -42,7 +42,7 @@ options:
     description:
       - What the experiment saw. Required keys - C(run_id) (a string), C(settings) and C(expected) (dicts with
         C(time), C(intvl) and C(probes), integers >= 1), C(client_port) (1..65535).
-      - Optional keys - C(governs), C(client_kind), C(server_kind) (strings), C(hosts) (C(client), C(server),
+      - Optional keys - C(governs), C(client_kind), C(server_kind), C(capture_backend) (strings), C(hosts) (C(client), C(server),
         C(loopback)), C(idle_probes) (integer >= 0), C(tolerance) (C(seconds) 0..32767, C(percent) 0..100),
         C(analysis) (the C(tcplab.keepalive.capture) analysis), C(client) (the C(tcplab.keepalive.endpoint)
         outcome), C(drop_at) (seconds since the epoch), C(pcaps) (local paths), C(error), C(cleanup_errors),
