@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Lab VMs: image build cold and cached, boot-to-SSH per VM, and the two-host
+experiment on VMs against the same experiment on namespace lab hosts - all in
+one invocation, so the ratios compare runs on the same machine at the same
+time (issue "Lab VMs", section 5). Goals on a 2-core machine: cached image
+ready in <= 5 s, boot-to-SSH <= 25 s per VM under TCG, three VMs booted in
+parallel <= 40 s, the VM experiment within 2x of the namespace one.
+
+Run as root after scripts/bootstrap.sh (or scripts/test.sh), from the checkout:
+    .venv/bin/python benchmarks/lab_vms.py [--rounds 2] [--release bookworm]
+
+The cold build goes to a temporary cache (removed at the end); the labs use
+their own bridges, namespace prefixes and networks and are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+import vm_smoke  # noqa: E402  pylint: disable=wrong-import-position
+
+KEEPALIVE = {'time': 2, 'intvl': 1, 'probes': 3}
+VM_LAB = {'lab_bridge': 'tcplabbvm0', 'lab_netns_prefix': 'tcplab-bvm-', 'lab_network': '198.18.51.0/24',
+          'lab_state_dir': '/run/tcplab-keepalive/bench-vms'}
+NS_LAB = {'lab_bridge': 'tcplabbns0', 'lab_netns_prefix': 'tcplab-bns-', 'lab_network': '198.18.52.0/24',
+          'lab_state_dir': '/run/tcplab-keepalive/bench-ns'}
+RELEASES = ('bookworm', 'bullseye', 'trixie')
+
+
+def ansible_playbook(*args, env=None):
+    """Run ansible-playbook; returns (seconds, stdout); raises with the output on failure."""
+    start = time.monotonic()
+    proc = subprocess.run(['ansible-playbook'] + list(args), capture_output=True, text=True, check=False,
+                          env=dict(os.environ, **(env or {})))
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        sys.stdout.write(proc.stdout[-4000:] + proc.stderr[-2000:])
+        raise SystemExit('ansible-playbook %s failed (rc %d)' % (' '.join(args), proc.returncode))
+    return seconds, proc.stdout
+
+
+def lab(spec, hosts, state='present'):
+    extra = dict(spec, lab_hosts=hosts, lab_state=state)
+    return ansible_playbook('tcplab.keepalive.lab', '-e', json.dumps(extra))
+
+
+def experiment(spec, client, server, reports, install=False):
+    extra = {'experiment_keepalive': KEEPALIVE, 'experiment_idle_probes': 1, 'experiment_client': client,
+             'experiment_server': server, 'experiment_report_dir': reports, 'experiment_install_deps': install}
+    return ansible_playbook('-i', os.path.join(spec['lab_state_dir'], 'inventory.yml'), 'tcplab.keepalive.experiment',
+                            '-e', json.dumps(extra))[0]
+
+
+def image_figures(release):
+    vm_smoke._install_collection_loader()  # pylint: disable=protected-access
+    from ansible_collections.tcplab.keepalive.plugins.module_utils._common import Runner
+    from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_image import ImageCache
+    run = Runner(vm_smoke.LocalModule())
+    cold_dir = tempfile.mkdtemp(prefix='tcplab-bench-images-', dir='/var/tmp')
+    try:
+        cold = ImageCache(run, cold_dir).ensure(release)
+        cached = [ImageCache(run, cold_dir).ensure(release)['seconds'] for _ in range(5)]
+    finally:
+        shutil.rmtree(cold_dir, ignore_errors=True)
+    return cold['seconds'], statistics.median(cached)
+
+
+def boot_figures():
+    """Boot the three releases in parallel: wall seconds and each VM's boot-to-SSH and accelerator."""
+    hosts = [{'name': 'b-' + release, 'kind': 'vm', 'release': release} for release in RELEASES]
+    lab(VM_LAB, [], state='absent')
+    seconds, _ = lab(VM_LAB, hosts)
+    with open(os.path.join(VM_LAB['lab_state_dir'], 'lab.json')) as handle:
+        manifest = json.load(handle)
+    return seconds, manifest
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
+    parser.add_argument('--rounds', type=int, default=2)
+    parser.add_argument('--release', default='bookworm')
+    args = parser.parse_args()
+    reports = tempfile.mkdtemp(prefix='tcplab-bench-reports-')
+    try:
+        cold, cached = image_figures(args.release)
+        print('image %s: cold build %.1f s, cached %.3f s (median of 5; goal <= 5 s)' % (args.release, cold, cached))
+        wall, manifest = boot_figures()
+        print('three VMs (%s) present in parallel: %.1f s (goal <= 40 s, images cached)' % (', '.join(RELEASES), wall))
+        print(json.dumps(manifest.get('vms', manifest.get('hosts', {})), indent=1, sort_keys=True)[:3000])
+        lab(VM_LAB, [], state='absent')
+        lab(VM_LAB, [{'name': 'client', 'kind': 'vm', 'release': 'bookworm'},
+                     {'name': 'server', 'kind': 'vm', 'release': 'bookworm'}])
+        lab(NS_LAB, ['client', 'server'])
+        experiment(VM_LAB, 'client', 'server', reports, install=True)  # warm-up: installs tcpdump and iptables
+        experiment(NS_LAB, 'client', 'server', reports)
+        vms, nss = [], []
+        for _ in range(args.rounds):
+            vms.append(experiment(VM_LAB, 'client', 'server', reports))
+            nss.append(experiment(NS_LAB, 'client', 'server', reports))
+        ratios = [v / n for v, n in zip(vms, nss)]
+        print('two-host experiment 2/1/3, 1 idle probe: VMs %s s, namespaces %s s' % (
+            ', '.join('%.1f' % v for v in vms), ', '.join('%.1f' % n for n in nss)))
+        print('ratio VMs / namespaces per round: %s, median %.2f (goal <= 2)' % (
+            ', '.join('%.2f' % r for r in ratios), statistics.median(ratios)))
+    finally:
+        lab(VM_LAB, [], state='absent')
+        lab(NS_LAB, [], state='absent')
+        shutil.rmtree(reports, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
