@@ -29,7 +29,7 @@ import socket
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
-from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, starttime
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, pids, starttime
 
 DEFAULT_PORT = 3142
 SERVICE_USER = 'apt-cacher-ng'
@@ -139,12 +139,25 @@ class AptProxy:
         argv = cmdline(pid)
         return any(argv[i] == '-c' and argv[i + 1] == self.dirs['conf'] for i in range(len(argv) - 1))
 
-    def owned_pid(self, record=None):
+    def owned_pid(self, record=None, candidates=None):
+        """Pid of this proxy: the recorded pid when its start time and argv match; without a record (a run
+        that died between the start and the record) the apt-cacher-ng whose -c is this proxy's conf dir."""
         record = self.load() if record is None else record
         pid = record.get('pid')
         if pid and record.get('starttime') is not None and starttime(pid) == record['starttime'] and self._is_ours(pid):
             return pid
+        if pid:
+            return None
+        for candidate in candidates if candidates is not None else pids():
+            argv = cmdline(candidate)
+            if argv and os.path.basename(argv[0]) == 'apt-cacher-ng' and self._is_ours(candidate) \
+                    and starttime(candidate) is not None:
+                return candidate
         return None
+
+    def _record(self, pid):
+        return {'pid': pid, 'starttime': starttime(pid), 'conf_dir': self.dirs['conf'],
+                'address': self.address, 'port': self.port}
 
     def status(self):
         pid = self.owned_pid()
@@ -154,7 +167,11 @@ class AptProxy:
     # -- start -----------------------------------------------------------
     def start(self, timeout=15):
         """Start the proxy unless it runs. Returns status() plus changed."""
-        if self.owned_pid():
+        record = self.load()
+        pid = self.owned_pid(record)
+        if pid:
+            if not record.get('pid'):  # adopted from a run that died before writing the record
+                atomic_write(self.record_path, json.dumps(self._record(pid), indent=2, sort_keys=True) + '\n')
             return dict(self.status(), changed=False)
         try:
             account = pwd.getpwnam(self.user)
@@ -194,8 +211,7 @@ class AptProxy:
             except (IOError, OSError, ValueError):
                 pid = None
             if pid and self._is_ours(pid) and port_open(self.address, self.port):
-                return {'pid': pid, 'starttime': starttime(pid), 'conf_dir': self.dirs['conf'],
-                        'address': self.address, 'port': self.port}
+                return self._record(pid)
             self.sleep(0.1)
         raise AptProxyError(MSG_NO_START % (self.address, self.port, timeout, self.dirs['log']))
 

@@ -9,7 +9,8 @@ and must not be used from outside tcplab.keepalive.
 The manifest (``lab.json`` in the lab's state directory) lists every object
 the lab made, with an identity the kernel or the system gives it: network
 namespaces with their inode, bridges and veths with their ifindex, users
-with their uid, and the lab's own sudoers file. An entry is written *before*
+with their uid, and the lab's own sudoers file; lab VMs with their directory,
+tap ifindex and QEMU pid and start time, and the lab's apt proxy (_lab_vm). An entry is written *before*
 the object is made (the intent: identity still null) and completed right
 after, so a run that dies in between leaves a record that the next run of the
 same lab recognises. An object is the lab's own only when the manifest lists
@@ -35,7 +36,7 @@ USER_COMMENT = 'tcplab.keepalive lab user'
 SUDOERS_DIR = '/etc/sudoers.d'
 SUDOERS_PREFIX = 'tcplab-keepalive-lab'
 SUDOERS_LEGACY = os.path.join(SUDOERS_DIR, SUDOERS_PREFIX)
-STATE_FILES = (MANIFEST, 'id_ed25519', 'id_ed25519.pub', 'known_hosts', 'pub', 'hosts')
+STATE_FILES = (MANIFEST, 'id_ed25519', 'id_ed25519.pub', 'known_hosts', 'pub', 'hosts', 'vms', 'apt-proxy')
 SECTIONS = {'namespaces': 'inode', 'bridges': 'ifindex', 'veths': 'ifindex', 'users': 'uid'}
 
 OURS = 'ours'
@@ -210,8 +211,11 @@ def check_veth(manifest, netns, links):
 
 
 def empty():
+    # vms: name -> {state_dir, release, address, image_key, tap, tap_ifindex, marker, pid, starttime, accel,
+    # boot_seconds, config} (the VM's own vm.json is the proof of its QEMU); apt_proxy: {state_dir, address, port,
+    # pid, starttime} or None; kvm_fallback: a VM of this lab made no boot progress under KVM (auto uses TCG).
     return {'version': VERSION, 'namespaces': {}, 'bridges': {}, 'veths': {}, 'users': {},
-            'hosts': {}, 'sudoers': None, 'state_dir_created': False}
+            'hosts': {}, 'sudoers': None, 'state_dir_created': False, 'vms': {}, 'apt_proxy': None, 'kvm_fallback': False}
 
 
 def migrate(data):

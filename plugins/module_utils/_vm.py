@@ -248,9 +248,10 @@ class Vm:
                  tap_prefix=DEFAULT_TAP_PREFIX, tools=None, log=None, boot_timeout=300, kvm_probe_timeout=10,
                  clock=time.monotonic, sleep=time.sleep):
         self._check_names(name, lab_id, tap_prefix, accel, state_dir)
-        self.iface = parse_interface(address, name)
-        if gateway and ipaddress.ip_address(gateway) not in self.iface.network:
-            raise VmError(MSG_GATEWAY % (gateway, name, self.iface.network))
+        # address None: a VM only to be stopped (e.g. QEMU of a crashed run found by its marker)
+        self.iface = parse_interface(address, name) if address is not None else None
+        if gateway and (self.iface is None or ipaddress.ip_address(gateway) not in self.iface.network):
+            raise VmError(MSG_GATEWAY % (gateway, name, self.iface.network if self.iface else None))
         self.run, self.name, self.image, self.bridge = run, name, image, bridge
         self.state_dir = os.path.normpath(state_dir)
         self.lab_id, self.key, self.gateway, self.apt_proxy, self.accel = lab_id, key, gateway, apt_proxy, accel
@@ -331,7 +332,7 @@ class Vm:
         record = self.load()
         pid = self.owned_pid(record)
         return {'name': self.name, 'running': pid is not None, 'pid': pid, 'accel': record.get('accel'),
-                'address': str(self.iface.ip), 'mac': self.mac, 'tap': self.tap,
+                'address': str(self.iface.ip) if self.iface else None, 'mac': self.mac, 'tap': self.tap,
                 'console_log': self.files['console'], 'known_hosts': self.files['known_hosts']}
 
     # -- start -----------------------------------------------------------
@@ -343,14 +344,7 @@ class Vm:
             result = self.status()
             result.update(changed=False, boot_seconds=None, ssh_seconds=None, notes=[])
             return result
-        self._preflight()
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        record = dict(record, name=self.name, lab_id=self.lab_id, pid=None, starttime=None)
-        self.save(record)
-        self._ensure_host_key()
-        self._ensure_overlay(record)
-        self._ensure_tap(record)
-        self._write_seed()
+        record = self.prepare()
         started = self.clock()
         accel = self._boot(record)
         try:
@@ -363,6 +357,21 @@ class Vm:
         result.update(changed=True, accel=accel, boot_seconds=round(now - started, 1),
                       ssh_seconds=round(now - self._launched, 1), notes=self.notes)
         return result
+
+    def prepare(self):
+        """Everything up to QEMU's start: checks, the record (before anything is made), host key, overlay,
+        tap and seed. Returns the record."""
+        if self.iface is None:
+            raise VmError(MSG_ADDRESS % (None, self.name))
+        self._preflight()
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        record = dict(self.load(), name=self.name, lab_id=self.lab_id, pid=None, starttime=None)
+        self.save(record)
+        self._ensure_host_key()
+        self._ensure_overlay(record)
+        self._ensure_tap(record)
+        self._write_seed()
+        return record
 
     def _preflight(self):
         for name in ('kernel', 'initrd', 'disk'):
@@ -454,7 +463,8 @@ class Vm:
         return True
 
     # -- boot ------------------------------------------------------------
-    def _accels(self):
+    def accels(self):
+        """The accelerators to try, in order (auto: kvm then tcg when /dev/kvm opens)."""
         if self.accel == 'tcg':
             return ['tcg']
         usable = kvm_usable(self.tools.get('kvm_device', KVM_DEVICE))
@@ -468,25 +478,24 @@ class Vm:
         return ['kvm', 'tcg']
 
     def _boot(self, record):
-        accels = self._accels()
+        accels = self.accels()
         for accel in accels:
             probing = accel == 'kvm' and len(accels) > 1
             try:
-                self._launch(record, accel)
+                self.launch(record, accel)
             except (CommandError, VmError) as exc:
                 if not probing:
                     raise
                 self._note(MSG_KVM_START_FALLBACK % (self.name, getattr(exc, 'msg', str(exc))))
                 continue
             if probing and not self._progress(record):
-                self._note(MSG_KVM_FALLBACK % (self.name, self.kvm_probe_timeout,
-                                               console_tail(self.files['console'], 1)))
-                self._kill(record)
+                self.kvm_stalled(record)
                 continue
             return accel
         return accels[-1]
 
-    def _launch(self, record, accel):
+    def launch(self, record, accel):
+        """Start QEMU detached with accel; the record gets its pid and start time."""
         console = self.files['console']
         if os.path.exists(console):
             os.replace(console, console + '.1')  # the previous boot's console stays readable
@@ -506,16 +515,27 @@ class Vm:
         record.update(pid=pid, starttime=starttime(pid), accel=accel, argv=argv, started_at=time.time())
         self.save(record)
 
+    def boot_progress(self, record):
+        """'progressed' once the console shows the kernel past early boot, 'exited' when QEMU is gone,
+        else 'booting' (one look, no waiting)."""
+        if PROGRESS_RE.search(read_text(self.files['console'])):
+            return 'progressed'
+        return 'booting' if self.owned_pid(record) else 'exited'
+
     def _progress(self, record):
         """True once the console shows the kernel past early boot; False on a stall or exit."""
         deadline = self.clock() + self.kvm_probe_timeout
         while self.clock() < deadline:
-            if PROGRESS_RE.search(read_text(self.files['console'])):
-                return True
-            if not self.owned_pid(record):
-                return False
+            state = self.boot_progress(record)
+            if state != 'booting':
+                return state == 'progressed'
             self.sleep(0.5)
         return False
+
+    def kvm_stalled(self, record):
+        """Note the KVM stall and kill QEMU (before a start with TCG)."""
+        self._note(MSG_KVM_FALLBACK % (self.name, self.kvm_probe_timeout, console_tail(self.files['console'], 1)))
+        self._kill(record)
 
     def ssh_argv(self, *command):
         """ssh to the VM as the lab login, with the pinned host key only. command is an argv: each word
@@ -526,18 +546,26 @@ class Vm:
                 '-o', 'LogLevel=ERROR', '-i', self.key, '-l', LOGIN_USER, str(self.iface.ip), '--',
                 ' '.join(shlex.quote(word) for word in command)]
 
+    def login(self, record, accel):
+        """One look: True once an ssh login as the lab user works; a VmError when QEMU has gone."""
+        if not self.owned_pid(record):
+            raise VmError(MSG_DIED % (self.name, accel, self.files['console'], console_tail(self.files['console'])))
+        if not port_open(str(self.iface.ip), 22):
+            return False
+        rc, out, err = self.run(self.ssh_argv('true'), check=False)
+        return rc == 0
+
+    def no_login_error(self, accel):
+        """The error of a boot that did not reach an ssh login within boot_timeout."""
+        return VmError(MSG_NO_SSH % (self.name, LOGIN_USER, self.iface.ip, self.boot_timeout, accel,
+                                     self.files['console'], console_tail(self.files['console'])))
+
     def _wait_ssh(self, record, accel, started):
-        address = str(self.iface.ip)
         while self.clock() - started < self.boot_timeout:
-            if not self.owned_pid(record):
-                raise VmError(MSG_DIED % (self.name, accel, self.files['console'], console_tail(self.files['console'])))
-            if port_open(address, 22):
-                rc, out, err = self.run(self.ssh_argv('true'), check=False)
-                if rc == 0:
-                    return
+            if self.login(record, accel):
+                return
             self.sleep(1)
-        raise VmError(MSG_NO_SSH % (self.name, LOGIN_USER, address, self.boot_timeout, accel, self.files['console'],
-                                    console_tail(self.files['console'])))
+        raise self.no_login_error(accel)
 
     # -- stop ------------------------------------------------------------
     def _wait_exit(self, pid, timeout):
@@ -547,6 +575,10 @@ class Vm:
                 return False
             self.sleep(0.2)
         return True
+
+    def kill(self, record):
+        """SIGKILL this VM's QEMU (when proven ours); True when there was one."""
+        return self._kill(record)
 
     def _kill(self, record):
         pid = self.owned_pid(record)
@@ -560,23 +592,31 @@ class Vm:
         self._wait_exit(pid, 10)
         return True
 
-    def _powerdown(self, pid, timeout):
-        try:
-            qmp_command(self.files['qmp'], 'system_powerdown')
-        except (OSError, ValueError, VmError):
-            return False
-        return self._wait_exit(pid, timeout)
-
-    def stop(self, timeout=60):
-        """ACPI power-off (kill after timeout s), then remove the tap, overlay, seed and keys of this VM.
-        The console logs stay. Returns {changed, stopped: acpi | killed | None}."""
+    def begin_stop(self, acpi=True):
+        """Ask a running VM to power off (ACPI, through the QMP monitor) without waiting; see finish_stop."""
         record = self.load()
         pid = self.owned_pid(record)
-        how = None
+        sent = False
         if pid is not None:
             self.log('lab VM %s: powering off' % self.name)
-            how = 'acpi' if timeout > 0 and self._powerdown(pid, timeout) else None
-            if how is None:
+            if acpi:
+                try:
+                    qmp_command(self.files['qmp'], 'system_powerdown')
+                    sent = True
+                except (OSError, ValueError, VmError):
+                    sent = False
+        return {'record': record, 'pid': pid, 'acpi': sent, 'since': self.clock()}
+
+    def finish_stop(self, begun, timeout=60):
+        """Wait for the power-off begun by begin_stop (kill once timeout s have passed since), then remove
+        the tap, overlay, seed and keys of this VM. The console logs stay.
+        Returns {name, changed, stopped: acpi | killed | None}."""
+        record, pid, how = begun['record'], begun['pid'], None
+        if pid is not None:
+            remaining = max(0.0, timeout - (self.clock() - begun['since']))
+            if begun['acpi'] and self._wait_exit(pid, remaining):
+                how = 'acpi'
+            else:
                 self._kill(record)
                 how = 'killed'
         changed = how is not None
@@ -588,6 +628,11 @@ class Vm:
                         os.unlink(path)
                         changed = True
         return {'name': self.name, 'changed': changed, 'stopped': how}
+
+    def stop(self, timeout=60):
+        """ACPI power-off (kill after timeout s; at once with timeout 0), then remove the tap, overlay, seed
+        and keys of this VM. The console logs stay. Returns {name, changed, stopped: acpi | killed | None}."""
+        return self.finish_stop(self.begin_stop(acpi=timeout > 0), timeout)
 
 
 def find_orphans(lab_id, candidates=None, read=cmdline):

@@ -8,19 +8,32 @@ import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _lab
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab import (
-    Lab, LabError, normalize_hosts, parse_network, plan_addresses, render_sshd_config,
-    sshd_pids_of, veth_name)
+    Lab, LabError, normalize_hosts, parse_network, plan_addresses, veth_name)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_ssh import render_sshd_config, sshd_pids_of
 
 
 @pytest.mark.parametrize('hosts, expected', [
-    (['a'], [{'name': 'a', 'transport': 'netns'}]),
+    (['a'], [{'name': 'a', 'kind': 'netns', 'transport': 'netns'}]),
     (['a', {'name': 'b', 'transport': 'ssh'}],
-     [{'name': 'a', 'transport': 'netns'}, {'name': 'b', 'transport': 'ssh'}]),
-    ([{'name': 'c'}], [{'name': 'c', 'transport': 'netns'}]),
+     [{'name': 'a', 'kind': 'netns', 'transport': 'netns'}, {'name': 'b', 'kind': 'netns', 'transport': 'ssh'}]),
+    ([{'name': 'c'}], [{'name': 'c', 'kind': 'netns', 'transport': 'netns'}]),
+    ([{'name': 'c', 'kind': 'netns', 'release': None}], [{'name': 'c', 'kind': 'netns', 'transport': 'netns'}]),
     ([], []),
+    # a VM is reached over ssh, whatever the lab's default transport; bookworm unless told
+    ([{'name': 'vm1', 'kind': 'vm'}], [{'name': 'vm1', 'kind': 'vm', 'transport': 'ssh', 'release': 'bookworm'}]),
+    ([{'name': 'vm-2', 'kind': 'vm', 'release': 'trixie', 'transport': 'ssh'}],
+     [{'name': 'vm-2', 'kind': 'vm', 'transport': 'ssh', 'release': 'trixie'}]),
+    ([{'name': 'old', 'kind': 'vm', 'release': 'bullseye', 'transport': None}],
+     [{'name': 'old', 'kind': 'vm', 'transport': 'ssh', 'release': 'bullseye'}]),
 ])
 def test_normalize_hosts(hosts, expected):
     assert normalize_hosts(hosts, 'netns') == expected
+
+
+def test_normalize_hosts_vm_ignores_the_lab_default_transport():
+    assert normalize_hosts([{'name': 'vm1', 'kind': 'vm'}, 'n'], 'ssh') == [
+        {'name': 'vm1', 'kind': 'vm', 'transport': 'ssh', 'release': 'bookworm'},
+        {'name': 'n', 'kind': 'netns', 'transport': 'ssh'}]
 
 
 @pytest.mark.parametrize('hosts, message', [
@@ -32,6 +45,16 @@ def test_normalize_hosts(hosts, expected):
     ([{'name': 'a', 'transport': 'telnet'}], _lab.MSG_TRANSPORT % ('a', 'telnet')),
     ([{'host': 'a'}], _lab.MSG_HOST_TYPE % ({'host': 'a'},)),
     ([42], _lab.MSG_HOST_TYPE % (42,)),
+    ([{'name': 'a', 'kind': 'vm', 'image': 'x'}], _lab.MSG_HOST_TYPE % ({'name': 'a', 'kind': 'vm', 'image': 'x'},)),
+    ([{'name': 'a', 'kind': 'container'}], _lab.MSG_KIND % ('a', 'container')),
+    ([{'name': 'a', 'release': 'bookworm'}], _lab.MSG_RELEASE_NETNS % 'a'),
+    ([{'name': 'a', 'kind': 'netns', 'release': 'trixie'}], _lab.MSG_RELEASE_NETNS % 'a'),
+    ([{'name': 'vm1', 'kind': 'vm', 'release': 'buster'}], _lab.MSG_RELEASE % ('vm1', 'buster')),
+    ([{'name': 'vm1', 'kind': 'vm', 'release': 12}], _lab.MSG_RELEASE % ('vm1', 12)),
+    ([{'name': 'vm1', 'kind': 'vm', 'transport': 'netns'}], _lab.MSG_VM_TRANSPORT % 'vm1'),
+    ([{'name': 'vm1', 'kind': 'vm', 'transport': 'telnet'}], _lab.MSG_TRANSPORT % ('vm1', 'telnet')),
+    ([{'name': 'Vm_1', 'kind': 'vm'}], _lab.MSG_VM_NAME % ('Vm_1',)),
+    (['vm1', {'name': 'vm1', 'kind': 'vm'}], _lab.MSG_HOST_DUP % 'vm1'),
 ])
 def test_normalize_hosts_errors(hosts, message):
     with pytest.raises(LabError) as exc:
@@ -42,6 +65,9 @@ def test_normalize_hosts_errors(hosts, message):
 def test_message_names_the_fix():
     assert 'starting with a letter' in _lab.MSG_HOST_NAME
     assert 'e.g. 198.18.0.0/24' in _lab.MSG_NETWORK_RANGE
+    assert 'remove release, or add kind: vm' in _lab.MSG_RELEASE_NETNS
+    assert 'remove transport: netns' in _lab.MSG_VM_TRANSPORT
+    assert 'bullseye, bookworm, trixie' in _lab.MSG_RELEASE
 
 
 @pytest.mark.parametrize('network, message', [

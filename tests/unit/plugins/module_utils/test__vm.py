@@ -284,15 +284,15 @@ def test_foreign_tap_is_refused_and_kept(tmp_path, image, key):
 def test_kvm_required_but_unusable(tmp_path, image, key):
     vm = make_vm(tmp_path, image, key, accel='kvm', tools={'kvm_device': str(tmp_path / 'no-kvm')})
     with pytest.raises(VmError) as exc:
-        vm._accels()
+        vm.accels()
     assert str(exc.value) == _vm.MSG_NO_KVM % ('vm1', '/dev/kvm')
 
 
 def test_auto_without_kvm_is_tcg_with_a_note(tmp_path, image, key):
     vm = make_vm(tmp_path, image, key, tools={'kvm_device': str(tmp_path / 'no-kvm')})
-    assert vm._accels() == ['tcg']
+    assert vm.accels() == ['tcg']
     assert vm.notes == [_vm.MSG_NO_KVM_NOTE % ('vm1', '/dev/kvm')]
-    assert make_vm(tmp_path, image, key, accel='tcg')._accels() == ['tcg']
+    assert make_vm(tmp_path, image, key, accel='tcg').accels() == ['tcg']
 
 
 def test_auto_falls_back_to_tcg_when_kvm_makes_no_progress(tmp_path, image, key, monkeypatch):
@@ -306,7 +306,7 @@ def test_auto_falls_back_to_tcg_when_kvm_makes_no_progress(tmp_path, image, key,
         launched.append(accel)
         with open(vm.files['console'], 'w') as handle:
             handle.write('Probing EDD (edd=off to disable)... ok\n' if accel == 'kvm' else '')
-    monkeypatch.setattr(vm, '_launch', launch)
+    monkeypatch.setattr(vm, 'launch', launch)
     monkeypatch.setattr(vm, 'owned_pid', lambda record=None: 4242)
     monkeypatch.setattr(vm, '_kill', lambda record: killed.append(True))
     assert vm._boot({}) == 'tcg'
@@ -326,12 +326,12 @@ def test_auto_falls_back_to_tcg_when_qemu_fails_with_kvm(tmp_path, image, key, m
         launched.append(accel)
         if accel == 'kvm':
             raise CommandError('starting QEMU failed (rc=1): kvm_init_vcpu failed', ['qemu'], 1, '', '')
-    monkeypatch.setattr(vm, '_launch', launch)
+    monkeypatch.setattr(vm, 'launch', launch)
     assert vm._boot({}) == 'tcg' and launched == ['kvm', 'tcg']
     assert vm.notes == [_vm.MSG_KVM_START_FALLBACK % ('vm1', 'starting QEMU failed (rc=1): kvm_init_vcpu failed')]
     # asked for kvm explicitly: the error stands
     vm = make_vm(tmp_path, image, key, accel='kvm', tools={'kvm_device': '/dev/null'})
-    monkeypatch.setattr(vm, '_launch', launch)
+    monkeypatch.setattr(vm, 'launch', launch)
     with pytest.raises(CommandError):
         vm._boot({})
 
@@ -343,7 +343,7 @@ def test_auto_keeps_kvm_when_the_kernel_progresses(tmp_path, image, key, monkeyp
     def launch(record, accel):
         with open(vm.files['console'], 'w') as handle:
             handle.write('[    0.9] Run /init as init process\n')
-    monkeypatch.setattr(vm, '_launch', launch)
+    monkeypatch.setattr(vm, 'launch', launch)
     assert vm._boot({}) == 'kvm' and vm.notes == []
 
 
@@ -392,7 +392,7 @@ def test_failed_boot_cleans_up_but_keeps_the_console(tmp_path, image, key, monke
     def launch(record, accel):
         with open(vm.files['console'], 'w') as handle:
             handle.write('Probing EDD\n')
-    monkeypatch.setattr(vm, '_launch', launch)
+    monkeypatch.setattr(vm, 'launch', launch)
     with pytest.raises(VmError):
         vm.start()
     assert sorted(os.listdir(vm.state_dir)) == ['console.log']
