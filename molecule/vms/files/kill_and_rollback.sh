@@ -17,7 +17,13 @@ for _ in $(seq 1 900); do
   sleep 0.2
 done
 grep -q 'Wait for unanswered keepalive probe 1' "$LOG" || { cat "$LOG"; echo "never reached the DROP"; exit 1; }
-kill -KILL -- "-$PLAY"
+# ansible-core runs each task's worker in a session of its own: kill the whole
+# tree of the controller (frozen first so that nothing forks meanwhile), as a
+# crash of the controller machine would
+descendants() { local child; for child in $(pgrep -P "$1"); do echo "$child"; descendants "$child"; done; }
+TREE="$PLAY $(descendants "$PLAY")"
+for pid in $TREE; do kill -STOP "$pid" 2>/dev/null || true; done
+for pid in $TREE; do kill -KILL "$pid" 2>/dev/null || true; done
 wait "$PLAY" || true
 echo "killed the controller of the experiment on $HOST after the DROP"
 ansible-playbook -i "$INV" tcplab.keepalive.rollback --limit "$HOST"
