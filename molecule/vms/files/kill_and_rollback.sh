@@ -8,7 +8,7 @@ LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
 setsid ansible-playbook -i "$INV" tcplab.keepalive.experiment \
   -e '{"experiment_keepalive": {"time": 2, "intvl": 1, "probes": 3}, "experiment_idle_probes": 2}' \
-  -e "experiment_client=$HOST experiment_report_dir=$REPORTS" > "$LOG" 2>&1 &
+  -e "experiment_client=$HOST experiment_report_dir=$REPORTS experiment_install_deps=true" > "$LOG" 2>&1 &
 PLAY=$!
 # the task after the DROP names the unanswered probes: the rule is in by then
 for _ in $(seq 1 900); do
