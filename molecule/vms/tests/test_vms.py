@@ -57,11 +57,8 @@ def test_audit_after_reboot_is_compliant():
 
 
 def vm_state(host):
-    return json.loads(host.check_output('/usr/bin/python3 -c %s' % "'%s'" % STATE_CODE))
-
-
-STATE_CODE = ("import json; print(json.dumps([int(open('/proc/sys/net/ipv4/tcp_keepalive_%s' % k).read())"
-              " for k in ('time', 'intvl', 'probes')]))")
+    return [int(host.file('/proc/sys/net/ipv4/tcp_keepalive_%s' % key).content_string)
+            for key in ('time', 'intvl', 'probes')]
 
 
 def test_runtime_values_are_the_persisted_ones(host):
