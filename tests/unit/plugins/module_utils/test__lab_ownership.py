@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -87,8 +88,18 @@ def cleanup():
             continue
         if BASE in text and ('sshd' in text or 'sleep' in text):
             subprocess.call(['kill', '-9', pid])
-    for netns in ours_left():
+    namespaces = ours_left()
+    for netns in namespaces:
         sh('ip', 'netns', 'del', netns, check=False)
+    # the kernel tears a deleted namespace's veth pair down asynchronously: wait
+    # for it, so that the next test does not find it as a foreign interface
+    veths = [_lab.veth_name(netns) for netns in namespaces]
+    deadline = time.monotonic() + 5
+    while veths and time.monotonic() < deadline:
+        veths = [name for name in veths if os.path.exists('/sys/class/net/' + name)]
+        time.sleep(0.05)
+    for name in veths:
+        sh('ip', 'link', 'del', name, check=False)
     for name in ('tkla0', 'tkla1', 'tkladum0'):
         sh('ip', 'link', 'del', name, check=False)
     for user in USERS:
