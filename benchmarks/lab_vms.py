@@ -69,7 +69,7 @@ def image_figures(release):
     cold_dir = tempfile.mkdtemp(prefix='tcplab-bench-images-', dir='/var/tmp')
     try:
         cold = ImageCache(run, cold_dir).ensure(release)
-        cached = [ImageCache(run, cold_dir).ensure(release)['seconds'] for _ in range(5)]
+        cached = [ImageCache(run, cold_dir).ensure(release)['seconds'] for _round in range(5)]
     finally:
         shutil.rmtree(cold_dir, ignore_errors=True)
     return cold['seconds'], statistics.median(cached)
@@ -79,7 +79,7 @@ def boot_figures():
     """Boot the three releases in parallel: wall seconds and each VM's boot-to-SSH and accelerator."""
     hosts = [{'name': 'b-' + release, 'kind': 'vm', 'release': release} for release in RELEASES]
     lab(VM_LAB, [], state='absent')
-    seconds, _ = lab(VM_LAB, hosts)
+    seconds = lab(VM_LAB, hosts)[0]
     with open(os.path.join(VM_LAB['lab_state_dir'], 'lab.json')) as handle:
         manifest = json.load(handle)
     return seconds, manifest
@@ -106,7 +106,7 @@ def main():
         experiment(VM_LAB, 'client', 'server', reports, install=True)  # warm-up: installs tcpdump and iptables
         experiment(NS_LAB, 'client', 'server', reports)
         vms, nss = [], []
-        for _ in range(args.rounds):
+        for _round in range(args.rounds):
             vms.append(experiment(VM_LAB, 'client', 'server', reports))
             nss.append(experiment(NS_LAB, 'client', 'server', reports))
         ratios = [v / n for v, n in zip(vms, nss)]
