@@ -29,7 +29,7 @@ import socket
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
-from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, pids, starttime
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, pids, starttime, wait_gone
 
 DEFAULT_PORT = 3142
 SERVICE_USER = 'apt-cacher-ng'
@@ -246,9 +246,4 @@ class AptProxy:
                 raise
 
     def _wait_exit(self, pid, timeout):
-        deadline = self.clock() + timeout
-        while starttime(pid) is not None:
-            if self.clock() >= deadline:
-                return False
-            self.sleep(0.1)
-        return True
+        return wait_gone(pid, timeout, step=0.1, clock=self.clock, sleep=self.sleep)

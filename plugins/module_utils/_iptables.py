@@ -380,20 +380,17 @@ class Iptables:
 
     def exists(self, chain, spec):
         """True/False from -C; a busy lock or any other error raises (never read as absent)."""
-        argv = self._cmd('-C', chain, *spec)
-        rc, out, err = self.run(argv, check=False)
-        if rc == 0:
-            return True
-        if rc == 1 and 'does a matching rule exist' in (err or ''):
-            return False
-        return self._fail(argv, rc, out, err)
+        return self._matched(self._cmd('-C', chain, *spec))
 
     def insert(self, chain, spec, position):
         self._call(self._cmd('-I' if position == 'insert' else '-A', chain, *spec))
 
     def delete(self, chain, spec):
         """Delete one copy; False if it was gone already (a timer or another run was faster)."""
-        argv = self._cmd('-D', chain, *spec)
+        return self._matched(self._cmd('-D', chain, *spec))
+
+    def _matched(self, argv):
+        """True when -C/-D found the rule, False when iptables says there is none; any other error raises."""
         rc, out, err = self.run(argv, check=False)
         if rc == 0:
             return True

@@ -14,6 +14,7 @@ start time match what they recorded; these are the readers they share.
 from __future__ import annotations
 
 import os
+import time
 
 OWN_NETNS = '/proc/self/ns/net'
 
@@ -58,3 +59,13 @@ def netns_inode(path=OWN_NETNS):
 def netns_of(pid):
     """Inode of a process's network namespace, or None."""
     return netns_inode('/proc/%d/ns/net' % pid)
+
+
+def wait_gone(pid, timeout, step=0.1, clock=time.monotonic, sleep=time.sleep):
+    """Wait until pid has exited (or is a zombie) for at most timeout seconds; True when it has."""
+    deadline = clock() + timeout
+    while starttime(pid) is not None:
+        if clock() >= deadline:
+            return False
+        sleep(step)
+    return True

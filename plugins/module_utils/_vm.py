@@ -44,7 +44,7 @@ import socket
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, atomic_write
-from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, pids, starttime
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, pids, starttime, wait_gone
 
 ACCELS = ('auto', 'kvm', 'tcg')
 LOGIN_USER = 'tcplab'
@@ -569,12 +569,7 @@ class Vm:
 
     # -- stop ------------------------------------------------------------
     def _wait_exit(self, pid, timeout):
-        deadline = self.clock() + timeout
-        while starttime(pid) is not None:
-            if self.clock() >= deadline:
-                return False
-            self.sleep(0.2)
-        return True
+        return wait_gone(pid, timeout, step=0.2, clock=self.clock, sleep=self.sleep)
 
     def kill(self, record):
         """SIGKILL this VM's QEMU (when proven ours); True when there was one."""
