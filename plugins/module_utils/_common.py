@@ -10,6 +10,7 @@ and must not be used from outside tcplab.keepalive.
 from __future__ import annotations
 
 import os
+import stat
 
 # Every external command runs with the C locale so that its messages (which
 # some callers parse) are stable.
@@ -111,3 +112,16 @@ def atomic_write(path, data, mode=0o600):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+FILE_KINDS = ((stat.S_ISREG, 'a file'), (stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO (named pipe)'),
+              (stat.S_ISSOCK, 'a socket'), (stat.S_ISLNK, 'a symbolic link'), (stat.S_ISCHR, 'a character device'),
+              (stat.S_ISBLK, 'a block device'))
+
+
+def file_kind(mode):
+    """'a file', 'a directory', 'a FIFO (named pipe)', ... for a st_mode (in error messages)."""
+    for test, name in FILE_KINDS:
+        if test(mode):
+            return name
+    return 'a special file'

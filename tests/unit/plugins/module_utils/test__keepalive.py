@@ -42,3 +42,16 @@ def test_idle_timeouts_have_seconds_and_an_action():
     for name, preset in ka.IDLE_TIMEOUTS.items():
         assert preset['seconds'] > 0, name
         assert preset['action'] in ('drop', 'reset'), name
+
+
+def test_file_kind_names_what_a_path_is(tmp_path):
+    from ansible_collections.tcplab.keepalive.plugins.module_utils._common import file_kind
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(str(fifo))
+    (tmp_path / 'file').write_text('x')
+    os.symlink(str(tmp_path / 'file'), str(tmp_path / 'link'))
+    assert file_kind(os.lstat(str(tmp_path / 'file')).st_mode) == 'a file'
+    assert file_kind(os.lstat(str(tmp_path)).st_mode) == 'a directory'
+    assert file_kind(os.lstat(str(fifo)).st_mode) == 'a FIFO (named pipe)'
+    assert file_kind(os.lstat(str(tmp_path / 'link')).st_mode) == 'a symbolic link'
+    assert file_kind(os.lstat('/dev/null').st_mode) == 'a character device'
