@@ -199,7 +199,11 @@ def test_qemu_argv(tmp_path, image, key):
     assert '-accel tcg' in text and '-display none' in text and '-nodefaults' in text
     assert '-serial file:%s' % vm.files['console'] in text
     assert '-qmp unix:%s,server=on,wait=off' % vm.files['qmp'] in text
-    assert '-kernel %s -initrd %s -append root=/dev/vda ro console=ttyS0' % (image['kernel'], image['initrd']) in text
+    assert '-kernel %s -initrd %s -append root=/dev/vda ' % (image['kernel'], image['initrd']) in text
+    append = argv[argv.index('-append') + 1].split()
+    assert {'rw', 'console=ttyS0', 'net.ifnames=0'} <= set(append)
+    assert 'floppy' in [arg for arg in append if arg.startswith('modprobe.blacklist=')][0].split('=', 1)[1].split(',')
+    assert argv[argv.index('-machine') + 1].split(',')[0] == 'pc' and 'i8042=off' in argv[argv.index('-machine') + 1]
     assert 'file=%s,if=virtio,format=qcow2' % vm.files['overlay'] in text
     assert 'tap,id=net0,ifname=%s,script=no,downscript=no' % vm.tap in text
     assert 'virtio-net-pci,netdev=net0,mac=%s' % vm.mac in text

@@ -154,10 +154,9 @@ def test_mmdebstrap_argv(tmp_path):
 
 def test_stage_initramfs_files(tmp_path):
     hooks = _vm_image.stage_initramfs_files(str(tmp_path))
-    assert hooks == ['--essential-hook=copy-in %s/etc/initramfs-tools /etc' % tmp_path,
-                     '--essential-hook=copy-in %s/usr/share/initramfs-tools /usr/share' % tmp_path]
-    assert (tmp_path / 'etc/initramfs-tools/conf.d/tcplab').read_text() == 'MODULES=list\n'
-    assert 'virtio_blk' in (tmp_path / 'usr/share/initramfs-tools/modules.d/tcplab').read_text()
+    assert hooks == ['--essential-hook=copy-in %s/etc/tiny-initramfs /etc' % tmp_path]
+    conf = (tmp_path / 'etc/tiny-initramfs/tiny-initramfs.conf').read_text()
+    assert 'AUTO_MODULES=no' in conf and 'virtio_blk' in conf and 'ext4' in conf
 
 
 @pytest.mark.parametrize('missing, package', [('mmdebstrap', 'mmdebstrap'), ('mkfs.ext4', 'e2fsprogs'),
@@ -344,7 +343,9 @@ def test_seed_script_is_shellcheck_clean(tmp_path):
 
 def test_seed_unit_runs_before_network_and_sshd():
     unit = _vm_image.SEED_UNIT
-    assert 'Before=network-pre.target ssh.service' in unit
+    before = [line for line in unit.splitlines() if line.startswith('Before=')][0].split('=', 1)[1].split()
+    assert {'network-pre.target', 'network.target', 'ssh.service'} <= set(before)
+    assert 'After=' in unit and 'sys-subsystem-net-devices-eth0.device' in unit
     assert 'ExecStart=/usr/local/sbin/tcplab-seed' in unit
     assert _vm_image.SEED_FW_CFG in _vm_image.SEED_SCRIPT
 
