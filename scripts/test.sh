@@ -145,7 +145,7 @@ stage_integration() {
 }
 
 stage_molecule() {
-  # scenarios live in molecule/ at the collection root (DESIGN.md)
+  # scenarios live in molecule/ at the collection root (docs/architecture.md)
   MOLECULE_GLOB='molecule/*/molecule.yml' NO_COLOR=1 molecule test --all 2>&1 | tee "$OUT/molecule.log"
   local rc=${PIPESTATUS[0]}
   local scenarios

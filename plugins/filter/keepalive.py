@@ -1,0 +1,213 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters of the experiment's arithmetic: what governs the client's keepalive and how long each step may take.
+
+The documentation of each filter is in the YAML file of its name beside this one. The formulas use the
+collection's one description of the kernel's keepalive (module_utils/_keepalive.py), so the role, the
+analyser and the audit agree on them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import BOUNDS, KEYS, detection_seconds
+
+# A few more seconds on top of the whole timeline before the kernel's own clocks stop what a lost
+# controller left behind: the lease of the sysctls and the capture (ten minutes), the DROP rule's
+# dead-man timer (five minutes).
+LEASE_SPARE = 600
+CAPTURE_SPARE = 600
+DROP_SPARE = 300
+# curl's own --keepalive-time when the role passes none
+CURL_STOCK = 60
+CLIENT_KINDS = ('python', 'curl')
+PHASES = ('answered', 'unanswered', 'rst')
+# The binaries that provide each tool the experiment looks for (iptables: either backend will do).
+TOOL_BINARIES = {
+    'ip': ('ip',),
+    'iptables': ('iptables', 'iptables-nft', 'iptables-legacy'),
+    'curl': ('curl',),
+    'nc': ('nc',),
+}
+CAPTURE = 'capture'
+
+GOVERNS_SYSCTLS = 'the sysctls (python client, SO_KEEPALIVE without per-socket options)'
+GOVERNS_CURL = ('curl --keepalive-time %d set by the role: TCP_KEEPIDLE = TCP_KEEPINTVL = %d s per socket override '
+                'the sysctls; probes from the sysctl')
+GOVERNS_STOCK_CURL = ('stock curl: TCP_KEEPIDLE = TCP_KEEPINTVL = %d s per socket override the sysctls; '
+                      'probes from the sysctl' % CURL_STOCK)
+
+MSG_VALUES = ('%s needs time, intvl and probes as whole numbers (time and intvl 1..32767 seconds, probes 1..127), '
+              'for example {"time": 2, "intvl": 1, "probes": 3}; got %r')
+MSG_NUMBER = '%s must be a whole number from %d to %d; got %r'
+MSG_CLIENT_KIND = 'experiment_client_kind must be one of %s; got %%r' % ', '.join(CLIENT_KINDS)
+MSG_CURL_TIME = ('experiment_curl_keepalive_time must be match (the keepalive time), stock (curl\'s own %d s) '
+                 'or seconds from %d to %d; got %%r' % ((CURL_STOCK,) + BOUNDS['time']))
+MSG_PHASE = 'the phase of a wait must be one of %s; got %%r' % ', '.join(PHASES)
+MSG_TOOL = 'unknown tool %%r: the experiment knows %s' % ', '.join(sorted(TOOL_BINARIES) + [CAPTURE])
+MSG_LIST = '%s must be a list (%s); got %r'
+
+
+def _whole(what, value, low, high):
+    """value as an int within low..high; strings of digits are accepted as Jinja hands them over."""
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().lstrip('-').isdigit():
+        number = int(value.strip())
+    if number is None or not low <= number <= high:
+        raise AnsibleFilterError(MSG_NUMBER % (what, low, high, value))
+    return number
+
+
+def _values(values, what='experiment_keepalive'):
+    """{time, intvl, probes} as ints within the kernel's bounds."""
+    if not isinstance(values, dict) or any(key not in values for key in KEYS):
+        raise AnsibleFilterError(MSG_VALUES % (what, values))
+    try:
+        return {key: _whole('%s.%s' % (what, key), values[key], *BOUNDS[key]) for key in KEYS}
+    except AnsibleFilterError:
+        raise AnsibleFilterError(MSG_VALUES % (what, values)) from None
+
+
+def curl_time(setting, keepalive):
+    """The --keepalive-time the role passes to curl: None for stock curl."""
+    if setting == 'match':
+        return keepalive['time']
+    if setting == 'stock':
+        return None
+    try:
+        return _whole('experiment_curl_keepalive_time', setting, *BOUNDS['time'])
+    except AnsibleFilterError:
+        raise AnsibleFilterError(MSG_CURL_TIME % (setting,)) from None
+
+
+def client_keepalive(keepalive, client_kind='python', curl_keepalive_time='match'):
+    """What governs the client's keepalive: the expected values, the sentence that says why, curl's option."""
+    values = _values(keepalive)
+    if client_kind not in CLIENT_KINDS:
+        raise AnsibleFilterError(MSG_CLIENT_KIND % (client_kind,))
+    if client_kind == 'python':
+        return {'expect': values, 'governs': GOVERNS_SYSCTLS, 'curl_keepalive_time': None}
+    curl = curl_time(curl_keepalive_time, values)
+    per_socket = CURL_STOCK if curl is None else curl
+    return {
+        'expect': {'time': per_socket, 'intvl': per_socket, 'probes': values['probes']},
+        'governs': GOVERNS_STOCK_CURL if curl is None else GOVERNS_CURL % (curl, curl),
+        'curl_keepalive_time': curl,
+    }
+
+
+def keepalive_detection(values):
+    """Seconds from the last segment received until the kernel gives up on a silent peer."""
+    return detection_seconds(_values(values, 'the keepalive values'))
+
+
+def experiment_timeline(expect, idle_probes=0, margin=0):
+    """The budgets of one run, in seconds, from the governing values, the answered probes and the margin."""
+    values = _values(expect, 'the expected keepalive values')
+    idle = _whole('experiment_idle_probes', idle_probes, 0, 1000000)
+    slack = _whole('experiment_margin', margin, 0, 1000000)
+    detection = detection_seconds(values)
+    answered = values['time'] * idle
+    return {
+        'detection': detection,
+        # from the DROP: the unanswered probes and the RST, with one margin
+        'silence_wait': detection + slack,
+        # the DROP rule removes itself after this, should cleanup never come
+        'drop_expire_after': detection + slack + DROP_SPARE,
+        # the capture stops itself after this
+        'capture_seconds': answered + detection + CAPTURE_SPARE,
+        # the whole timeline with every wait's margin: a lease a killed controller never released expires after it
+        'lease_ttl': answered + detection + slack * (idle + values['probes'] + 3) + LEASE_SPARE,
+    }
+
+
+def keepalive_eta(expect, phase, number):
+    """When event number of phase is due: answered probes from the connect, the rest from the last answered segment.
+
+    Answered probe k comes k x time after the connect; unanswered probe k at time + (k - 1) x intvl after the
+    last answered segment, and the RST (number probes + 1) one intvl after the last probe.
+    """
+    values = _values(expect, 'the expected keepalive values')
+    if phase not in PHASES:
+        raise AnsibleFilterError(MSG_PHASE % (phase,))
+    k = _whole('the probe number', number, 1, 1000000)
+    if phase == 'answered':
+        return values['time'] * k
+    return values['time'] + values['intvl'] * (k - 1)
+
+
+def poll_retries(seconds, every=5):
+    """How many polls of every seconds cover seconds (rounded up)."""
+    total = _whole('the seconds to wait', seconds, 0, 100000000)
+    step = _whole('the poll interval', every, 1, 3600)
+    return int(math.ceil(total / float(step)))
+
+
+def _found_tools(files):
+    """The tools whose binaries ansible.builtin.find found: an executable file or a link to one."""
+    if not isinstance(files, list):
+        raise AnsibleFilterError(MSG_LIST % ('found', 'the files of ansible.builtin.find', files))
+    names = set()
+    for entry in files:
+        if not isinstance(entry, dict) or not entry.get('path'):
+            continue
+        runnable = entry.get('islnk') or (entry.get('isreg') and any(entry.get(bit) for bit in ('xusr', 'xgrp', 'xoth')))
+        if runnable:
+            names.add(str(entry['path']).rstrip('/').rsplit('/', 1)[-1])
+    return {tool for tool, binaries in TOOL_BINARIES.items() if names.intersection(binaries)}
+
+
+def missing_tools(needs, found=None, capture=None):
+    """The tools of needs that a host lacks.
+
+    found is the files list of ansible.builtin.find over the host's binary directories; capture the result of
+    tcplab.keepalive.capture in check mode (it has a backend when tcpdump or scapy can capture there), or None
+    where the host does not capture.
+    """
+    if not isinstance(needs, list):
+        raise AnsibleFilterError(MSG_LIST % ('needs', 'tool names', needs))
+    for tool in needs:
+        if tool != CAPTURE and tool not in TOOL_BINARIES:
+            raise AnsibleFilterError(MSG_TOOL % (tool,))
+    have = _found_tools(found if found is not None else [])
+    if isinstance(capture, dict) and capture.get('backend'):
+        have.add(CAPTURE)
+    return [tool for tool in needs if tool not in have]
+
+
+def tool_binaries(tools=None):
+    """The binary names to look for, for the given tools (all when None), in a stable order."""
+    wanted = sorted(TOOL_BINARIES) if tools is None else tools
+    if not isinstance(wanted, list):
+        raise AnsibleFilterError(MSG_LIST % ('tools', 'tool names', wanted))
+    out = []
+    for tool in wanted:
+        if tool == CAPTURE:
+            continue
+        if tool not in TOOL_BINARIES:
+            raise AnsibleFilterError(MSG_TOOL % (tool,))
+        out.extend(name for name in TOOL_BINARIES[tool] if name not in out)
+    return out
+
+
+class FilterModule:
+    """The experiment's keepalive arithmetic."""
+
+    def filters(self):
+        return {
+            'client_keepalive': client_keepalive,
+            'keepalive_detection': keepalive_detection,
+            'experiment_timeline': experiment_timeline,
+            'keepalive_eta': keepalive_eta,
+            'poll_retries': poll_retries,
+            'missing_tools': missing_tools,
+            'tool_binaries': tool_binaries,
+        }
