@@ -40,7 +40,7 @@ options:
       - name: ansible_pipelining
   netns_name:
     description:
-      - Name of the network namespace to run in.
+      - Name of the network namespace to run in, 1 to 64 letters, digits, V(.), V(_) or V(-).
       - When unset, O(inventory_hostname) is used.
     type: str
     vars:
@@ -112,6 +112,8 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 from ansible.utils.path import unfrackpath
 
+from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import is_name, is_nsfs, nsenter_argv
+
 display = Display()
 
 NSENTER_EXTRA_DIRS = ('/usr/bin', '/usr/sbin', '/bin', '/sbin')
@@ -154,10 +156,10 @@ class Connection(ConnectionBase):
 
         name = self._netns_name()
         path = os.path.join(self.get_option('netns_dir'), name)
-        if name in ('', '.', '..') or '/' in name or '\0' in name:
+        if not is_name(name):
             raise AnsibleConnectionFailure(
-                f"invalid network namespace name {name!r} (path {path}): use a plain name as given to "
-                "'ip netns add', or set ansible_netns_name")
+                f"invalid network namespace name {name!r} (path {path}): use 1 to 64 letters, digits, '.', '_' or '-' "
+                "as given to 'ip netns add', or set ansible_netns_name")
 
         hint = f"create it with the tcplab.keepalive.lab role or 'ip netns add {name}', or set ansible_netns_name"
         try:
@@ -165,11 +167,7 @@ class Connection(ConnectionBase):
         except OSError as ex:
             raise AnsibleConnectionFailure(
                 f"network namespace {name!r} not found at {path}: {hint} ({ex.strerror})") from None
-        try:
-            nsfs_dev = os.stat('/proc/self/ns/net').st_dev
-        except OSError:
-            nsfs_dev = st.st_dev  # no /proc to compare with: let nsenter decide
-        if st.st_dev != nsfs_dev:
+        if not is_nsfs(st):
             raise AnsibleConnectionFailure(
                 f"network namespace {name!r} at {path} is not a namespace (no nsfs mount): {hint}")
 
@@ -195,7 +193,7 @@ class Connection(ConnectionBase):
         if not os.path.exists(to_bytes(executable, errors='surrogate_or_strict')):
             executable = '/bin/sh'
 
-        argv = [self.nsenter, f'--net={self.netns_path}', '--', executable, '-c', to_text(cmd)]
+        argv = nsenter_argv(self.nsenter, self.netns_path, [executable, '-c', to_text(cmd)])
         display.vvv(f"EXEC {argv}", host=self._play_context.remote_addr)
 
         p = subprocess.Popen(

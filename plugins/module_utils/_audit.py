@@ -7,7 +7,7 @@ findings.
 
 Everything here only reads. Another network namespace is read by a forked
 child that enters it with setns(2) and sends its readings back as JSON over a
-pipe; the parent process never leaves its own namespace.
+pipe (_netns.run_in); the parent process never leaves its own namespace.
 
 This file is private to the collection: its names may change at any time
 and must not be used from outside tcplab.keepalive.
@@ -17,46 +17,30 @@ from __future__ import annotations
 
 import fnmatch
 import heapq
-import json
 import os
 import re
-import select
-import signal
 import socket
 import struct
-import time
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl import boot_netns
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _netns
+from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import (  # noqa: F401 pylint: disable=unused-import
+    BOUNDS, IDLE_TIMEOUTS, KERNEL_DEFAULTS, KEYS, PROC_SYS, SYSCTL, detection_seconds, format_values)
+# the namespace helpers live in _netns; these names stay importable from here
+from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import (  # noqa: F401 pylint: disable=unused-import
+    NETNS_DIR, NetnsError, boot_netns, setns as _setns)
 
-KEYS = ('time', 'intvl', 'probes')
-SYSCTL = 'net.ipv4.tcp_keepalive_%s'
-PROC_SYS = 'sys/net/ipv4/tcp_keepalive_%s'
-KERNEL_DEFAULTS = {'time': 7200, 'intvl': 75, 'probes': 9}
-BOUNDS = {'time': (1, 32767), 'intvl': (1, 32767), 'probes': (1, 127)}
-
-# Load balancer / firewall idle timeouts (seconds). A preset requires the
-# dead-peer detection time (time + intvl * probes) to be strictly below the
-# idle timeout, i.e. max_detection_seconds = timeout - 1.
-PRESET_IDLE_TIMEOUTS = {
-    'azure-lb': 240,   # Azure Load Balancer, default TCP idle timeout 4 minutes
-    'aws-nlb': 350,    # AWS Network Load Balancer, fixed TCP idle timeout
-    'gcp-vpc': 600,    # Google Cloud VPC firewall connection tracking, 10 minutes
-}
+# A load balancer preset requires the dead-peer detection time (time + intvl * probes) to be strictly
+# below the idle timeout, i.e. max_detection_seconds = timeout - 1.
+PRESET_IDLE_TIMEOUTS = {name: IDLE_TIMEOUTS[name]['seconds'] for name in ('azure-lb', 'aws-nlb', 'gcp-vpc')}
 PRESETS = dict(
     (name, {'max_detection_seconds': timeout - 1}) for name, timeout in PRESET_IDLE_TIMEOUTS.items())
-PRESETS['kernel-default'] = {
-    'time': {'min': 7200, 'max': 7200},
-    'intvl': {'min': 75, 'max': 75},
-    'probes': {'min': 9, 'max': 9},
-}
+PRESETS['kernel-default'] = {key: {'min': KERNEL_DEFAULTS[key], 'max': KERNEL_DEFAULTS[key]} for key in KEYS}
 
 # systemd-sysctl directories, highest precedence first; /etc/sysctl.conf is applied last
 SYSCTL_DIRS = ('etc/sysctl.d', 'run/sysctl.d', 'usr/local/lib/sysctl.d', 'usr/lib/sysctl.d', 'lib/sysctl.d')
 SYSCTL_CONF = 'etc/sysctl.conf'
 
 TCP_ESTABLISHED = '01'
-TIMER_KEEPALIVE = '2'
-CLONE_NEWNET = 0x40000000
 
 # finding ids
 F_MIN = 'KA001'
@@ -217,15 +201,6 @@ def _range_order_error(key, rng, given, preset):
         if given.get(mine) is not None and given.get(theirs) is None and preset:
             raise AuditError(MSG_RANGE_PRESET % (key, mine, rng[mine], key, theirs, rng[theirs], preset, key, key))
     raise AuditError(MSG_RANGE_ORDER % (key, rng['min'], key, rng['max']))
-
-
-def format_values(values):
-    return '%d/%d/%d' % (values['time'], values['intvl'], values['probes'])
-
-
-def detection_seconds(values):
-    """Seconds from the last segment received until the kernel gives up on a silent peer."""
-    return values['time'] + values['intvl'] * values['probes']
 
 
 def finding(fid, namespace, key, observed, expected, message):
@@ -538,53 +513,19 @@ def _read_first(path):
     return text.strip() if text is not None else None
 
 
-def discover_namespaces(netns_dir='/run/netns', proc='/proc', own_inode=None):
-    """Every distinct network namespace: named ones first, then those only processes hold.
+def discover_namespaces(netns_dir=NETNS_DIR, proc='/proc', own_inode=None):
+    """Every distinct network namespace (_netns.discover), each with the comm and container id of its process.
 
     Returns a list of dicts with inode, path, kind (host, named or process),
     name, pid, comm and container_id.
     """
-    seen = {}
-    order = []
-    if own_inode is None:
-        own_inode = os.stat(os.path.join(proc, 'self/ns/net')).st_ino
-    try:
-        names = sorted(os.listdir(netns_dir))
-    except OSError:
-        names = []
-    for name in names:
-        path = os.path.join(netns_dir, name)
-        try:
-            inode = os.stat(path).st_ino
-        except OSError:
-            continue
-        if inode in seen:
-            continue
-        seen[inode] = {'inode': inode, 'path': path, 'kind': 'named', 'name': name, 'pid': None,
-                       'comm': None, 'container_id': None}
-        order.append(inode)
-    try:
-        pids = sorted((int(p) for p in os.listdir(proc) if p.isdigit()))
-    except OSError:
-        pids = []
-    for pid in pids:
-        path = os.path.join(proc, str(pid), 'ns/net')
-        try:
-            inode = os.stat(path).st_ino
-        except OSError:
-            continue
-        if inode in seen:
-            continue
-        comm = _read_first(os.path.join(proc, str(pid), 'comm'))
-        cgroup = _read_text(os.path.join(proc, str(pid), 'cgroup')) or ''
-        seen[inode] = {'inode': inode, 'path': path, 'kind': 'process', 'name': None, 'pid': pid,
-                       'comm': comm, 'container_id': container_id_from_cgroup(cgroup)}
-        order.append(inode)
-    out = [seen[i] for i in order]
-    for ns in out:
-        if ns['inode'] == own_inode:
-            ns['kind'] = 'host'
-    return out
+    found = _netns.discover(netns_dir, proc, own_inode)
+    for ns in found:
+        pid = ns['pid']
+        ns['comm'] = _read_first(os.path.join(proc, str(pid), 'comm')) if pid is not None else None
+        cgroup = (_read_text(os.path.join(proc, str(pid), 'cgroup')) or '') if pid is not None else ''
+        ns['container_id'] = container_id_from_cgroup(cgroup) if pid is not None else None
+    return found
 
 
 def label_of(ns):
@@ -602,71 +543,12 @@ def matches(ns, patterns):
     return any(fnmatch.fnmatchcase(c, p) for p in patterns for c in candidates)
 
 
-def _setns(fd):
-    import ctypes
-    import ctypes.util
-    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def read_in_netns(path, sockets=True, max_examples=20, timeout=10.0, setns=_setns):
-    """Read a namespace in a forked child that setns()es into it; returns its readings or {'error'}.
-
-    The child never returns into the caller's code: it writes JSON to a pipe
-    and _exit()s. The parent waits at most timeout seconds, then kills it.
-    """
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(rfd)
-            try:
-                fd = os.open(path, os.O_RDONLY)
-                setns(fd)
-                os.close(fd)
-                data = read_namespace('/proc', sockets, max_examples)
-            except Exception as exc:  # pylint: disable=broad-except
-                data = {'error': str(exc)}
-                code = 1
-            payload = json.dumps(data).encode('utf-8')
-            while payload:
-                payload = payload[os.write(wfd, payload):]
-        finally:
-            os._exit(code)  # pylint: disable=protected-access
-    os.close(wfd)
-    chunks = []
-    deadline = time.time() + timeout
-    timed_out = False
+    """Read a namespace in a forked child that setns()es into it (_netns.run_in); its readings or {'error'}."""
     try:
-        while True:
-            left = deadline - time.time()
-            if left <= 0:
-                timed_out = True
-                break
-            ready, dummy, dummy = select.select([rfd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(rfd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(rfd)
-        if timed_out:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        os.waitpid(pid, 0)
-    if timed_out:
-        return {'error': 'no answer within %s s' % timeout}
-    try:
-        return json.loads(b''.join(chunks).decode('utf-8'))
-    except ValueError:
-        return {'error': 'the reader process died without an answer'}
+        return _netns.run_in(path, read_namespace, ('/proc', sockets, max_examples), timeout, setns)
+    except NetnsError as exc:
+        return {'error': str(exc)}
 
 
 # -- socket owners ------------------------------------------------------------
@@ -798,6 +680,45 @@ def validate_params(params):
     return out
 
 
+def _other_namespaces(params, proc, own_inode, reader, notes):
+    """Entries of the other namespaces (namespaces: all), chosen by namespace_include and max_namespaces."""
+    found = [ns for ns in discover_namespaces(params.get('netns_dir') or NETNS_DIR, proc, own_inode)
+             if ns['kind'] != 'host']
+    patterns = params.get('namespace_include', ['*'])
+    chosen = [ns for ns in found if matches(ns, patterns)]
+    if len(chosen) < len(found):
+        notes.append(NOTE_FILTERED % (len(found) - len(chosen)))
+    limit = params['max_namespaces']
+    if len(chosen) > limit:
+        notes.append(NOTE_NAMESPACES_CAPPED % (len(chosen), limit))
+        chosen = chosen[:limit]
+    entries = []
+    for ns in chosen:
+        entry = dict((k, ns[k]) for k in ('inode', 'kind', 'name', 'pid', 'comm', 'container_id'))
+        entry['label'] = label_of(ns)
+        entry.update(reader(ns['path'], params.get('sockets', True), params['max_examples'], params['timeout']))
+        entries.append(entry)
+    return entries
+
+
+def _add_owners(entries, params, proc, owners, notes):
+    """The processes holding each namespace's keepalive sockets (one pass over /proc/*/fd for all)."""
+    inodes = [i for entry in entries for i in (entry.get('sockets') or {}).get('inodes', [])]
+    owner, complete = {}, True
+    if inodes:
+        owner, complete, scanned = owners(inodes, proc, params['max_fd_scan'])
+        if not complete:
+            notes.append(NOTE_OWNERS_CAPPED % scanned)
+    else:
+        notes.append(NOTE_OWNERS_SKIPPED)
+    for entry in entries:
+        sock = entry.get('sockets')
+        if sock is None:
+            continue
+        sock['top_processes'] = top_processes(sock.pop('inodes'), owner, proc, params['top_processes'])
+        sock['owners_complete'] = complete
+
+
 def run_audit(params, proc='/proc', reader=read_in_netns, owners=socket_owners):
     """The module's work: returns the result dict (without changed)."""
     policy = validate_policy(params.get('policy'))
@@ -816,39 +737,11 @@ def run_audit(params, proc='/proc', reader=read_in_netns, owners=socket_owners):
     host.update(read_namespace(proc, sockets, max_examples))
     entries = [host]
     if mode == 'all':
-        found = [ns for ns in discover_namespaces(params.get('netns_dir') or '/run/netns', proc, own_inode)
-                 if ns['kind'] != 'host']
-        patterns = params.get('namespace_include', ['*'])
-        chosen = [ns for ns in found if matches(ns, patterns)]
-        if len(chosen) < len(found):
-            notes.append(NOTE_FILTERED % (len(found) - len(chosen)))
-        limit = params['max_namespaces']
-        if len(chosen) > limit:
-            notes.append(NOTE_NAMESPACES_CAPPED % (len(chosen), limit))
-            chosen = chosen[:limit]
-        for ns in chosen:
-            entry = dict((k, ns[k]) for k in ('inode', 'kind', 'name', 'pid', 'comm', 'container_id'))
-            entry['label'] = label_of(ns)
-            entry.update(reader(ns['path'], sockets, max_examples, params['timeout']))
-            entries.append(entry)
+        entries.extend(_other_namespaces(params, proc, own_inode, reader, notes))
     for entry in entries:
         entry['boot_netns'] = None if boot_inode is None else entry['inode'] == boot_inode
-
     if sockets:
-        inodes = [i for entry in entries for i in (entry.get('sockets') or {}).get('inodes', [])]
-        owner, complete = {}, True
-        if inodes:
-            owner, complete, scanned = owners(inodes, proc, params['max_fd_scan'])
-            if not complete:
-                notes.append(NOTE_OWNERS_CAPPED % scanned)
-        else:
-            notes.append(NOTE_OWNERS_SKIPPED)
-        for entry in entries:
-            sock = entry.get('sockets')
-            if sock is None:
-                continue
-            sock['top_processes'] = top_processes(sock.pop('inodes'), owner, proc, params['top_processes'])
-            sock['owners_complete'] = complete
+        _add_owners(entries, params, proc, owners, notes)
 
     persisted = read_persisted(root)
     # sysctl.d is applied at boot to PID 1's namespace only: drift elsewhere would compare unrelated things

@@ -22,16 +22,13 @@ import re
 import stat
 import time
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
-from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import netns_inode, netns_of, pids
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _netns
+from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write, file_kind
+from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import BOUNDS, KEYS, PROC, SYSCTL, UNITS
+# boot_netns, name_of and the name check live in _netns; these names stay importable from here
+from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import (  # noqa: F401 pylint: disable=unused-import
+    NETNS_DIR, NAME_RE as NETNS_NAME_RE, NetnsError, boot_netns, name_of)
 
-KEYS = ('time', 'intvl', 'probes')
-SYSCTL = 'net.ipv4.tcp_keepalive_%s'
-PROC = '/proc/sys/net/ipv4/tcp_keepalive_%s'
-# the kernel's per-socket bounds (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT)
-BOUNDS = {'time': (1, 32767), 'intvl': (1, 32767), 'probes': (1, 127)}
-UNITS = {'time': ' seconds', 'intvl': ' seconds', 'probes': ''}
-NETNS_NAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
 # k=v arguments and -e variables arrive as text: a decimal integer, blanks around it allowed
 INT_TEXT_RE = re.compile(r'^\s*[+-]?[0-9]{1,18}\s*$')
 LEASE_TTL_BOUNDS = (1, 604800)
@@ -40,14 +37,14 @@ ISO = '%Y-%m-%dT%H:%M:%SZ'
 
 MSG_VALUE = 'tcp_keepalive_%s must be an integer %d..%d%s, got %r'
 MSG_NOTHING = 'give at least one of time, intvl, probes (or state: restored)'
-MSG_NETNS_NAME = ('netns %r is not a network namespace name or process id: give a name from '
-                  '/run/netns (ip netns list) or the pid of a process in the namespace')
-MSG_NETNS_MISSING = 'network namespace %r not found at %s: create it (ip netns add %s) or fix the name'
-MSG_NETNS_PID = 'no process %s (netns given as a pid): the process has gone or the pid is wrong'
-MSG_NETNS_ACCESS = ('cannot open network namespace %s at %s (%s): run as root (become: true), '
-                    'or name the namespace by another process in it')
-MSG_NETNS_NOT_NS = ('%s is %s, not a network namespace (no namespace is mounted on it): '
-                    'remove it (ip netns del %s) or fix the name')
+MSG_NETNS_NAME = _netns.MSG_NAME_OR_PID
+MSG_NETNS_MISSING = _netns.MSG_MISSING
+MSG_NETNS_PID = _netns.MSG_PID
+MSG_NETNS_ACCESS = _netns.MSG_ACCESS
+MSG_NETNS_NOT_NS = _netns.MSG_NOT_NS
+MSG_NETNS_READ = 'reading the keepalive sysctls in the network namespace at %s failed: %s'
+MSG_NETNS_CHANGED = ('the network namespace to act on (inode %d) was replaced by another one (inode %d) '
+                     'before it was entered: nothing written; run the task again')
 MSG_SAVED = ('saved must be the tcplab_keepalive_saved fact of an earlier task '
              '(a mapping with netns_inode and originals), got %r')
 MSG_SAVED_NETNS = ('saved values are for network namespace inode %s, but this task acts on inode %s '
@@ -132,16 +129,6 @@ def render(values):
 
 # -- paths --------------------------------------------------------------------
 
-def kind_of(mode):
-    """'a file', 'a directory', ... for a st_mode."""
-    for test, name in ((stat.S_ISREG, 'a file'), (stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO'),
-                       (stat.S_ISSOCK, 'a socket'), (stat.S_ISLNK, 'a symbolic link'),
-                       (stat.S_ISCHR, 'a device'), (stat.S_ISBLK, 'a device')):
-        if test(mode):
-            return name
-    return 'a special file'
-
-
 def _first_existing(path):
     """(path, st_mode) of path or its nearest existing ancestor."""
     while True:
@@ -163,8 +150,8 @@ def check_dir(option, path):
     if stat.S_ISDIR(mode):
         return
     if found == path:
-        raise SysctlError(MSG_NOT_DIR % (option, path, kind_of(mode)))
-    raise SysctlError(MSG_PARENT_NOT_DIR % (option, path, found, kind_of(mode)))
+        raise SysctlError(MSG_NOT_DIR % (option, path, file_kind(mode)))
+    raise SysctlError(MSG_PARENT_NOT_DIR % (option, path, found, file_kind(mode)))
 
 
 def check_file(path):
@@ -178,10 +165,10 @@ def check_file(path):
     if mode is not None and stat.S_ISLNK(mode):
         raise SysctlError(MSG_SYMLINK % (path, os.readlink(path)))
     if mode is not None and not stat.S_ISREG(mode):
-        raise SysctlError(MSG_NOT_FILE % (path, kind_of(mode)))
+        raise SysctlError(MSG_NOT_FILE % (path, file_kind(mode)))
     found, mode = _first_existing(os.path.dirname(os.path.normpath(path)))
     if not stat.S_ISDIR(mode):
-        raise SysctlError(MSG_PARENT_NOT_DIR % ('persist_path', path, found, kind_of(mode)))
+        raise SysctlError(MSG_PARENT_NOT_DIR % ('persist_path', path, found, file_kind(mode)))
 
 
 def check_paths(params):
@@ -198,100 +185,37 @@ def check_paths(params):
 
 # -- namespaces ---------------------------------------------------------------
 
-OWN_NETNS = '/proc/self/ns/net'
+OWN_NETNS = _netns.OWN
 
 
 class Namespace:
     """Where the values live: the module's own network namespace or another one."""
 
-    def __init__(self, path, label, own, inode=None, name=None):
+    def __init__(self, path, label, own, inode=None, name=None, netns_name=None):
         self.path = path
         self.label = label
         self.own = own
         self.inode = os.stat(path).st_ino if inode is None else inode
         self.name = name or label
+        self.netns_name = netns_name  # its name under netns_dir, journalled as proof of identity
         self.boot = None
 
     def as_dict(self):
         return {'inode': self.inode, 'path': self.path, 'label': self.label, 'boot': self.boot}
 
 
-def name_of(inode, netns_dir='/run/netns'):
-    """A name under netns_dir of the namespace with this inode, or None."""
-    try:
-        names = sorted(os.listdir(netns_dir))
-    except OSError:
-        return None
-    for name in names:
-        if netns_inode(os.path.join(netns_dir, name)) == inode:
-            return name
-    return None
-
-
-def _stat_netns(path, label, hint, missing):
-    """os.stat of a namespace file that is really a namespace (nsfs), or SysctlError."""
-    try:
-        st = os.stat(path)
-        own = os.stat(OWN_NETNS)
-    except PermissionError as exc:
-        raise SysctlError(MSG_NETNS_ACCESS % (label, path, exc.strerror))
-    except OSError:
-        raise SysctlError(missing)
-    if st.st_dev != own.st_dev or not stat.S_ISREG(st.st_mode):
-        raise SysctlError(MSG_NETNS_NOT_NS % (path, kind_of(st.st_mode), hint))
-    return st
-
-
-def resolve_netns(netns, netns_dir='/run/netns'):
+def resolve_netns(netns, netns_dir=NETNS_DIR):
     """Namespace for the netns option (None: the module's own)."""
     own_inode = os.stat(OWN_NETNS).st_ino
     if netns is None or netns == '':
-        return Namespace(OWN_NETNS, 'own', True, own_inode, name_of(own_inode, netns_dir) or 'own')
-    text = str(netns)
-    if isinstance(netns, bool) or not NETNS_NAME_RE.match(text) or text in ('.', '..'):
-        raise SysctlError(MSG_NETNS_NAME % (netns,))
-    if text.isdigit():
-        path = '/proc/%s/ns/net' % text
-        label, missing = 'pid %s' % text, MSG_NETNS_PID % text
-    else:
-        path = os.path.join(netns_dir, text)
-        label, missing = text, MSG_NETNS_MISSING % (text, path, text)
-    if not os.path.lexists(path):
-        raise SysctlError(missing)
-    st = _stat_netns(path, label, text, missing)
-    return Namespace(path, label, st.st_ino == own_inode, st.st_ino)
-
-
-def _is_kthreadd(pid, proc='/proc'):
-    """True when pid is the kernel's thread daemon (a kernel thread: no command line, parent 0)."""
+        name = name_of(own_inode, netns_dir)
+        return Namespace(OWN_NETNS, 'own', True, own_inode, name or 'own', name)
     try:
-        with open('%s/%d/status' % (proc, pid)) as handle:
-            status = dict(line.split(':', 1) for line in handle.read().splitlines() if ':' in line)
-        with open('%s/%d/cmdline' % (proc, pid), 'rb') as handle:
-            cmdline = handle.read()
-    except (IOError, OSError):
-        return False
-    return (status.get('Name', '').strip() == 'kthreadd' and status.get('PPid', '').strip() == '0'
-            and cmdline == b'')
-
-
-def boot_netns(proc='/proc'):
-    """(inode, None) of the network namespace that sysctl.d configures at boot (PID 1's), or (None, why).
-
-    A PID 1 that is not dumpable (a VM's init agent, for one) hides its namespaces even from root;
-    then the kernel's thread daemon (PID 2) stands in: kernel threads stay in the initial network
-    namespace, the one init starts in.
-    """
-    path = '%s/1/ns/net' % proc
-    try:
-        return os.stat(path).st_ino, None
-    except OSError as exc:
-        why = 'cannot read %s: %s' % (path, exc.strerror)
-    if _is_kthreadd(2, proc):
-        inode = netns_inode('%s/2/ns/net' % proc)
-        if inode is not None:
-            return inode, None
-    return None, why
+        found = _netns.resolve(netns, netns_dir)
+    except NetnsError as exc:
+        raise SysctlError(str(exc))
+    name = found.label if not found.label.startswith('pid ') else name_of(found.inode, netns_dir)
+    return Namespace(found.path, found.label, found.inode == own_inode, found.inode, netns_name=name)
 
 
 def mark_boot(ns, boot):
@@ -311,39 +235,57 @@ def check_persist(ns, persist_path, boot):
                           persist_refused=True, netns=ns.as_dict(), boot_netns_inode=inode)
 
 
+def read_proc():
+    """The three values of the calling process's network namespace, from /proc/sys."""
+    values = {}
+    for key in KEYS:
+        with open(PROC % key) as handle:
+            values[key] = int(handle.read().strip())
+    return values
+
+
+def write_proc(key, value):
+    with open(PROC % key, 'w') as handle:
+        handle.write('%d\n' % value)
+
+
 class ProcAccess:
     """Reads and writes /proc/sys of the module's own network namespace."""
 
     def read(self):
-        values = {}
-        for key in KEYS:
-            with open(PROC % key) as handle:
-                values[key] = int(handle.read().strip())
-        return values
+        return read_proc()
 
     def write(self, key, value):
-        with open(PROC % key, 'w') as handle:
-            handle.write('%d\n' % value)
+        write_proc(key, value)
 
 
-class NsenterAccess:
-    """Reads and writes the sysctls of another namespace with nsenter + sysctl (argv lists)."""
+def _in_namespace(inode, func, *args):
+    """func(*args), run after entering a namespace, once the namespace is proven to be the one with inode."""
+    found = os.stat(OWN_NETNS).st_ino
+    if found != inode:
+        raise SysctlError(MSG_NETNS_CHANGED % (inode, found))
+    return func(*args)
 
-    def __init__(self, run, nsenter, sysctl, path):
-        self.run = run
-        self.prefix = [nsenter, '--net=%s' % path, '--', sysctl]
+
+class NetnsAccess:
+    """Reads and writes /proc/sys of another namespace, from a child process that entered it (_netns.run_in).
+
+    The child checks that it entered the namespace with the expected inode before it reads or writes.
+    """
+
+    def __init__(self, path, inode, run_in=_netns.run_in):
+        self.path = path
+        self.inode = inode
+        self.run_in = run_in
 
     def read(self):
-        rc, out, err = self.run(self.prefix + ['-n'] + [SYSCTL % key for key in KEYS],
-                                what='reading the keepalive sysctls')
-        lines = out.split()
-        if len(lines) != len(KEYS):
-            raise SysctlError('unexpected sysctl output: %r' % out)
-        return dict(zip(KEYS, (int(x) for x in lines)))
+        try:
+            return self.run_in(self.path, _in_namespace, (self.inode, read_proc))
+        except NetnsError as exc:
+            raise SysctlError(MSG_NETNS_READ % (self.path, exc))
 
     def write(self, key, value):
-        self.run(self.prefix + ['-q', '-w', '%s=%d' % (SYSCTL % key, value)],
-                 what='setting %s' % (SYSCTL % key))
+        self.run_in(self.path, _in_namespace, (self.inode, write_proc, key, value))
 
 
 # -- the journal --------------------------------------------------------------
@@ -371,7 +313,7 @@ class Journal:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             if not stat.S_ISREG(mode):
-                raise SysctlError(MSG_JOURNAL_FILE % (path, kind_of(mode), self.option))
+                raise SysctlError(MSG_JOURNAL_FILE % (path, file_kind(mode), self.option))
 
     @contextlib.contextmanager
     def locked(self, create=True):
@@ -417,15 +359,9 @@ class Journal:
             os.unlink(self.path)
 
 
-def live_netns_inodes(netns_dir='/run/netns'):
+def live_netns_inodes(netns_dir=NETNS_DIR):
     """Inodes of every network namespace that still exists (named or held by a process)."""
-    try:
-        named = [os.path.join(netns_dir, name) for name in os.listdir(netns_dir)]
-    except OSError:
-        named = []
-    inodes = {netns_inode(path) for path in named} | {netns_of(pid) for pid in pids()}
-    inodes.discard(None)
-    return inodes
+    return _netns.live_inodes(netns_dir)
 
 
 def prune_dead(data, live):
@@ -449,6 +385,7 @@ def new_entry(ns, originals):
     return {
         'netns_inode': ns.inode,
         'netns': ns.label,
+        'netns_name': getattr(ns, 'netns_name', None),
         'originals': dict(originals),
         'saved_at': now_iso(),
     }

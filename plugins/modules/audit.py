@@ -354,6 +354,7 @@ notes:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._audit import AuditError, run_audit
+from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import NETNS_DIR
 
 
 def main():
@@ -370,7 +371,7 @@ def main():
             namespaces=dict(type='str', choices=['host', 'all'], default='host'),
             namespace_include=dict(type='list', elements='str', default=['*']),
             root=dict(type='path', default='/'),
-            netns_dir=dict(type='path', default='/run/netns'),
+            netns_dir=dict(type='path', default=NETNS_DIR),
             sockets=dict(type='bool', default=True),
             top_processes=dict(type='int', default=10),
             max_examples=dict(type='int', default=20),

@@ -21,10 +21,13 @@ description:
     same namespace again keeps the B(first) originals.
   - O(state=restored) puts the originals back (from O(saved) when given, else from the journal),
     verifies them, and clears the journal.
+  - O(netns=all) with O(state=restored) restores every network namespace the journal on the host lists
+    (the one the module runs in, and those changed from it with O(netns)), skipping and reporting those
+    that are gone - see O(netns).
   - All values are validated before any is written; if a write fails part-way the keys already
     written are put back before the module fails.
-  - Values are read and written through C(/proc/sys); another namespace is entered with
-    C(nsenter --net) running C(sysctl) (argument lists, never a shell).
+  - Values are read and written through C(/proc/sys); in another namespace by a child process that enters
+    it with setns(2) and checks the namespace's inode before it reads or writes.
   - With O(lease), one experiment at a time owns a namespace's values - see O(lease). While another
     run's lease is live, O(state=present) fails with RV(lease_busy) and changes nothing, with or
     without O(lease).
@@ -75,6 +78,10 @@ options:
       - Act in another network namespace of the host instead of the target's own - a name under
         O(netns_dir) (as made by C(ip netns add)) or the pid of a process in it (for example a
         container's).
+      - V(all), only with O(state=restored) and without O(saved), restores every namespace the journal lists.
+        A namespace whose inode no longer exists, or that had a name which is gone or now points at another
+        inode, is reported as gone in RV(namespaces) and not touched (a deleted namespace's inode is reused by
+        the kernel). A namespace really named V(all) is named by a pid instead.
     type: str
   netns_dir:
     description: Directory of named network namespaces.
@@ -165,6 +172,16 @@ EXAMPLES = r'''
   tcplab.keepalive.sysctl:
     state: restored
 
+- name: Put back every journalled namespace of the host, as the rollback playbook does
+  tcplab.keepalive.sysctl:
+    netns: all
+    state: restored
+  register: rollback
+
+- name: Show the namespaces that were gone
+  ansible.builtin.debug:
+    msg: "{{ rollback.namespaces | selectattr('status', 'eq', 'gone') | map(attribute='msg') | list }}"
+
 - name: Take the client namespace for one experiment run
   tcplab.keepalive.sysctl:
     netns: tcplab-client
@@ -190,7 +207,7 @@ EXAMPLES = r'''
 RETURN = r'''
 previous:
   description: The values before this task.
-  returned: always
+  returned: always but with O(netns=all)
   type: dict
   contains:
     time:
@@ -207,7 +224,7 @@ previous:
       sample: 9
 current:
   description: The values after this task (in check mode, the values it would set).
-  returned: always
+  returned: always but with O(netns=all)
   type: dict
   contains:
     time:
@@ -224,13 +241,13 @@ current:
       sample: 3
 changed_keys:
   description: The sysctls changed (or, in check mode, that would change).
-  returned: always
+  returned: always but with O(netns=all)
   type: list
   elements: str
   sample: [net.ipv4.tcp_keepalive_time, net.ipv4.tcp_keepalive_intvl]
 netns:
   description: The network namespace acted on.
-  returned: always
+  returned: always but with O(netns=all)
   type: dict
   contains:
     inode:
@@ -255,7 +272,7 @@ lease:
   description:
     - The namespace's lease after this task (in check mode, as it would be); V(null) when there is none.
     - When RV(lease_busy), the other run's lease.
-  returned: always
+  returned: always but with O(netns=all)
   type: dict
   contains:
     holder:
@@ -282,13 +299,13 @@ lease_busy:
   description:
     - V(true) when another run's live lease stopped this task - O(state=present) then fails,
       O(state=restored) with O(lease) returns ok with nothing changed.
-  returned: always, and on the failure it causes
+  returned: always but with O(netns=all), and on the failure it causes
   type: bool
   sample: false
 lease_cleared:
   description:
     - The lease that this task released, cleared or took over (expired), or V(null).
-  returned: always
+  returned: always but with O(netns=all)
   type: dict
   sample: {holder: 20240101T120000Z-3f9a, owner: controller host pid, since: '2024-01-01T12:00:00Z',
            expires: '2024-01-01T13:00:00Z', expired: false}
@@ -307,9 +324,50 @@ msg:
   returned: always
   type: str
   sample: set net.ipv4.tcp_keepalive_time=30
+namespaces:
+  description:
+    - With O(netns=all), one entry per journalled namespace, in inode order.
+  returned: with O(netns=all), also on the failure of one of them
+  type: list
+  elements: dict
+  contains:
+    netns:
+      description: The namespace (C(inode), C(path), C(label), C(boot)) as for a single one; C(path) is V(null) when gone.
+      type: dict
+    status:
+      description:
+        - V(restored) (values or journal changed), V(unchanged), V(busy) (another run's live lease, not touched),
+          V(gone) (not touched; RV(namespaces[].msg) says why) or V(failed).
+      type: str
+      sample: gone
+    changed:
+      description: Whether this namespace was changed.
+      type: bool
+    msg:
+      description: What was done, or why the namespace counts as gone.
+      type: str
+      sample: 'gone: no network namespace with inode 4026532999 exists any more; its journal entry is dropped'
+    previous:
+      description: The values before (not for V(gone) and V(failed)).
+      type: dict
+    current:
+      description: The values after (not for V(gone) and V(failed)).
+      type: dict
+    changed_keys:
+      description: The sysctls changed (not for V(gone) and V(failed)).
+      type: list
+      elements: str
+    lease_cleared:
+      description: The lease released or cleared (not for V(gone) and V(failed)).
+      type: dict
+counts:
+  description: With O(netns=all), how many namespaces got each status.
+  returned: with O(netns=all)
+  type: dict
+  sample: {restored: 1, unchanged: 0, busy: 0, gone: 1, failed: 0}
 ansible_facts:
   description: Facts for later tasks.
-  returned: always
+  returned: always but with O(netns=all)
   type: dict
   contains:
     tcplab_keepalive_saved:
@@ -322,6 +380,9 @@ ansible_facts:
         netns:
           description: Namespace label.
           type: str
+        netns_name:
+          description: Its name under O(netns_dir) when it had one, else V(null) (how O(netns=all) proves it is still there).
+          type: str
         originals:
           description: The original values, keys C(time), C(intvl), C(probes).
           type: dict
@@ -332,28 +393,32 @@ ansible_facts:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, Runner, find_binary
+from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import NETNS_DIR
 from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl import (
-    MSG_NOTHING, Journal, KeepaliveSysctl, NsenterAccess, ProcAccess, SysctlError, boot_netns, check_paths,
+    MSG_NOTHING, Journal, KeepaliveSysctl, NetnsAccess, ProcAccess, SysctlError, boot_netns, check_paths,
     check_persist, lease_request, live_netns_inodes, mark_boot, resolve_netns, validate_values)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl_all import ALL, check_all, restore_all
 
 
 def run(module, p):
-    """The task's result; SysctlError / CommandError when refused or failed."""
+    """The task's result; SysctlError when refused or failed."""
     wanted = validate_values(p)
-    if p['state'] == 'present' and not wanted:
+    if p['netns'] == ALL:
+        check_all(p)
+    elif p['state'] == 'present' and not wanted:
         raise SysctlError(MSG_NOTHING)
     lease = lease_request(p)
     check_paths(p)
+    journal = Journal(p['journal_dir'])
+    persist_journal = Journal(p['persist_journal_dir'], 'persist_journal_dir')
+    if p['netns'] == ALL:
+        return restore_all(journal, persist_journal, p['netns_dir'], module.check_mode, p['persist_path'], lease)
     ns = mark_boot(resolve_netns(p['netns'], p['netns_dir']), boot_netns())
     if p['persist'] and p['state'] == 'present':
         check_persist(ns, p['persist_path'], boot_netns())
-    if ns.own:
-        access = ProcAccess()
-    else:
-        access = NsenterAccess(Runner(module), find_binary(module, 'nsenter'), find_binary(module, 'sysctl'), ns.path)
-    engine = KeepaliveSysctl(ns, access, Journal(p['journal_dir']), Journal(p['persist_journal_dir'], 'persist_journal_dir'),
-                             check_mode=module.check_mode, live_inodes=lambda: live_netns_inodes(p['netns_dir']))
+    access = ProcAccess() if ns.own else NetnsAccess(ns.path, ns.inode)
+    engine = KeepaliveSysctl(ns, access, journal, persist_journal, check_mode=module.check_mode,
+                             live_inodes=lambda: live_netns_inodes(p['netns_dir']))
     if p['state'] == 'present':
         return engine.present(wanted, p['persist_path'] if p['persist'] else None, lease)
     return engine.restored(p['saved'], p['persist_path'], lease)
@@ -368,7 +433,7 @@ def main():
             state=dict(type='str', choices=['present', 'restored'], default='present'),
             saved=dict(type='dict'),
             netns=dict(type='str'),
-            netns_dir=dict(type='path', default='/run/netns'),
+            netns_dir=dict(type='path', default=NETNS_DIR),
             persist=dict(type='bool', default=False),
             persist_path=dict(type='path', default='/etc/sysctl.d/90-tcplab-keepalive.conf'),
             journal_dir=dict(type='path', default='/run/tcplab-keepalive/sysctl'),
@@ -381,8 +446,6 @@ def main():
     )
     try:
         result = run(module, module.params)
-    except CommandError as exc:
-        module.fail_json(**exc.as_result())
     except SysctlError as exc:
         module.fail_json(msg=str(exc), **exc.extra)
     except OSError as exc:

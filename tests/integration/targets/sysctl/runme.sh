@@ -8,6 +8,9 @@ ROOT_BEFORE=$(root_values)
 
 ansible-playbook -i "${INVENTORY_PATH}" main.yml "$@"
 
+# netns: all restores every journalled namespace, skipping those that are gone (lab namespaces, tkns-it-*)
+ansible-playbook -i "${INVENTORY_PATH}" all.yml "$@"
+
 # A play killed (SIGKILL) right after the change, then state: restored from a
 # fresh controller (no facts, only the journal on the host) restores everything.
 NS=tksy-it-killed

@@ -1,12 +1,16 @@
-# Unit tests of the lab logic: validation messages, address planning, argv.
+# Unit tests of the lab logic: validation messages, address planning, and what a lab leaves in the kernel.
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import shutil
+import subprocess
 
 import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _lab
+from ansible_collections.tcplab.keepalive.plugins.module_utils._common import Runner
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab import (
     Lab, LabError, normalize_hosts, parse_network, plan_addresses, veth_name)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_ssh import render_sshd_config, sshd_pids_of
@@ -143,35 +147,14 @@ def test_sshd_pids_of_matches_only_our_listeners():
 
 
 class FakeRunner:
-    """Records argv; answers `ip -j` queries from a table."""
-
-    def __init__(self, answers=None):
-        self.calls = []
-        self.answers = answers or {}
+    """Runs nothing (for the checks made before any command)."""
 
     def __call__(self, argv, check=True, ok_rc=(0,), data=None, what=None):
-        self.calls.append(list(argv))
-        key = ' '.join(argv)
-        for prefix, out in self.answers.items():
-            if key.startswith(prefix):
-                return 0, out, ''
-        return 0, '[]', ''
+        raise AssertionError('no command expected, got %r' % (argv,))
 
 
-PARAMS = {'bridge': 'tkbr0', 'netns_prefix': 'tku-', 'state_dir': '/run/tku-state', 'netns_dir': '/nonexistent'}
-
-
-def test_present_check_mode_changes_nothing():
-    run = FakeRunner()
-    lab = Lab(run, PARAMS, check_mode=True, binaries={'ip': 'ip'})
-    result = lab.present(normalize_hosts(['a'], 'netns'), '198.18.0.0/24')
-    assert lab.changed
-    # only read-only queries ran
-    assert all(call[:2] == ['ip', '-j'] for call in run.calls), run.calls
-    assert ['ip', 'netns', 'add', 'tku-a'] in lab.actions
-    assert ['ip', 'link', 'add', 'name', 'tkbr0', 'type', 'bridge'] in lab.actions
-    assert result['hosts'][0]['address'] == '198.18.0.10'
-    assert result['gateway'] == '198.18.0.1'
+PARAMS = {'bridge': 'tknsbr1', 'netns_prefix': 'tkns-u-', 'state_dir': '/run/tcplab-helper-ns/unit-lab',
+          'netns_dir': '/nonexistent'}
 
 
 @pytest.mark.parametrize('params, message', [
@@ -188,43 +171,99 @@ def test_lab_rejects_bad_params(params, message):
     assert str(exc.value) == message
 
 
-def test_absent_removes_only_what_the_manifest_lists(tmp_path):
-    netns_dir = tmp_path / 'netns'
-    netns_dir.mkdir()
-    for name in ('tku-a', 'tku-b', 'other'):
-        (netns_dir / name).write_text('')
-    state = tmp_path / 'state'
-    state.mkdir()
-    (state / 'lab.json').write_text(json.dumps({
-        'version': 2, 'namespaces': {'tku-a': {'inode': (netns_dir / 'tku-a').stat().st_ino}},
-        'bridges': {'tkbr0': {'ifindex': 5}}, 'veths': {'tkaaaa': {'ifindex': 6}}, 'state_dir_created': True}))
-    links = ('[{"ifname": "tkbr0", "ifindex": 5, "linkinfo": {"info_kind": "bridge"}},'
-             ' {"ifname": "tkaaaa", "ifindex": 6, "master": "tkbr0", "linkinfo": {"info_kind": "veth"}},'
-             ' {"ifname": "tkbbbb", "ifindex": 7, "master": "tkbr0", "linkinfo": {"info_kind": "veth"}},'
-             ' {"ifname": "eth0", "ifindex": 2}]')
-    run = FakeRunner({'ip -j -d link show': links})
-    lab = Lab(run, dict(PARAMS, netns_dir=str(netns_dir), state_dir=str(state)), binaries={'ip': 'ip'})
-    lab.veth_wait = 0  # the fake veth never goes away with its namespace
-    lab.absent()
-    changing = [c for c in run.calls if c[:2] != ['ip', '-j']]
-    assert changing == [
-        ['ip', 'netns', 'del', 'tku-a'],
-        ['ip', 'link', 'del', 'tkaaaa'],
-        ['ip', 'link', 'del', 'tkbr0'],
-    ]
-    assert not state.exists()
+# -- behaviour against the real kernel (what exists afterwards, not which commands ran) -------------
+
+NETWORK = '198.19.130.128/25'
+REAL = dict(PARAMS, netns_dir='/run/netns')
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which('ip') is None,
+                                reason='needs root and ip(8): the tests make network namespaces')
 
 
-def test_absent_without_a_manifest_touches_nothing(tmp_path):
-    netns_dir = tmp_path / 'netns'
-    netns_dir.mkdir()
-    (netns_dir / 'tku-a').write_text('')
-    links = '[{"ifname": "tkbr0", "ifindex": 5, "linkinfo": {"info_kind": "bridge"}}]'
-    run = FakeRunner({'ip -j -d link show': links})
-    lab = Lab(run, dict(PARAMS, netns_dir=str(netns_dir), state_dir=str(tmp_path / 'state')), binaries={'ip': 'ip'})
+class _Module:
+    """What Runner needs of an AnsibleModule: run_command, for real."""
+
+    @staticmethod
+    def run_command(argv, check_rc=False, data=None, binary_data=False, environ_update=None, use_unsafe_shell=False):
+        proc = subprocess.run(argv, input=data, capture_output=True, text=True, check=False,
+                              env=dict(os.environ, **(environ_update or {})))
+        return proc.returncode, proc.stdout, proc.stderr
+
+
+def real_lab(check_mode=False, **params):
+    return Lab(Runner(_Module()), dict(REAL, **params), check_mode=check_mode, binaries={'ip': shutil.which('ip')})
+
+
+def link_exists(name, netns=None):
+    argv = ['ip'] + (['-n', netns] if netns else []) + ['link', 'show', 'dev', name]
+    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+
+def addresses(dev, netns=None):
+    argv = ['ip', '-j'] + (['-n', netns] if netns else []) + ['addr', 'show', 'dev', dev]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return ['%s/%s' % (a['local'], a['prefixlen']) for link in json.loads(out) for a in link['addr_info']
+            if a['family'] == 'inet']
+
+
+@pytest.fixture
+def clean():
+    """Whatever a failed test left of the lab goes, also a foreign namespace made by a test."""
+    try:
+        yield
+    finally:
+        try:
+            real_lab().absent()
+        finally:
+            for name in ('tkns-u-a', 'tkns-u-b', 'tkns-u-other'):
+                subprocess.run(['ip', 'netns', 'del', name], capture_output=True, check=False)
+            subprocess.run(['ip', 'link', 'del', 'tknsbr1'], capture_output=True, check=False)
+
+
+@needs_root
+def test_present_check_mode_changes_nothing(clean):
+    lab = real_lab(check_mode=True)
+    result = lab.present(normalize_hosts(['a'], 'netns'), NETWORK)
+    assert lab.changed
+    assert result['hosts'][0]['address'] == '198.19.130.138'
+    assert result['gateway'] == '198.19.130.129'
+    assert not os.path.exists('/run/netns/tkns-u-a')
+    assert not link_exists('tknsbr1')
+    assert not os.path.exists(REAL['state_dir'])
+
+
+@needs_root
+def test_present_makes_the_hosts_and_absent_removes_only_what_the_manifest_lists(clean):
+    lab = real_lab()
+    result = lab.present(normalize_hosts(['a', 'b'], 'netns'), NETWORK)
+    assert [h['netns'] for h in result['hosts']] == ['tkns-u-a', 'tkns-u-b']
+    for host in result['hosts']:
+        assert addresses('eth0', host['netns']) == [host['address'] + '/25']
+        assert link_exists(host['veth'])
+    assert addresses('tknsbr1') == ['198.19.130.129/25']
+    again = real_lab()
+    again.present(normalize_hosts(['a', 'b'], 'netns'), NETWORK)
+    assert not again.changed
+
+    subprocess.run(['ip', 'netns', 'add', 'tkns-u-other'], check=True)  # the same prefix, but not the lab's
+    gone = real_lab()
+    gone.absent()
+    assert gone.changed
+    for host in result['hosts']:
+        assert not os.path.exists(host['netns_path'])
+        assert not link_exists(host['veth'])
+    assert not link_exists('tknsbr1')
+    assert os.path.exists('/run/netns/tkns-u-other')
+    assert not os.path.exists(REAL['state_dir'])
+
+
+@needs_root
+def test_absent_without_a_manifest_touches_nothing(clean):
+    subprocess.run(['ip', 'netns', 'add', 'tkns-u-a'], check=True)
+    subprocess.run(['ip', 'link', 'add', 'tknsbr1', 'type', 'bridge'], check=True)
+    lab = real_lab()
     lab.absent()
-    assert [c for c in run.calls if c[:2] != ['ip', '-j']] == []
     assert not lab.changed
+    assert os.path.exists('/run/netns/tkns-u-a') and link_exists('tknsbr1')
 
 
 def test_state_dir_that_is_a_file_is_refused(tmp_path):

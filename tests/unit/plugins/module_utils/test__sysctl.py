@@ -371,7 +371,7 @@ def test_netns_dir_that_is_a_file(tmp_path):
 
 @pytest.mark.parametrize('make, kind', [
     (lambda p: p.mkdir(), 'a directory'),
-    (lambda p: os.mkfifo(str(p)), 'a FIFO'),
+    (lambda p: os.mkfifo(str(p)), 'a FIFO (named pipe)'),
 ])
 def test_persist_path_that_is_not_a_file(tmp_path, make, kind):
     make(tmp_path / '90.conf')

@@ -1,0 +1,172 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``netns: all`` with ``state: restored``: put back every network namespace the journal knows.
+
+This file is private to the collection: its names may change at any time
+and must not be used from outside tcplab.keepalive.
+
+The journal (_sysctl.Journal) is keyed by namespace inode; each entry also
+records the namespace's label and, since this version, its name under
+netns_dir (``netns_name``; older entries: the label when it is a name). A
+journalled namespace is restored only where it provably still is:
+
+- its inode no longer exists: it is gone (the entry is dropped, as every
+  change drops it anyway);
+- it had a name, and that name is gone or now points at another inode: it is
+  gone (a deleted namespace's inode is soon reused by the kernel), not touched;
+- else it is entered by its name, or by a process that holds it, and the
+  child that enters it checks the inode before it reads or writes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _netns
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import netns_inode
+from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl import (
+    OWN_NETNS, KeepaliveSysctl, Namespace, NetnsAccess, ProcAccess, SysctlError, mark_boot, prune_dead)
+
+ALL = 'all'
+MSG_ALL_STATE = ('netns: all works only with state: restored (it restores every journalled namespace of the host); '
+                 'to set values, name one namespace in netns (a name under netns_dir or a pid)')
+MSG_ALL_SAVED = ('saved holds the originals of one namespace: drop it with netns: all (the journal on the host is '
+                 'used), or name that namespace in netns')
+MSG_GONE_INODE = 'gone: no network namespace with inode %d exists any more; its journal entry is dropped'
+MSG_GONE_NAME = 'gone: its name %s no longer exists (a deleted namespace\'s inode may be reused); not touched'
+MSG_REPLACED = 'gone: its name %s now points at another namespace (inode %d, journalled %d); not touched'
+MSG_FAILED = 'restoring %d of %d journalled network namespaces failed: %s'
+MSG_SUMMARY = '%s %d journalled network namespace(s), %d gone, %d left alone (leased to another run)'
+MSG_NONE = 'nothing to restore: the journal lists no network namespace'
+
+
+def check_all(params):
+    """SysctlError unless netns: all comes with what it can do."""
+    if params['state'] != 'restored':
+        raise SysctlError(MSG_ALL_STATE)
+    if params.get('saved') is not None:
+        raise SysctlError(MSG_ALL_SAVED)
+
+
+def entry_name(entry):
+    """The name under netns_dir a journal entry was made for, or None."""
+    name = entry.get('netns_name')
+    if name is None and 'netns_name' not in entry:
+        label = entry.get('netns')
+        name = label if label != 'own' and _netns.is_name(label) and not label.isdigit() else None
+    return name if _netns.is_name(name) else None
+
+
+def locate(inode, entry, netns_dir, live):
+    """(path, None) where the journalled namespace is now, or (None, why it counts as gone)."""
+    if inode not in live:
+        return None, MSG_GONE_INODE % inode
+    name = entry_name(entry)
+    if name is not None:
+        path = os.path.join(netns_dir, name)
+        now = netns_inode(path)
+        if now is None:
+            return None, MSG_GONE_NAME % name
+        if now != inode:
+            return None, MSG_REPLACED % (name, now, inode)
+        return path, None
+    if inode == netns_inode(OWN_NETNS):
+        return OWN_NETNS, None
+    path = _netns.path_of_inode(inode, netns_dir)
+    return (path, None) if path else (None, MSG_GONE_INODE % inode)
+
+
+def journalled(journal, persist_journal, persist_path):
+    """[(inode, entry)] of every namespace to visit: the journal's, and the one the drop-in was written for."""
+    with journal.locked(create=False) as data:
+        found = {entry['netns_inode']: entry for entry in data.values()
+                 if isinstance(entry, dict) and isinstance(entry.get('netns_inode'), int)}
+    if persist_path:
+        with persist_journal.locked(create=False) as pdata:
+            record = pdata.get(persist_path)
+        inode = record.get('netns_inode') if isinstance(record, dict) else None
+        if isinstance(inode, int) and inode not in found:
+            found[inode] = {'netns_inode': inode, 'netns': 'boot', 'netns_name': None}
+    return sorted(found.items())
+
+
+def _status(result):
+    if result.get('lease_busy'):
+        return 'busy'
+    return 'restored' if result['changed'] else 'unchanged'
+
+
+def _restore_one(inode, entry, path, journals, check_mode, persist_path, lease):
+    """The result of restoring one located namespace (status restored, unchanged, busy or failed)."""
+    own = path == OWN_NETNS
+    ns = mark_boot(Namespace(path, entry.get('netns') or 'inode %d' % inode, own, inode, entry_name(entry) or None,
+                             entry_name(entry)), _netns.boot_netns())
+    access = ProcAccess() if own else NetnsAccess(path, inode)
+    engine = KeepaliveSysctl(ns, access, journals[0], journals[1], check_mode=check_mode, live_inodes=journals[2])
+    try:
+        result = engine.restored(None, persist_path, lease)
+    except SysctlError as exc:
+        return {'netns': ns.as_dict(), 'status': 'failed', 'changed': False, 'msg': str(exc)}
+    result.pop('ansible_facts', None)
+    result['status'] = _status(result)
+    return result
+
+
+def _gone(inode, entry, why):
+    return {'netns': {'inode': inode, 'path': None, 'label': entry.get('netns'), 'boot': None},
+            'status': 'gone', 'changed': False, 'msg': why}
+
+
+def restore_all(journal, persist_journal, netns_dir, check_mode=False, persist_path=None, lease=None):
+    """Restore every journalled namespace that still provably exists; returns the module's result."""
+    live = _netns.live_inodes(netns_dir)
+    journals = (journal, persist_journal, lambda: _netns.live_inodes(netns_dir))
+    results = []
+    for inode, entry in journalled(journal, persist_journal, persist_path):
+        path, why = locate(inode, entry, netns_dir, live)
+        if path is None:
+            results.append(_gone(inode, entry, why))
+        else:
+            results.append(_restore_one(inode, entry, path, journals, check_mode, persist_path, lease))
+    dropped = _drop_dead(journal, live, check_mode)
+    counts = {status: sum(1 for r in results if r['status'] == status) for status in
+              ('restored', 'unchanged', 'busy', 'gone', 'failed')}
+    result = {'changed': bool(dropped) or any(r['changed'] for r in results), 'namespaces': results, 'counts': counts,
+              'msg': _summary(results, counts, check_mode), 'diff': _diff(results)}
+    if counts['failed']:
+        raise SysctlError(MSG_FAILED % (counts['failed'], len(results), '; '.join(
+            '%s: %s' % (r['netns']['label'], r['msg']) for r in results if r['status'] == 'failed')),
+            namespaces=results, counts=counts)
+    return result
+
+
+def _drop_dead(journal, live, check_mode):
+    """Entries of namespaces whose inode no longer exists leave the journal; returns whether there were any."""
+    with journal.locked(create=False) as data:
+        if check_mode:
+            return any(isinstance(e, dict) and e.get('netns_inode') not in live for e in data.values())
+        dead = prune_dead(data, live)
+        if dead:
+            journal.save(data)
+    return bool(dead)
+
+
+def _summary(results, counts, check_mode):
+    if not results:
+        return MSG_NONE
+    verb = 'would restore' if check_mode else 'restored'
+    head = MSG_SUMMARY % (verb, counts['restored'] + counts['unchanged'], counts['gone'], counts['busy'])
+    return '; '.join([head] + ['%s (inode %d): %s' % (r['netns']['label'], r['netns']['inode'], r['msg'])
+                               for r in results])
+
+
+def _diff(results):
+    before, after = [], []
+    for r in results:
+        if 'diff' in r:
+            before.append('# %s\n%s' % (r['netns']['label'], r['diff']['before']))
+            after.append('# %s\n%s' % (r['netns']['label'], r['diff']['after']))
+            r.pop('diff')
+    return {'before': ''.join(before), 'after': ''.join(after), 'before_header': 'keepalive sysctls (all journalled)',
+            'after_header': 'keepalive sysctls (all journalled)'}

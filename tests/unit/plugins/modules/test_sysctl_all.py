@@ -1,0 +1,163 @@
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""`netns: all` with `state: restored`, run for real: `ansible localhost -m tcplab.keepalive.sysctl` against
+network namespaces made here (tkns-*), with journals under /run/tcplab-helper-ns; the kernel's values are read
+back. Nothing touches the root namespace's values (the journal used here never lists it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+ANSIBLE = Path(sys.executable).parent / 'ansible'
+RUN_DIR = Path('/run/tcplab-helper-ns')
+ORIGINALS = [7200, 75, 9]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which('ip') is None,
+                                reason='needs root and ip(8): the tests make network namespaces')
+
+
+@pytest.fixture(scope='module')
+def collections(tmp_path_factory):
+    root = tmp_path_factory.mktemp('collections')
+    (root / 'ansible_collections' / 'tcplab').mkdir(parents=True)
+    os.symlink(str(REPO_ROOT), str(root / 'ansible_collections' / 'tcplab' / 'keepalive'))
+    return root
+
+
+@pytest.fixture
+def namespaces():
+    made = []
+
+    def make(count):
+        for dummy in range(count):
+            name = 'tkns-%s' % uuid.uuid4().hex[:10]
+            subprocess.run(['ip', 'netns', 'add', name], check=True)
+            made.append(name)
+        return list(made)
+    try:
+        yield make
+    finally:
+        for name in made:
+            subprocess.run(['ip', 'netns', 'del', name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def journal():
+    path = RUN_DIR / uuid.uuid4().hex[:10]
+    try:
+        yield path
+    finally:
+        shutil.rmtree(str(path), ignore_errors=True)
+        try:
+            RUN_DIR.rmdir()
+        except OSError:
+            pass
+
+
+def values(ns):
+    out = subprocess.run(['ip', 'netns', 'exec', ns, 'cat'] + ['/proc/sys/net/ipv4/tcp_keepalive_%s' % key
+                                                               for key in ('time', 'intvl', 'probes')],
+                         capture_output=True, text=True, check=True).stdout
+    return [int(line) for line in out.split()]
+
+
+def inode(ns):
+    return os.stat('/run/netns/%s' % ns).st_ino
+
+
+def run_module(collections, tmp_path, args, extra=()):
+    (tmp_path / 'ansible.cfg').write_text('[defaults]\n')
+    env = dict(os.environ, ANSIBLE_CONFIG=str(tmp_path / 'ansible.cfg'), ANSIBLE_COLLECTIONS_PATH=str(collections),
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'), ANSIBLE_HOME=str(tmp_path / 'home'), ANSIBLE_NOCOLOR='1',
+               ANSIBLE_CALLBACK_RESULT_FORMAT='json', LANG='C')
+    cmd = [str(ANSIBLE), 'localhost', '-c', 'local', '-i', 'localhost,', '-m', 'tcplab.keepalive.sysctl',
+           '-a', json.dumps(args), '-e', 'ansible_python_interpreter=%s' % sys.executable] + list(extra)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120, check=False)
+    match = re.search(r'^localhost \| (SUCCESS|CHANGED|FAILED!) => ', proc.stdout, re.MULTILINE)
+    assert match, proc.stdout + proc.stderr
+    return match.group(1), json.loads(proc.stdout[match.end():])
+
+
+def by_label(result):
+    return {entry['netns']['label']: entry for entry in result['namespaces']}
+
+
+def test_restore_all_restores_the_living_and_reports_the_gone(collections, tmp_path, namespaces, journal):
+    kept, deleted = namespaces(2)
+    gone_inode = inode(deleted)
+    for name, lab in ((kept, {'time': 2, 'intvl': 1, 'probes': 3}), (deleted, {'time': 5, 'intvl': 2, 'probes': 4})):
+        status, result = run_module(collections, tmp_path, dict(lab, netns=name, journal_dir=str(journal)))
+        assert status == 'CHANGED', result
+    assert values(kept) == [2, 1, 3]
+    subprocess.run(['ip', 'netns', 'del', deleted], check=True)
+
+    args = {'netns': 'all', 'state': 'restored', 'journal_dir': str(journal)}
+    status, check = run_module(collections, tmp_path, args, extra=['--check'])
+    assert status == 'CHANGED', check
+    assert values(kept) == [2, 1, 3] and (journal / 'journal.json').exists()
+
+    status, result = run_module(collections, tmp_path, args)
+    assert status == 'CHANGED', result
+    assert values(kept) == ORIGINALS
+    found = by_label(result)
+    assert found[kept]['status'] == 'restored' and found[kept]['netns']['inode'] == inode(kept)
+    assert found[kept]['netns']['boot'] is False and found[kept]['netns']['path'] == '/run/netns/' + kept
+    assert found[kept]['previous'] == {'time': 2, 'intvl': 1, 'probes': 3} and found[kept]['current'] == dict(
+        time=7200, intvl=75, probes=9)
+    assert found[deleted]['status'] == 'gone' and found[deleted]['netns']['inode'] == gone_inode
+    assert found[deleted]['changed'] is False
+    assert result['counts'] == {'restored': 1, 'unchanged': 0, 'busy': 0, 'gone': 1, 'failed': 0}
+    assert not (journal / 'journal.json').exists()
+
+    status, again = run_module(collections, tmp_path, args)
+    assert (status, again['namespaces']) == ('SUCCESS', []), again
+
+
+def test_a_name_pointing_at_another_namespace_is_not_touched(collections, tmp_path, namespaces, journal):
+    (name,) = namespaces(1)
+    status, result = run_module(collections, tmp_path, {'netns': name, 'time': 9, 'journal_dir': str(journal)})
+    assert status == 'CHANGED', result
+    # the journal entry now claims another namespace (as after ip netns del + add that got a new inode)
+    path = journal / 'journal.json'
+    data = json.loads(path.read_text())
+    entry = data.pop(str(inode(name)))
+    holder = subprocess.Popen(['unshare', '--net', 'sleep', '60'])
+    try:
+        for dummy in range(50):
+            other = os.stat('/proc/%d/ns/net' % holder.pid).st_ino
+            if other != os.stat('/proc/self/ns/net').st_ino:
+                break
+            subprocess.run(['sleep', '0.1'], check=True)
+        entry['netns_inode'] = other
+        data[str(other)] = entry
+        path.write_text(json.dumps(data))
+        status, result = run_module(collections, tmp_path, {'netns': 'all', 'state': 'restored', 'journal_dir': str(journal)})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert status == 'SUCCESS', result
+    (only,) = result['namespaces']
+    assert only['status'] == 'gone' and only['netns']['inode'] == other
+    assert only['msg'] == 'gone: its name %s now points at another namespace (inode %d, journalled %d); not touched' % (
+        name, inode(name), other)
+    assert values(name) == [9, 75, 9]
+
+
+@pytest.mark.parametrize('args, message', [
+    ({'time': 30}, 'netns: all works only with state: restored'),
+    ({'state': 'restored', 'saved': {'netns_inode': 1, 'originals': {'time': 1}}}, 'saved holds the originals of one'),
+])
+def test_netns_all_refused(collections, tmp_path, journal, args, message):
+    status, result = run_module(collections, tmp_path, dict(args, netns='all', journal_dir=str(journal)))
+    assert status == 'FAILED!' and result['msg'].startswith(message), result
+    assert not journal.exists()
