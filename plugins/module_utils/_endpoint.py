@@ -24,19 +24,19 @@ outside.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
-import json
 import math
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
-from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, netns_inode, netns_of, pids, starttime
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _program_client, _program_server, _program_supervisor
+from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import (
+    Process, load_record, program_source, save_record, spawn, terminate)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import program_argv as source_argv
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import (
+    children, cmdline, netns_inode, netns_of, pids, session, starttime)
 
 MARKER = 'tcplab-keepalive-endpoint'
 NAME_RE = re.compile(r'^[A-Za-z0-9_-]{1,48}$')
@@ -62,141 +62,12 @@ MSG_RUNNING_OTHER = ('an endpoint named %s already runs with other settings (%s)
 MSG_STOP_FAILED = 'could not stop %s %s: %s still running after SIGTERM and SIGKILL'
 MSG_PURGE_FAILED = 'could not stop every endpoint: %s'
 
-# A server that accepts connections, holds them and never sends (like nc -l).
-SERVER_CODE = r'''
-import json, socket, sys, time
-cfg = json.loads(sys.argv[2])
-family = socket.AF_INET6 if ":" in cfg["address"] else socket.AF_INET
-srv = socket.socket(family, socket.SOCK_STREAM)
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    srv.bind((cfg["address"], cfg["port"]))
-    srv.listen(16)
-except OSError as exc:
-    print("cannot listen on %s port %d: %s" % (cfg["address"], cfg["port"], exc), file=sys.stderr, flush=True)
-    sys.exit(1)
-held = []
-while True:
-    conn, peer = srv.accept()
-    held.append(conn)
-    print(json.dumps({"event": "accepted", "peer": list(peer[:2]), "at": time.time()}), flush=True)
-'''
-
-# A client with SO_KEEPALIVE and no per-socket keepalive options: the
-# namespace's sysctls govern. It blocks in recv() until the connection ends,
-# and record()s its outcome atomically.
-CLIENT_CODE = r'''
-import errno, json, os, socket, sys, time
-cfg = json.loads(sys.argv[2])
-def record(data):
-    tmp = cfg["outcome"] + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle)
-    os.rename(tmp, cfg["outcome"])
-def give_up(phase, exc):
-    print("%s failed: %s" % (phase, exc), file=sys.stderr, flush=True)
-    record({"state": "failed", "phase": phase, "errno": errno.errorcode.get(exc.errno, str(exc.errno)),
-            "error": str(exc), "connected_at": None, "failed_at": time.time(), "seconds": 0.0})
-    sys.exit(1)
-family = socket.AF_INET6 if ":" in cfg["address"] else socket.AF_INET
-sock = socket.socket(family, socket.SOCK_STREAM)
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-if cfg.get("local_port"):
-    try:
-        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", cfg["local_port"]))
-    except OSError as exc:
-        give_up("bind", exc)
-try:
-    sock.connect((cfg["address"], cfg["port"]))
-except OSError as exc:
-    give_up("connect", exc)
-connected = time.time()
-record({"state": "connected", "connected_at": connected})
-try:
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            record({"state": "closed", "errno": None, "error": "the server closed the connection",
-                    "connected_at": connected, "failed_at": time.time(), "seconds": time.time() - connected})
-            break
-except OSError as exc:
-    now = time.time()
-    record({"state": "failed", "errno": errno.errorcode.get(exc.errno, str(exc.errno)), "error": str(exc),
-            "connected_at": connected, "failed_at": now, "seconds": now - connected})
-'''
-
-# The supervisor of every endpoint: runs the program as its child, which the
-# kernel kills when the supervisor dies (PR_SET_PDEATHSIG), forwards the
-# signals it can catch, and records how the program ended (exit code or
-# signal) in the exit record. For curl it also records the outcome: curl's
-# exit code, the errno named in its error and the timing.
-SUPERVISOR_CODE = r'''
-import errno, json, os, signal, subprocess, sys, time
-spec = json.loads(sys.argv[2])
-def write(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle)
-    os.rename(tmp, path)
-try:
-    import ctypes
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (ImportError, OSError, AttributeError):  # no ctypes: stop and purge still end the program by its record
-    prctl = None
-parent = os.getpid()
-def one_unit():
-    if prctl is not None:
-        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(70)
-received = []
-proc = None
-def forward(signum, frame):
-    received.append(signal.Signals(signum).name)
-    if proc is not None:
-        try:
-            os.kill(proc.pid, signum)
-        except OSError:
-            pass
-for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
-    signal.signal(signum, forward)
-curl = spec["curl"]
-start = time.time()
-if curl:
-    write(spec["outcome"], {"state": "starting", "connected_at": None})
-try:
-    proc = subprocess.Popen(spec["argv"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE if curl else None,
-                            preexec_fn=one_unit, close_fds=True)
-except OSError as exc:
-    text = "cannot run %s: %s" % (spec["argv"][0], exc.strerror)
-    print(text, file=sys.stderr, flush=True)
-    write(spec["exit"], {"pid": None, "exit_code": 127, "signal": None, "received": None, "error": text, "at": time.time()})
-    sys.exit(127)
-if received:
-    os.kill(proc.pid, getattr(signal, received[0]))
-if curl:
-    write(spec["outcome"], {"state": "connected", "connected_at": start, "curl_pid": proc.pid})
-    err = proc.communicate()[1].decode("utf-8", "replace")
-    sys.stderr.write(err)
-    sys.stderr.flush()
-    now = time.time()
-    if proc.returncode >= 0:
-        names = {os.strerror(code): name for code, name in errno.errorcode.items()}
-        found = [names[text] for text in names if text in err]
-        write(spec["outcome"], {"state": "failed" if proc.returncode else "closed", "exit_code": proc.returncode,
-                                "errno": found[0] if found else None,
-                                "error": err.strip().splitlines()[-1] if err.strip() else "",
-                                "connected_at": start, "failed_at": now, "seconds": now - start})
-else:
-    proc.wait()
-rc = proc.returncode
-write(spec["exit"], {"pid": proc.pid, "exit_code": rc if rc >= 0 else None,
-                     "signal": signal.Signals(-rc).name if rc < 0 else None,
-                     "received": received[0] if received else None, "at": time.time()})
-'''
-
-PROGRAMS = {'server': SERVER_CODE, 'client': CLIENT_CODE, 'supervisor': SUPERVISOR_CODE}
+# the programs an endpoint runs, each a module of its own (plugins/module_utils/_program_*.py), started by its source
+PROGRAMS = {'server': _program_server, 'client': _program_client, 'supervisor': _program_supervisor}
+# their source texts under the names of earlier releases (tests/unit/scripts/test_pycompat.py runs them so)
+SERVER_CODE = program_source(_program_server)
+CLIENT_CODE = program_source(_program_client)
+SUPERVISOR_CODE = program_source(_program_supervisor)
 
 
 class EndpointError(Exception):
@@ -268,11 +139,11 @@ def program_argv(cfg, python, binaries, outcome, tag):
         if cfg['kind'] == 'nc':
             # netcat-openbsd: listen on address:port, keep the connection, send nothing
             return [binaries['nc'], '-l', cfg['address'], str(cfg['port'])]
-        return [python, '-c', SERVER_CODE, tag, json.dumps({'address': cfg['address'], 'port': cfg['port']})]
+        return source_argv(python, _program_server, tag, {'address': cfg['address'], 'port': cfg['port']})
     if cfg['kind'] == 'curl':
         return curl_argv(binaries['curl'], cfg)
     args = {'address': cfg['address'], 'port': cfg['port'], 'local_port': cfg.get('local_port'), 'outcome': outcome}
-    return [python, '-c', CLIENT_CODE, tag, json.dumps(args)]
+    return source_argv(python, _program_client, tag, args)
 
 
 def child_argv(cfg, python, binaries, paths):
@@ -280,68 +151,43 @@ def child_argv(cfg, python, binaries, paths):
     tag = '%s:%s' % (MARKER, cfg['name'])
     spec = {'argv': program_argv(cfg, python, binaries, paths['outcome'], tag), 'outcome': paths['outcome'],
             'exit': paths['exit'], 'curl': cfg['kind'] == 'curl'}
-    return [python, '-c', SUPERVISOR_CODE, tag, json.dumps(spec)], tag
+    return source_argv(python, _program_supervisor, tag, spec), tag
 
 
 # -- processes ----------------------------------------------------------------
+# An endpoint is two processes (_detached.Process): the supervisor, proven by its start time, the endpoint's tag on
+# its command line and its network namespace, signalled with its process group (it leads its own session); and its
+# program, proven by its own start time and namespace and the tag (python programs) or its argv[0] (nc, curl).
 
-def _stat(pid):
-    """The fields of /proc/PID/stat after the command name, or None."""
-    try:
-        with open('/proc/%d/stat' % pid) as handle:
-            return handle.read().rsplit(')', 1)[1].split()
-    except (IOError, OSError, IndexError):
+def supervisor_process(info, netns):
+    """The recorded supervisor as a Process (ours only while in netns with the tag), or None."""
+    if not info or info.get('netns') != netns or not info.get('pid'):
         return None
+    pid, tag = int(info['pid']), info.get('tag')
+    return Process(pid, info.get('start'), proof=lambda argv: tag in argv and netns_of(pid) == netns, group=True)
 
 
-def children(pid):
-    """Pids of the live children of pid."""
-    found = []
-    for entry in pids():
-        fields = _stat(entry)
-        if fields and fields[1] == str(pid) and fields[0] not in ('Z', 'X'):
-            found.append(entry)
-    return found
-
-
-def _matches(pid, start, netns):
-    """pid is still the process that started at start, in network namespace netns."""
-    return bool(pid) and start is not None and starttime(int(pid)) == start and netns_of(int(pid)) == netns
+def program_process(info, netns):
+    """The recorded program (the supervisor's child) as a Process, or None."""
+    info = info or {}
+    program = info.get('program') or {}
+    if info.get('netns') != netns or not program.get('pid'):
+        return None
+    pid, tag, argv0 = int(program['pid']), info.get('tag'), program.get('argv0')
+    return Process(pid, program.get('start'),
+                   proof=lambda argv: (tag in argv or argv[:1] == [argv0]) and netns_of(pid) == netns)
 
 
 def supervisor_is_ours(info, netns):
     """The recorded supervisor still runs, in netns, and is the one we started."""
-    if not info or info.get('netns') != netns or not _matches(info.get('pid'), info.get('start'), netns):
-        return False
-    return info.get('tag') in cmdline(int(info['pid']))
+    process = supervisor_process(info, netns)
+    return bool(process and process.ours())
 
 
 def program_is_ours(info, netns):
     """The recorded program (the supervisor's child) still runs, in netns, and is the one we started."""
-    info = info or {}
-    program = info.get('program') or {}
-    if info.get('netns') != netns or not _matches(program.get('pid'), program.get('start'), netns):
-        return False
-    argv = cmdline(int(program['pid']))
-    return info.get('tag') in argv or argv[:1] == [program.get('argv0')]
-
-
-def spawn(argv, log_path):
-    """Start argv detached: new session, stdin from /dev/null, output to a new log_path."""
-    with open(log_path, 'wb') as log:
-        os.chmod(log_path, 0o600)
-        proc = subprocess.Popen(  # pylint: disable=consider-using-with
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
-            start_new_session=True, cwd='/')
-    return proc
-
-
-def _signal(pid, sig, group=False):
-    try:
-        (os.killpg if group else os.kill)(int(pid), sig)
-    except OSError as exc:
-        if exc.errno != errno.ESRCH:
-            raise
+    process = program_process(info, netns)
+    return bool(process and process.ours())
 
 
 # -- sockets (/proc/net/tcp) ----------------------------------------------------
@@ -373,12 +219,11 @@ def sockets():
     return rows
 
 
-def session_socket_inodes(session):
+def session_socket_inodes(leader):
     """Inodes of the sockets held by the processes of a session (the endpoint and its children)."""
     inodes = set()
     for entry in pids():
-        fields = _stat(entry)
-        if not fields or fields[3] != str(session):
+        if session(entry) != leader:
             continue
         try:
             fds = os.listdir('/proc/%d/fd' % entry)
@@ -491,11 +336,7 @@ def _last_line(path):
 
 
 def _read_json(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (IOError, OSError, ValueError):
-        return None
+    return load_record(path)
 
 
 def _remove(path):
@@ -527,7 +368,7 @@ class Endpoints:
         return info if isinstance(info, dict) and info.get('netns') == self.netns else None
 
     def _save(self, info):
-        atomic_write(self._paths(info['name'])['state'], json.dumps(info) + '\n', 0o600)
+        save_record(self._paths(info['name'])['state'], info)
 
     def _alive(self, info):
         """(supervisor runs, program runs - None while not recorded)."""
@@ -623,7 +464,7 @@ class Endpoints:
             for key in ('outcome', 'exit'):
                 _remove(paths[key])
             argv, tag = child_argv(cfg, self.python, self.binaries, paths)
-            proc = spawn(argv, paths['log'])
+            proc = spawn(argv, paths['log'])  # _detached.spawn: a new session, the log 0600
             info = dict(cfg, pid=proc.pid, start=starttime(proc.pid), tag=tag, argv0=argv[0], started_at=time.time(),
                         netns=self.netns, program=None, outcome_file=paths['outcome'])
             self._save(info)
@@ -668,21 +509,11 @@ class Endpoints:
         return not supervisor and not program
 
     def _terminate(self, info):
-        """SIGTERM, then SIGKILL, the endpoint's process group and its program - each only after checking it is
-        ours (pid, start time, namespace, command line). True once nothing of it runs, False when something
-        survived both."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self._gone(info):
-                return True
-            supervisor, program = self._alive(info)
-            if supervisor:
-                _signal(info['pid'], sig, group=True)  # the supervisor leads its own session and group
-            if program:
-                _signal(info['program']['pid'], sig)
-            deadline = time.monotonic() + TERM_WAIT
-            while time.monotonic() < deadline and not self._gone(info):
-                time.sleep(0.02)
-        return self._gone(info)
+        """SIGTERM, then SIGKILL, the endpoint's process group and its program (_detached.terminate) - each only
+        while it is still ours (pid, start time, namespace, command line). True once nothing of it runs, False
+        when something survived both."""
+        processes = [p for p in (supervisor_process(info, self.netns), program_process(info, self.netns)) if p]
+        return terminate(processes, TERM_WAIT, TERM_WAIT).gone
 
     def _stop(self, info):
         """Stop one endpoint (ours only); the message, or None when nothing of it ran. Raise if it survives."""

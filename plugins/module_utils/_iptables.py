@@ -12,20 +12,21 @@ and must not be used from outside tcplab.keepalive.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import ipaddress
 import json
 import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
 import time
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
-from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, netns_inode, starttime
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _program_timer
+from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import (
+    Process, load_record, program_argv, program_source, save_record, spawn, terminate)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import facts as process_facts
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, netns_inode
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import parent as proc_parent
 
 COMMENT_PREFIX = 'tcplab-keepalive:'
 TAG_RE = re.compile(r'^[A-Za-z0-9_-]{1,32}$')
@@ -225,13 +226,7 @@ def _read_environ(pid):
                     env[key.decode('utf-8', 'replace')] = value.decode('utf-8', 'replace')
     except (IOError, OSError):
         pass
-    parent = 0
-    try:
-        with open('/proc/%d/stat' % pid) as handle:
-            parent = int(handle.read().rsplit(')', 1)[1].split()[1])
-    except (IOError, OSError, ValueError, IndexError):
-        pass
-    return env, parent
+    return env, proc_parent(pid) or 0
 
 
 def lockout_check(rule, ssh_connection):
@@ -462,23 +457,8 @@ def tagged_rules(lines, tag=None):
 
 # -- the dead-man timer -------------------------------------------------------
 
-TIMER_CODE = r'''
-import json, os, subprocess, sys, time
-args = json.loads(sys.argv[2])
-time.sleep(max(0.0, args["expires_at"] - time.time()))
-for _ in range(100):
-    check = subprocess.run(args["check"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if check.returncode == 1 and b"does a matching rule exist" in check.stderr:
-        break
-    if check.returncode == 0:
-        subprocess.run(args["delete"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    else:
-        time.sleep(1)
-try:
-    os.unlink(args["state"])
-except OSError:
-    pass
-'''
+# the timer program's source under the name of earlier releases (tests/unit/scripts/test_pycompat.py runs it so)
+TIMER_CODE = program_source(_program_timer)
 
 
 def timer_key(version, chain, spec, backend):
@@ -500,7 +480,11 @@ def when(epoch):
 
 
 class Timers:
-    """Dead-man timers: detached processes that delete one rule when they expire."""
+    """Dead-man timers: detached processes (_program_timer.py) that delete one rule when they expire.
+
+    A timer's state record (TIMER_DIR/<key>.json: pid, start, handle - the record's own path, which is also on
+    the timer's command line -, expires_at, expire_after, rule, ip_version) proves it ours; it is started and
+    stopped through _detached."""
 
     def __init__(self, directory=TIMER_DIR, patience=5.0):
         self.directory = directory
@@ -510,36 +494,32 @@ class Timers:
         return os.path.join(self.directory, key + '.json')
 
     def load(self, key):
-        try:
-            with open(self.path(key)) as handle:
-                info = json.load(handle)
-        except (IOError, OSError, ValueError):
-            return None
-        return info if isinstance(info, dict) else None
+        return load_record(self.path(key))
+
+    @staticmethod
+    def process(info):
+        """The timer of a record as a _detached.Process: the marker and our state file in its command line, and
+        the start time of the record."""
+        handle = info.get('handle')
+        return Process(int(info['pid']), info['start'],
+                       proof=lambda argv: TIMER_MARKER in argv and (not handle or any(handle in part for part in argv[-1:])))
 
     def alive(self, info):
-        """True if the timer's process still runs and is ours: the marker and our state file in its
-        command line, and the start time of the record."""
+        """True if the timer's process still runs and is ours."""
         if not info or not info.get('pid') or not info.get('start'):
             return False
-        pid = int(info['pid'])
-        argv = cmdline(pid)
-        return (TIMER_MARKER in argv and starttime(pid) == info['start']
-                and (not info.get('handle') or any(info['handle'] in part for part in argv[-1:])))
+        return self.process(info).ours()
 
     def arm(self, key, seconds, check_argv, delete_argv, version='4'):
         if not os.path.isdir(self.directory):
             os.makedirs(self.directory, 0o700)
         state = self.path(key)
         expires_at = time.time() + seconds
-        args = json.dumps({'expires_at': expires_at, 'check': check_argv, 'delete': delete_argv, 'state': state})
-        proc = subprocess.Popen(  # pylint: disable=consider-using-with
-            [sys.executable, '-c', TIMER_CODE, TIMER_MARKER, args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=True, start_new_session=True, cwd='/')
-        info = {'pid': proc.pid, 'start': starttime(proc.pid), 'expires_at': expires_at,
+        args = {'expires_at': expires_at, 'check': check_argv, 'delete': delete_argv, 'state': state}
+        proc = spawn(program_argv(sys.executable, _program_timer, TIMER_MARKER, args))
+        info = {'pid': proc.pid, 'start': process_facts(proc.pid)['start'], 'expires_at': expires_at,
                 'expire_after': seconds, 'rule': delete_argv, 'handle': state, 'ip_version': version}
-        atomic_write(state, json.dumps(info) + '\n', 0o600)
+        save_record(state, info)
         return info
 
     def cancel(self, key):
@@ -555,43 +535,11 @@ class Timers:
         return running
 
     def stop(self, info):
-        """SIGTERM, then SIGKILL, each only after the record's pid and start time matched again; returns
-        when the process has gone (or is a zombie), else raises."""
-        pid = int(info['pid'])
-        for signum in (signal.SIGTERM, signal.SIGKILL):
-            if not self._signal(pid, signum, info):
-                return
-            deadline = time.monotonic() + self.patience
-            while time.monotonic() < deadline:
-                if not self.alive(info):
-                    return
-                time.sleep(0.02)
-        raise RuleError(MSG_TIMER_STUCK % (pid, ' '.join(cmdline(pid))[:200]))
-
-    def _signal(self, pid, signum, info):
-        """Signal pid if it is still the recorded timer; False if it has gone. A pidfd, where the kernel
-        has them, pins the process between the check and the signal so a reused pid is never hit."""
-        pidfd = None
-        try:
-            pidfd = os.pidfd_open(pid) if hasattr(os, 'pidfd_open') else None  # novm: Python >= 3.9 only, hasattr-guarded
-        except OSError as exc:
-            if exc.errno == errno.ESRCH:
-                return False
-        try:
-            if not self.alive(info):
-                return False
-            if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, signum)  # novm: a pidfd exists only where os.pidfd_open (3.9) did
-            else:
-                os.kill(pid, signum)
-        except OSError as exc:
-            if exc.errno != errno.ESRCH:
-                raise
-            return False
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
-        return True
+        """SIGTERM, then SIGKILL (_detached.terminate), each only while the record's pid, start time and command
+        line match; returns when the process has gone (or is a zombie), else raises."""
+        if not terminate(self.process(info), self.patience, self.patience).gone:
+            pid = int(info['pid'])
+            raise RuleError(MSG_TIMER_STUCK % (pid, ' '.join(cmdline(pid))[:200]))
 
     def keys_of_netns(self):
         prefix = '%d-' % netns_inode()

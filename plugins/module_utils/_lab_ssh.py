@@ -16,14 +16,14 @@ own only as the manifest (_lab_manifest) proves.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
-import signal
 import socket
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
+from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import Process
+from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import terminate as stop_processes
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_manifest import (
     MSG_SUDOERS_FOREIGN, USER_COMMENT, LabError, read_text, render_sudoers, sudoers_path, users_of_other_labs)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, netns_inode, netns_of, pids, starttime
@@ -69,28 +69,19 @@ def sshd_pids_of(state_dir, candidates=None, read=cmdline):
     return found
 
 
+def stop_all(targets, timeout=5.0):
+    """SIGTERM the processes targets, wait, then SIGKILL what is left and wait again (_detached.terminate); each
+    only while it is the process found here (its start time now: a pid reused meanwhile is never signalled).
+    Returns (the pids signalled, whether all of them have gone)."""
+    processes = [Process(pid, starttime(pid)) for pid in targets]
+    running = [one for one in processes if one.ours()]
+    ended = stop_processes(running, timeout, timeout)
+    return [one.pid for one in running], ended.gone
+
+
 def terminate(targets, timeout=5.0):
-    """SIGTERM, wait, then SIGKILL what is left. Returns the pids signalled."""
-    signalled = []
-    for pid in targets:
-        try:
-            os.kill(pid, signal.SIGTERM)
-            signalled.append(pid)
-        except OSError as exc:
-            if exc.errno != errno.ESRCH:
-                raise
-    deadline = time.monotonic() + timeout
-    alive = list(signalled)
-    while alive and time.monotonic() < deadline:
-        alive = [pid for pid in alive if starttime(pid) is not None]
-        if alive:
-            time.sleep(0.05)
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    return signalled
+    """stop_all, for callers that want the pids signalled only."""
+    return stop_all(targets, timeout)[0]
 
 
 class LabSsh:

@@ -24,16 +24,45 @@ def pids():
     return [int(entry) for entry in os.listdir('/proc') if entry.isdigit()]
 
 
-def starttime(pid):
-    """Start time (clock ticks after boot) of a live, non-zombie process, or None."""
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (fields[0] is the state, [1] the parent, [3] the
+    session, [19] the start time), or None when there is no such process."""
     try:
         with open('/proc/%d/stat' % pid) as handle:
             fields = handle.read().rsplit(')', 1)[1].split()
-    except (IOError, OSError, IndexError):
+    except (IOError, OSError, IndexError, TypeError):
         return None
-    if fields[0] in ('Z', 'X'):
+    return fields if len(fields) > 19 else None
+
+
+def starttime(pid):
+    """Start time (clock ticks after boot) of a live, non-zombie process, or None."""
+    fields = stat_fields(pid)
+    if fields is None or fields[0] in ('Z', 'X'):
         return None
     return int(fields[19])
+
+
+def parent(pid):
+    """The parent pid of a process, or None."""
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
+def session(pid):
+    """The session id of a process, or None."""
+    fields = stat_fields(pid)
+    return int(fields[3]) if fields else None
+
+
+def children(pid):
+    """Pids of the live (non-zombie) children of pid."""
+    found = []
+    for entry in pids():
+        fields = stat_fields(entry)
+        if fields and fields[1] == str(pid) and fields[0] not in ('Z', 'X'):
+            found.append(entry)
+    return found
 
 
 def cmdline(pid):
@@ -61,10 +90,13 @@ def netns_of(pid):
     return netns_inode('/proc/%d/ns/net' % pid)
 
 
-def wait_gone(pid, timeout, step=0.1, clock=time.monotonic, sleep=time.sleep):
-    """Wait until pid has exited (or is a zombie) for at most timeout seconds; True when it has."""
+def wait_gone(pid, timeout, step=0.1, clock=time.monotonic, sleep=time.sleep, start=None):
+    """Wait until pid has exited (or is a zombie) for at most timeout seconds; True when it has.
+
+    With start (its recorded start time), a process that now holds the pid with another start time
+    counts as gone: the one recorded has exited."""
     deadline = clock() + timeout
-    while starttime(pid) is not None:
+    while starttime(pid) is not None and (start is None or starttime(pid) == start):
         if clock() >= deadline:
             return False
         sleep(step)

@@ -427,8 +427,10 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import (
-    BACKENDS, DEFAULT_STATE_DIR, DEFAULTS, MSG_NEEDS_TARGET, MSG_PURGED_TARGET, Capture, CaptureError, handle_state_dir, resolve_target)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import BACKENDS, DEFAULTS, MSG_PURGED_TARGET, Capture
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_record import (
+    DEFAULT_STATE_DIR, CaptureError, handle_state_dir, resolve_target)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_stop import MSG_NEEDS_TARGET
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, find_binary
 
 

@@ -13,7 +13,6 @@ the same time as the reference. Nothing leaves the namespace.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,10 +28,12 @@ import time
 
 import pytest
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils import _capture
-from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import (
-    CHILD_CODE, DEFAULTS, MARKER, Capture, CaptureError, capture_argv, child_args, count_packets, death, error_message,
-    liveness, make_handle, ownership, record_paths, resolve_target, validate)
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _capture, _capture_record, _proc
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import DEFAULTS, Capture, validate
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_record import (
+    MARKER, CaptureError, count_packets, death, liveness, make_handle, ownership, record_paths, resolve_target)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_start import capture_argv, child_args, error_message
+from ansible_collections.tcplab.keepalive.plugins.modules import capture as capture_module
 
 UNIT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,12 +60,14 @@ def forge_record(state_dir, target, end=True, **changes):
 
 # -- pure tests ---------------------------------------------------------------
 
-def test_constants():
-    assert MARKER == 'tcplab-keepalive-capture'
-    assert _capture.DEFAULT_DIR == '/var/tmp/tcplab-keepalive/captures'
-    assert _capture.DEFAULT_STATE_DIR == '/var/lib/tcplab-keepalive/capture'
-    assert DEFAULTS == {'backend': 'auto', 'iface': 'lo', 'snaplen': 262144, 'max_packets': 1000000, 'max_seconds': 3600,
-                        'max_bytes': 200000000}
+def test_defaults_are_the_documented_ones():
+    """What the module documents as defaults is what a capture without those options gets."""
+    import yaml  # pylint: disable=import-outside-toplevel
+    options = yaml.safe_load(capture_module.DOCUMENTATION)['options']
+    settings = validate({})
+    for name in ('backend', 'iface', 'snaplen', 'max_packets', 'max_seconds', 'max_bytes'):
+        assert options[name]['default'] == settings[name] == DEFAULTS[name], name
+    assert 'filter' not in DEFAULTS and settings['filter'] is None and settings['netns'] is None
 
 
 def test_validate_defaults():
@@ -103,26 +106,45 @@ def test_validate_errors(params, message):
     assert str(exc.value) == message
 
 
-def test_child_args_and_argv():
-    settings = validate({'filter': 'tcp port 7'})
-    args = child_args(settings, '/c/x.pcap', 9, '/s', (5, 6))
-    record, log = record_paths('/s', '/c/x.pcap')
-    assert record == '/s/x.pcap-%s.json' % hashlib.sha256(b'/c/x.pcap').hexdigest()[:16]
-    assert log == record[:-len('.json')] + '.log'
-    assert args == {'backend': 'auto', 'path': '/c/x.pcap', 'state': record, 'log': log, 'pcap_id': [5, 6], 'iface': 'lo',
-                    'filter': 'tcp port 7', 'snaplen': 262144, 'max_packets': 1000000, 'max_seconds': 3600,
-                    'max_bytes': 200000000, 'netns': None, 'ready_fd': 9}
-    argv = capture_argv('/usr/bin/python3', args)
-    assert argv == ['/usr/bin/python3', '-c', CHILD_CODE, MARKER, json.dumps(args, sort_keys=True)]
-    args['netns'] = 'tkca-a'
-    argv = capture_argv('/usr/bin/python3', args, '/usr/bin/nsenter')
-    assert argv[:4] == ['/usr/bin/nsenter', '--net=/run/netns/tkca-a', '--', '/usr/bin/python3']
-    assert argv[4:6] == ['-c', CHILD_CODE] and argv[6] == MARKER
-    assert all(isinstance(a, str) for a in argv)
+def run_program(tmp_path, settings, pcap_id=None, tcpdump=None):
+    """Run the capture program for real from the argv the module builds; its JSON replies (it fails before ready)."""
+    path = str(tmp_path / 'x.pcap')
+    with open(path, 'wb'):
+        pass
+    st = os.stat(path)
+    read_fd, write_fd = os.pipe()
+    args = child_args(settings, path, write_fd, str(tmp_path), pcap_id or (st.st_dev, st.st_ino), tcpdump)
+    done = subprocess.run(capture_argv(sys.executable, args), pass_fds=(write_fd,), capture_output=True, timeout=60,
+                          check=False)
+    os.close(write_fd)
+    with os.fdopen(read_fd, 'rb') as replies:
+        lines = replies.read().decode().splitlines()
+    assert done.returncode == 0, done.stderr  # the first process exits at once; the program runs on detached
+    reply = {}
+    for line in lines:
+        reply.update(json.loads(line))
+    return reply
 
 
-def test_child_code_compiles():
-    compile(CHILD_CODE, '<capture child>', 'exec')
+@pytest.mark.parametrize('backend', ['scapy', 'tcpdump'])
+def test_the_program_reports_a_missing_interface(tmp_path, backend):
+    if backend == 'scapy':
+        pytest.importorskip('scapy')
+    settings = dict(validate({'iface': 'tkpr-none0'}), backend=backend)
+    reply = run_program(tmp_path, settings, tcpdump='/bin/false')
+    assert reply['error'] == 'iface' and 'ready' not in reply
+    assert error_message(reply['error'], reply['detail'], settings, sys.executable).startswith(
+        "interface 'tkpr-none0' not found in the target: give an interface of that namespace (ip link) (OSError: ")
+    assert _proc.wait_gone(reply['monitor'], 10)  # and it leaves no process behind
+
+
+def test_the_program_refuses_a_pcap_that_is_not_the_one_the_module_made(tmp_path):
+    settings = dict(validate({'iface': 'lo'}), backend='tcpdump')
+    reply = run_program(tmp_path, settings, pcap_id=(1, 2), tcpdump='/bin/false')
+    assert reply['error'] == 'pcap' and 'ready' not in reply
+    assert error_message(reply['error'], reply['detail'], settings, sys.executable, '/x.pcap') == (
+        'the capture could not open its pcap /x.pcap: OSError: it is no longer the file the module created '
+        '(replaced since)')
 
 
 @pytest.mark.parametrize('handle, path, expected', [
@@ -342,9 +364,9 @@ def test_a_record_that_is_a_fifo_or_symlink_is_not_read(tmp_path, state_dir):
         Capture(sys.executable, state_dir=state_dir).absent(str(path))
     os.unlink(record)
     valid = forge_record(str(tmp_path / 'other'), path)[0]
-    assert _capture.read_record(str(tmp_path / 'other'), str(path)) is not None
+    assert _capture_record.read_record(str(tmp_path / 'other'), str(path)) is not None
     os.symlink(valid, record)
-    assert _capture.read_record(state_dir, str(path)) is None
+    assert _capture_record.read_record(state_dir, str(path)) is None
 
 
 @pytest.mark.parametrize('died, how', [
@@ -549,8 +571,8 @@ def test_started_result_and_idempotence(netns, capture_dir, state_dir):
         handle = first['handle']
         assert first['changed'] is True and first['running'] is True
         assert handle['path'] == path and handle['marker'] == MARKER and handle['netns'] == netns
-        assert handle['pid'] == first['pid'] and handle['starttime'] == _capture.proc_starttime(first['pid'])
-        assert MARKER in _capture.proc_cmdline(first['pid'])
+        assert handle['pid'] == first['pid'] and handle['starttime'] == _proc.starttime(first['pid'])
+        assert MARKER in _proc.cmdline(first['pid'])
         assert count_packets(path) == {'packets': 0, 'bytes': 24, 'complete': True, 'readable': True, 'linktype': 1}
         again = capture.started(params)
         assert again['changed'] is False and again['pid'] == first['pid']
@@ -562,11 +584,11 @@ def test_started_result_and_idempotence(netns, capture_dir, state_dir):
                                   '(state: stopped) or choose another path' % (path, first['pid']))
         would = Capture(sys.executable, state_dir=state_dir, check_mode=True).stopped(path, analyse=False)
         assert would['changed'] is True and would['running'] is True
-        assert _capture.proc_starttime(first['pid']) is not None
+        assert _proc.starttime(first['pid']) is not None
     finally:
         stopped = Capture(sys.executable, state_dir=state_dir).stopped(path, analyse=False)
     assert stopped['changed'] is True and stopped['was_running'] is True
-    assert _capture.proc_starttime(first['pid']) is None
+    assert _proc.starttime(first['pid']) is None
     stopped_again = Capture(sys.executable, state_dir=state_dir).stopped(path, analyse=False)
     assert stopped_again['changed'] is False and stopped_again['msg'] == 'capture was not running'
     # a stopped capture on the same path starts again (the old file is replaced)
@@ -576,7 +598,7 @@ def test_started_result_and_idempotence(netns, capture_dir, state_dir):
     assert gone['changed'] is True and gone['was_running'] is True
     assert sorted(gone['removed']) == sorted([path] + list(record_paths(state_dir, path)))
     assert os.listdir(state_dir) == []
-    assert _capture.proc_starttime(restarted['pid']) is None
+    assert _proc.starttime(restarted['pid']) is None
 
 
 @real
@@ -587,7 +609,7 @@ def test_sigkilled_capture_leaves_a_readable_pcap(netns, capture_dir, state_dir)
     time.sleep(0.3)
     os.kill(started['pid'], signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while _capture.proc_starttime(started['pid']) is not None and time.monotonic() < deadline:
+    while _proc.starttime(started['pid']) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
     read = subprocess.run(['tcpdump', '-nr', started['path']], capture_output=True, text=True, check=False)
     assert read.returncode == 0, read.stderr
@@ -669,11 +691,11 @@ def test_missing_scapy_in_the_sniffer_fails_at_start(netns, capture_dir, tmp_pat
 @real
 def test_stop_refuses_a_pid_that_is_not_ours(tmp_path, state_dir):
     sleeper = subprocess.Popen(['sleep', '60'])
-    while _capture.proc_cmdline(sleeper.pid) != ['sleep', '60']:  # until it has exec'd
+    while _proc.cmdline(sleeper.pid) != ['sleep', '60']:  # until it has exec'd
         time.sleep(0.01)
     try:
         path = str(tmp_path / 'fake.pcap')
-        fake = {'path': path, 'pid': sleeper.pid, 'starttime': _capture.proc_starttime(sleeper.pid)}
+        fake = {'path': path, 'pid': sleeper.pid, 'starttime': _proc.starttime(sleeper.pid)}
         result = Capture(sys.executable, state_dir=state_dir).stopped(path, fake, analyse=False)
         assert result['changed'] is False and result['was_running'] is False
         assert result['msg'] == ('pid %d is not the capture of %s (its command line is not a tcplab.keepalive '
@@ -701,9 +723,9 @@ def test_stop_refuses_a_reused_pid(netns, capture_dir, state_dir):
     result = Capture(sys.executable, state_dir=state_dir).stopped(handle['path'], handle, analyse=False)
     assert result['changed'] is False
     assert 'the pid was reused' in result['msg']
-    assert _capture.proc_starttime(started['pid']) is not None
+    assert _proc.starttime(started['pid']) is not None
     Capture(sys.executable, state_dir=state_dir).stopped(started['path'], started['handle'], analyse=False)
-    assert _capture.proc_starttime(started['pid']) is None
+    assert _proc.starttime(started['pid']) is None
 
 
 STARTER = textwrap.dedent('''

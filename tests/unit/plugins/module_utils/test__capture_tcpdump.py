@@ -25,12 +25,12 @@ import time
 
 import pytest
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils import _capture
-from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import (
-    CHILD_CODE, MARKER, Capture, CaptureError, capture_argv, child_args, count_packets, error_message, ownership,
-    validate)
-from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_tcpdump import (
-    BUFFER_KIB, MONITOR_CODE, parent_of, tcpdump_argv)
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _capture, _proc
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import Capture, validate
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_record import (
+    MARKER, CaptureError, count_packets, ownership)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_start import capture_argv, child_args, error_message
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_tcpdump import BUFFER_KIB, parent_of, tcpdump_argv
 
 TCPDUMP = shutil.which('tcpdump')
 NSENTER = shutil.which('nsenter')
@@ -61,14 +61,26 @@ def test_tcpdump_argv():
     assert BUFFER_KIB == 16384
 
 
-def test_child_args_and_argv_of_the_tcpdump_backend():
-    settings = dict(validate({'filter': 'tcp port 7', 'netns': None}), backend='tcpdump')
-    args = child_args(settings, '/c/x.pcap', 9, '/s', (5, 6), '/usr/bin/tcpdump')
-    assert args['backend'] == 'tcpdump' and args['tcpdump_argv'] == tcpdump_argv('/usr/bin/tcpdump', settings)
-    argv = capture_argv('/usr/bin/python3', args)
-    assert argv == ['/usr/bin/python3', '-c', MONITOR_CODE, MARKER, json.dumps(args, sort_keys=True)]
-    scapy_args = child_args(dict(settings, backend='scapy'), '/c/x.pcap', 9, '/s', (5, 6), '/usr/bin/tcpdump')
-    assert 'tcpdump_argv' not in scapy_args and capture_argv('/p', scapy_args)[2] == CHILD_CODE
+def test_a_tcpdump_that_cannot_be_run_is_reported(tmp_path):
+    """The program of the tcpdump backend, run for real from the argv the module builds, with a tcpdump that is not
+    there: it says why before it is ready, and the module's message names it."""
+    path = str(tmp_path / 'x.pcap')
+    with open(path, 'wb'):
+        pass
+    st = os.stat(path)
+    settings = dict(validate({'iface': 'lo'}), backend='tcpdump')
+    read_fd, write_fd = os.pipe()
+    args = child_args(settings, path, write_fd, str(tmp_path), (st.st_dev, st.st_ino), str(tmp_path / 'no-tcpdump'))
+    subprocess.run(capture_argv(sys.executable, args), pass_fds=(write_fd,), check=True, timeout=60, capture_output=True)
+    os.close(write_fd)
+    reply = {}
+    with os.fdopen(read_fd, 'rb') as replies:
+        for line in replies.read().decode().splitlines():
+            reply.update(json.loads(line))
+    assert reply['error'] == 'exec' and 'ready' not in reply
+    assert error_message('exec', reply['detail'], settings, sys.executable, path, 'tcpdump') == (
+        'tcpdump could not be run: cannot run %s: FileNotFoundError: [Errno 2] No such file or directory'
+        % (tmp_path / 'no-tcpdump'))
 
 
 PYENV = os.path.expanduser('~/.pyenv/versions')
@@ -78,12 +90,13 @@ PYTHONS = sorted(os.path.join(PYENV, v, 'bin', 'python') for v in (os.listdir(PY
 
 @pytest.mark.parametrize('python', [p for p in PYTHONS if os.path.exists(p)])
 def test_monitor_and_module_utils_compile_on_target_pythons(python):
-    """The monitor runs on the target's own Python (3.8 and later); so do the module_utils of the capture."""
+    """The capture program runs on the target's own Python (3.8 and later); so do the module_utils of the capture."""
     here = os.path.dirname(_capture.__file__)
-    files = [os.path.join(here, name) for name in ('_capture.py', '_capture_tcpdump.py', '_capture_scapy.py', '_proc.py')]
-    code = ('import sys\nfor f in sys.argv[1:]:\n    compile(open(f).read(), f, "exec")\n'
-            'compile(sys.stdin.read(), "<monitor>", "exec")\nprint("ok")')
-    done = subprocess.run([python, '-c', code] + files, input=MONITOR_CODE, capture_output=True, text=True, check=False)
+    files = [os.path.join(here, name) for name in (
+        '_capture.py', '_capture_record.py', '_capture_start.py', '_capture_stop.py', '_capture_tcpdump.py',
+        '_program_capture.py', '_detached.py', '_proc.py')]
+    code = 'import sys\nfor f in sys.argv[1:]:\n    compile(open(f).read(), f, "exec")\nprint("ok")'
+    done = subprocess.run([python, '-c', code] + files, capture_output=True, text=True, check=False)
     assert done.stdout == 'ok\n', done.stderr
 
 
@@ -184,7 +197,7 @@ def _fake_capture(path, argv, run=None):
     monitor = subprocess.Popen([sys.executable, '-c', FAKE_MONITOR, MARKER, json.dumps(
         {'backend': 'tcpdump', 'path': path, 'tcpdump_argv': argv, 'run': run})], stdout=subprocess.PIPE, text=True)
     child = int(monitor.stdout.readline())
-    while _capture.proc_cmdline(child) != (run or argv):  # until it has exec'd
+    while _proc.cmdline(child) != (run or argv):  # until it has exec'd
         time.sleep(0.01)
     return monitor, child
 
@@ -197,7 +210,7 @@ def test_ownership_of_a_tcpdump_is_proven_by_its_monitor(tmp_path):
     stranger = subprocess.Popen([sleep, '60'])
     odd = None
     try:
-        start = _capture.proc_starttime(child)
+        start = _proc.starttime(child)
         assert parent_of(child) == monitor.pid
         assert ownership(child, start, path) == (True, '')
         assert ownership(child, None, path) == (True, '')
@@ -208,7 +221,7 @@ def test_ownership_of_a_tcpdump_is_proven_by_its_monitor(tmp_path):
         assert ownership(monitor.pid, None, path) == (
             False, 'it is the monitor of the tcpdump capture of %s, not the capture' % path)
         # the same program with another parent proves nothing
-        while _capture.proc_cmdline(stranger.pid) != [sleep, '60']:
+        while _proc.cmdline(stranger.pid) != [sleep, '60']:
             time.sleep(0.01)
         assert ownership(stranger.pid, None, path) == (
             False, 'its command line is not a tcplab.keepalive capture: %s 60' % sleep)
@@ -345,7 +358,7 @@ def assert_same_analysis(one, other, where='analysis'):
 
 
 def _alive(pid):
-    return _capture.proc_starttime(pid) is not None
+    return _proc.starttime(pid) is not None
 
 
 def _wait_dead(pid, seconds=5.0):
@@ -418,11 +431,11 @@ def test_a_tcpdump_capture_and_its_proofs(netns, capture_dir, state_dir):
         assert first['changed'] is True and first['running'] is True and first['backend'] == 'tcpdump', first
         assert first['msg'] == 'started a capture on lo (pid %d) to %s (with tcpdump)' % (pid, path)
         assert took < 5
-        assert handle['backend'] == 'tcpdump' and handle['starttime'] == _capture.proc_starttime(pid)
-        argv = _capture.proc_cmdline(pid)
+        assert handle['backend'] == 'tcpdump' and handle['starttime'] == _proc.starttime(pid)
+        argv = _proc.cmdline(pid)
         assert argv == tcpdump_argv(TCPDUMP, validate(params))  # the pid is tcpdump itself ...
         monitor = parent_of(pid)
-        assert MARKER in _capture.proc_cmdline(monitor)          # ... its parent carries the marker
+        assert MARKER in _proc.cmdline(monitor)          # ... its parent carries the marker
         with open('/proc/%d/status' % pid) as status:
             assert 'Uid:\t0\t0\t0\t0' in status.read()          # -Z root: it kept root (and so its parent-death signal)
         assert os.stat('/proc/%d/ns/net' % pid).st_ino == os.stat('/run/netns/%s' % netns).st_ino
@@ -572,7 +585,7 @@ def test_tcpdump_does_not_outlive_its_monitor(netns, capture_dir, state_dir):
     status = Capture(sys.executable, state_dir=state_dir).status(started['path'])
     assert status['packets'] == len(read.stdout.splitlines()) >= 15 and status['pcap']['complete'] is True
     assert status['running'] is False and status['stop_reason'] == 'killed'
-    assert status['msg'] == ("the capture's sniffer (pid %d) died: it left no account of how (its monitor, pid %d, is "
+    assert status['msg'] == ("the capture's sniffer (pid %d) died: it left no account of how (its monitor, pid %s, is "
                              "gone too), see %s" % (started['pid'], monitor, started['handle']['log_path']))
     assert subprocess.run(['ip', 'netns', 'pids', netns], capture_output=True, text=True, check=True).stdout == ''
 

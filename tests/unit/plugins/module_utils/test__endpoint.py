@@ -66,11 +66,6 @@ def test_parse_proc_net_tcp():
     assert parse_proc_net_tcp(text) == [(12345, 0, 'LISTEN', 1111), (22333, 12345, 'ESTABLISHED', 2222)]
 
 
-def test_programs_compile():
-    for name, code in _endpoint.PROGRAMS.items():
-        compile(code, '<%s>' % name, 'exec')
-
-
 INFO = {'role': 'server', 'kind': 'python', 'pid': 100, 'program': {'pid': 101}, 'name': 's'}
 CLIENT_INFO = dict(INFO, role='client', kind='curl')
 

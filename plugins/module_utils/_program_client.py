@@ -1,0 +1,93 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The endpoint's python keepalive client (started by _endpoint.py under its supervisor).
+
+Run as ``[python, -c, <this file's source>, TAG, json-args]`` with args
+{"address", "port", "local_port", "outcome"}. The socket has SO_KEEPALIVE
+and no per-socket keepalive options: the namespace's sysctls govern. It
+blocks in recv() until the connection ends and records its outcome (state,
+errno, seconds from connect to failure) atomically in the outcome file.
+Standard library only.
+
+This file is private to the collection: its names may change at any time
+and must not be used from outside tcplab.keepalive.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import sys
+import time
+
+
+def log(text, stream=None):
+    """One line to the program's log (its stdout, or stream), at once."""
+    stream = sys.stdout if stream is None else stream
+    stream.write(text + '\n')
+    stream.flush()
+
+
+class Client:
+    """One connection and its outcome file."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.connected = None
+
+    def record(self, data):
+        tmp = self.cfg['outcome'] + '.tmp'
+        with open(tmp, 'w') as handle:
+            json.dump(data, handle)
+        os.rename(tmp, self.cfg['outcome'])
+
+    def give_up(self, phase, exc):
+        """A bind or connect that failed: record it and exit 1."""
+        log('%s failed: %s' % (phase, exc), sys.stderr)
+        self.record({'state': 'failed', 'phase': phase, 'errno': errno.errorcode.get(exc.errno, str(exc.errno)),
+                     'error': str(exc), 'connected_at': None, 'failed_at': time.time(), 'seconds': 0.0})
+        raise SystemExit(1)
+
+    def connect(self):
+        family = socket.AF_INET6 if ':' in self.cfg['address'] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self.cfg.get('local_port'):
+            try:
+                sock.bind(('::' if family == socket.AF_INET6 else '0.0.0.0', self.cfg['local_port']))
+            except OSError as exc:
+                self.give_up('bind', exc)
+        try:
+            sock.connect((self.cfg['address'], self.cfg['port']))
+        except OSError as exc:
+            self.give_up('connect', exc)
+        self.connected = time.time()
+        self.record({'state': 'connected', 'connected_at': self.connected})
+        return sock
+
+    def hold(self, sock):
+        """Receive until the connection ends; record how."""
+        try:
+            while True:
+                if not sock.recv(65536):
+                    self.record({'state': 'closed', 'errno': None, 'error': 'the server closed the connection',
+                                 'connected_at': self.connected, 'failed_at': time.time(),
+                                 'seconds': time.time() - self.connected})
+                    return
+        except OSError as exc:
+            now = time.time()
+            self.record({'state': 'failed', 'errno': errno.errorcode.get(exc.errno, str(exc.errno)), 'error': str(exc),
+                         'connected_at': self.connected, 'failed_at': now, 'seconds': now - self.connected})
+
+
+def main(argv=None):
+    client = Client(json.loads((sys.argv if argv is None else argv)[2]))
+    client.hold(client.connect())
+
+
+if __name__ == '__main__':
+    main()
