@@ -119,6 +119,16 @@ stage_build() {
       fi
     done
   done
+  # filter plugins: one file may hold several filters, each documented in its own <name>.yml
+  for file in "$coll/plugins/filter"/*.yml; do
+    [ -e "$file" ] || continue
+    name=$(basename "$file" .yml)
+    if ANSIBLE_COLLECTIONS_PATH="$inst" ansible-doc -t filter "tcplab.keepalive.$name" > "$OUT/doc-filter-$name.txt"; then
+      docs=$((docs + 1))
+    else
+      echo "build: ansible-doc -t filter tcplab.keepalive.$name failed"; rc=1
+    fi
+  done
   for file in "$coll/roles"/*; do
     name=$(basename "$file")
     if ANSIBLE_COLLECTIONS_PATH="$inst" ansible-doc -t role "tcplab.keepalive.$name" > "$OUT/doc-role-$name.txt"; then

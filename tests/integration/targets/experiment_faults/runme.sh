@@ -15,7 +15,8 @@ cleanup() {
   if [ -n "$PLAY_PID" ]; then kill -9 -- "-$PLAY_PID" 2>/dev/null || true; fi
   ansible-playbook -i "$INV" rollback.yml >/dev/null 2>&1 || true
   ansible-playbook tcplab.keepalive.lab -e "$LAB_VARS" -e lab_state=absent "$@" >/dev/null
-  rm -rf "$REPORTS" /var/tmp/tcplab-keepalive/captures/exp-faulty*
+  # the pcaps of this target's runs: exp-<run id>-faulty.pcap (and a killed capture's log and state)
+  rm -rf "$REPORTS" /var/tmp/tcplab-keepalive/captures/exp-*-faulty.pcap*
 }
 trap cleanup EXIT
 
