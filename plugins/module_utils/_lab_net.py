@@ -23,9 +23,12 @@ import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _netns
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_manifest import (
-    OURS, check_bridge, check_netns, check_network, check_veth, claim, claim_link, inet_networks, veth_name)
-from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_ssh import terminate
+    OURS, LabError, check_bridge, check_netns, check_network, check_veth, claim, claim_link, inet_networks, veth_name)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_ssh import stop_all
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import netns_inode, netns_of, pids
+
+MSG_NETNS_BUSY = ('lab namespace %s was not deleted: its processes (%s) did not end after SIGTERM and SIGKILL; '
+                  'find out what holds them (ps -o pid,stat,wchan:20,cmd -p PIDS), then run absent again')
 
 
 def gateway_of(net):
@@ -196,8 +199,8 @@ class LabNetwork:
         victims = pids_in_netns(self.ns_path(netns))
         if victims:
             self.lab._note(['kill', '-TERM'] + [str(p) for p in victims])
-            if not self.lab.check_mode:
-                terminate(victims)
+            if not self.lab.check_mode and not stop_all(victims)[1]:
+                raise LabError(MSG_NETNS_BUSY % (netns, ', '.join(str(p) for p in victims)))
         self.lab._act(self.ip('netns', 'del', netns), 'deleting network namespace %s' % netns)
 
     def absent(self):

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -273,3 +274,24 @@ def test_state_dir_that_is_a_file_is_refused(tmp_path):
         Lab(FakeRunner(), dict(PARAMS, state_dir=str(path)))
     assert str(exc.value) == _lab.MSG_STATE_DIR_FILE % path
     assert path.read_text() == 'mine'
+
+
+@needs_root
+def test_absent_keeps_a_namespace_whose_processes_do_not_end(clean, monkeypatch):
+    """A process that survives SIGTERM and SIGKILL (stuck in the kernel) keeps its namespace: the error names it."""
+    from ansible_collections.tcplab.keepalive.plugins.module_utils import _lab_net
+    from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_manifest import LabError
+    lab = real_lab()
+    host = lab.present(normalize_hosts(['a'], 'netns'), NETWORK)['hosts'][0]
+    sleeper = subprocess.Popen(['ip', 'netns', 'exec', host['netns'], 'sleep', '60'])
+    try:
+        deadline = time.monotonic() + 5
+        while not _lab_net.pids_in_netns(host['netns_path']) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        monkeypatch.setattr(_lab_net, 'stop_all', lambda victims, timeout=5.0: (list(victims), False))
+        with pytest.raises(LabError, match='lab namespace tkns-u-a was not deleted: its processes .* did not end'):
+            real_lab().absent()
+        assert os.path.exists(host['netns_path'])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
