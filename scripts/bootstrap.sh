@@ -3,6 +3,8 @@
 # On a fresh Debian 12 machine, as root, it installs:
 #   - the Debian packages the lab, the experiment and the tests use;
 #   - a virtual environment (.venv) with the pinned requirements-dev.txt;
+#   - a second one (.venv-galaxy) with the release checks of the build stage
+#     (galaxy-importer, ansible-builder: requirements-dev-galaxy.txt);
 #   - this checkout where Ansible finds it by FQCN:
 #     .build/collections/ansible_collections/tcplab/keepalive -> the checkout.
 # Each step is skipped when already done, so re-running is cheap.
@@ -41,16 +43,18 @@ tcplab_apt() {
   fi
 }
 
+# tcplab_venv [DIR REQUIREMENTS]: the virtual environment DIR (default .venv)
+# with the pinned REQUIREMENTS (default requirements-dev.txt).
 tcplab_venv() {
-  local venv="$TCPLAB_ROOT/.venv" stamp want
-  want=$(sha256sum "$TCPLAB_ROOT/requirements-dev.txt" | cut -d' ' -f1)
+  local venv="$TCPLAB_ROOT/${1:-.venv}" reqs="${2:-requirements-dev.txt}" stamp want
+  want=$(sha256sum "$TCPLAB_ROOT/$reqs" | cut -d' ' -f1)
   stamp="$venv/.tcplab-requirements"
   if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return 0
   fi
-  tcplab_step "creating the virtual environment .venv (pinned requirements-dev.txt)"
+  tcplab_step "creating the virtual environment ${1:-.venv} (pinned $reqs)"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$TCPLAB_ROOT/requirements-dev.txt"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$TCPLAB_ROOT/$reqs"
   echo "$want" > "$stamp"
 }
 
@@ -64,6 +68,7 @@ tcplab_collection() {
 
 tcplab_apt
 tcplab_venv
+tcplab_venv .venv-galaxy requirements-dev-galaxy.txt
 tcplab_collection
 
 # Let Python cache bytecode: every ansible run imports hundreds of modules,

@@ -6,7 +6,9 @@
 #   unit         pytest tests/unit (real namespaces where the real thing can run)
 #   sanity       ansible-test sanity --venv on a copy of the collection
 #   lint         ansible-lint --profile production
-#   build        ansible-galaxy collection build + install into a fresh path + ansible-doc of every plugin
+#   build        ansible-galaxy collection build; galaxy-importer on the tarball (no error, no warning) and
+#                flake8 with Galaxy's settings; ansible-builder introspect and create; install into a fresh
+#                path + ansible-doc of every plugin
 #   integration  ansible-test integration --local (targets: destructive, needs/root)
 #   molecule     molecule test --all
 #   rootns       the root namespace's keepalive sysctls and iptables rules are as before the run
@@ -98,15 +100,70 @@ stage_lint() {
   return "$rc"
 }
 
+# The release checks of the build stage, with the tools of .venv-galaxy
+# (requirements-dev-galaxy.txt; docs/development.md):
+# - galaxy-importer imports the tarball as Galaxy does, ansible-test off and
+#   ansible-lint on: no ERROR and no WARNING line;
+# - flake8 with the importer's own settings on every Python file of the
+#   tarball (run apart: the importer's flake8 pass also feeds it the filters'
+#   YAML documentation, which is not Python);
+# - ansible-builder introspect of the installed tarball lists every line of
+#   the collection's requirements.txt and bindep.txt, and ansible-builder
+#   create makes a build context of the example docs/execution-environment.yml.
+GALAXY_SUMMARY=""
+galaxy_checks() {
+  local tarball=$1 inst=$2 gx="$TCPLAB_ROOT/.venv-galaxy/bin" log="$OUT/galaxy-importer.log" rc=0
+  local coll="$inst/ansible_collections/tcplab/keepalive" errors warnings flake line
+  (cd "$(dirname "$tarball")" && env -u ANSIBLE_CONFIG -u ANSIBLE_COLLECTIONS_PATH PATH="$gx:$PATH" \
+    GALAXY_IMPORTER_CONFIG=/dev/null GALAXY_IMPORTER_RUN_ANSIBLE_TEST=false GALAXY_IMPORTER_RUN_ANSIBLE_LINT=true \
+    GALAXY_IMPORTER_OFFLINE_ANSIBLE_LINT=true GALAXY_IMPORTER_RUN_FLAKE8=false GALAXY_IMPORTER_CHECK_REQUIRED_TAGS=true \
+    "$gx/python" -m galaxy_importer.main "$(basename "$tarball")") > "$log" 2>&1 || rc=1
+  errors=$(grep -c '^ERROR' "$log"); warnings=$(grep -c '^WARNING' "$log")
+  echo "galaxy-importer $("$gx/python" -c 'from importlib.metadata import version; print(version("galaxy-importer"))'):"
+  grep -E '^(ERROR|WARNING)' "$log"
+  grep -vE '^(Loading|Linting|Finding|Getting|Running|\.\.\.)' "$log" | grep -vE '^(ERROR|WARNING)' | tail -3
+  echo "galaxy-importer: $errors errors, $warnings warnings (log: $log)"
+  if [ "$errors" -ne 0 ] || [ "$warnings" -ne 0 ] || ! grep -q '^Importer processing completed successfully' "$log"; then
+    echo "build: galaxy-importer did not import $(basename "$tarball") cleanly"; rc=1
+  fi
+  (cd "$coll" && find . -name '*.py' -print0 | sort -z | xargs -0 "$gx/flake8" --isolated --extend-ignore E402 \
+    --select E,F,W --max-line-length 160) > "$OUT/flake8.log" 2>&1
+  flake=$(grep -c . "$OUT/flake8.log")
+  if [ "$flake" -ne 0 ]; then
+    cat "$OUT/flake8.log"; echo "build: flake8 (Galaxy's settings) found $flake problems"; rc=1
+  fi
+  "$gx/ansible-builder" introspect --sanitize "$inst" > "$OUT/ee-introspect.txt" 2>&1 || rc=1
+  cat "$OUT/ee-introspect.txt"
+  while IFS= read -r line; do
+    line=${line%%#*}; line=$(echo "$line" | xargs)
+    [ -n "$line" ] || continue
+    if ! grep -qF "'$line  # from collection tcplab.keepalive'" "$OUT/ee-introspect.txt"; then
+      echo "build: ansible-builder introspect does not list '$line'"; rc=1
+    fi
+  done < <(cat "$coll/requirements.txt" "$coll/bindep.txt")
+  rm -rf "$OUT/ee-context"
+  if "$gx/ansible-builder" create -f "$coll/docs/execution-environment.yml" -c "$OUT/ee-context" \
+      --output-filename Containerfile > "$OUT/ee-create.log" 2>&1 \
+      && [ -s "$OUT/ee-context/Containerfile" ] && grep -q 'name: tcplab.keepalive' "$OUT/ee-context/_build/requirements.yml"; then
+    echo "ansible-builder create: build context in $OUT/ee-context"
+  else
+    cat "$OUT/ee-create.log"; echo "build: ansible-builder create of docs/execution-environment.yml failed"; rc=1
+  fi
+  GALAXY_SUMMARY="galaxy-importer $errors errors $warnings warnings, flake8 $flake, ansible-builder introspect+create"
+  [ "$rc" -eq 0 ] || GALAXY_SUMMARY="$GALAXY_SUMMARY (FAILED)"
+  return "$rc"
+}
+
 stage_build() {
   local dist="$OUT/dist" inst="$OUT/installed" tarball docs=0 kind file name rc=0
   ansible-galaxy collection build --force --output-path "$dist" . || return 1
   tarball=$(ls "$dist"/tcplab-keepalive-*.tar.gz)
-  if tar tzf "$tarball" | grep -qE '^(tests/unit|benchmarks|\.ci|scripts|molecule)/'; then
-    echo "build: tests, benchmarks, scripts or CI files leaked into $tarball"; return 1
+  if tar tzf "$tarball" | grep -qE '^((tests/unit|benchmarks|\.ci|scripts|molecule)/|\.venv|requirements-dev|docs/development\.md)'; then
+    echo "build: tests, benchmarks, scripts, CI or developer files leaked into $tarball"; return 1
   fi
   ansible-galaxy collection install --force -p "$inst" "$tarball" || return 1
   local coll="$inst/ansible_collections/tcplab/keepalive"
+  galaxy_checks "$tarball" "$inst" || rc=1
   for kind in modules connection; do
     for file in "$coll/plugins/$kind"/*.py; do
       [ -e "$file" ] || continue
@@ -137,7 +194,7 @@ stage_build() {
       echo "build: ansible-doc -t role tcplab.keepalive.$name failed"; rc=1
     fi
   done
-  SUMMARY[build]="$(basename "$tarball"), ansible-doc of $docs plugins and roles from the installed tarball"
+  SUMMARY[build]="$(basename "$tarball"), ansible-doc of $docs plugins and roles from the installed tarball; $GALAXY_SUMMARY"
   return "$rc"
 }
 

@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ description:
   - Privilege escalation (C(become)) works with methods that do not prompt for a password,
     for example C(su) or C(sudo) with C(NOPASSWD) when Ansible already runs as root.
 author: tcplab.keepalive developers (@tcplab)
-version_added: 1.0.0
+version_added: 0.1.0
 options:
   pipelining:
     description:

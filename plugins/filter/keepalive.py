@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Filters of the experiment's arithmetic: what governs the client's keepalive and how long each step may take.
 
 The documentation of each filter is in the YAML file of its name beside this one. The formulas use the

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Keepalive audit of one host: runtime values per network namespace, persisted
 values with systemd-sysctl precedence, drift, keepalive sockets, and policy
 findings.

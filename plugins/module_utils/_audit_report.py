@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Fleet report of the keepalive audit: aggregation of the per-host results
 (linear in hosts) and the writers of audit.json, audit.csv, audit.junit.xml
 and audit.html (one self-contained page: no external assets).

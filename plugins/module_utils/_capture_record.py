@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The capture's state records and files: what proves a pcap and a sniffer ours (see _capture.py).
 
 A state record (one per pcap path, in state_dir, written by the detached

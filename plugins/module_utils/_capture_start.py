@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Starting a capture (state=started; see _capture.py): the pcap, the detached program, its ready report.
 
 The program (_program_capture.py, both backends) is started through
@@ -38,8 +39,8 @@ SCAPY_PIN = 'scapy==2.8.0'
 STOP_TIMEOUT = 5.0
 
 MSG_NO_SCAPY = ('scapy is not importable by %s: install it for the Python that runs the modules (a distribution\'s '
-                'package such as apt-get install python3-scapy, or in a virtual environment pip install ' + SCAPY_PIN
-                + '), or use backend: tcpdump (%s)')
+                'package such as apt-get install python3-scapy, or in a virtual environment pip install ' + SCAPY_PIN + '), '
+                'or use backend: tcpdump (%s)')
 MSG_TCPDUMP_EXEC = 'tcpdump could not be run: %s'
 MSG_TCPDUMP_FAILED = 'tcpdump did not start capturing on %r in %s: %s'
 MSG_NO_LIBPCAP = ('libpcap is not available to scapy, so the filter %r cannot be compiled (scapy would capture '

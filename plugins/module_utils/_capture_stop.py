@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Stopping, reporting and removing captures (state=stopped, status, absent, purged; see _capture.py).
 
 Each acts only on what a state record names and /proc still confirms

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The tcpdump backend of the capture (see _capture.py): for targets whose Python has no scapy.
 
 tcpdump writes the pcap itself. Its command line cannot carry the module's

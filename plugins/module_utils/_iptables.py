@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The DROP rule that silences a peer: validation, argv, idempotent add and
 remove through iptables -C with the xtables lock wait, purge of our tagged
 rules in every iptables backend of the namespace (nf_tables and legacy), the
@@ -69,8 +70,7 @@ MSG_EXEC_RELATIVE = 'executable %(program)s is a relative path: ' + MSG_EXEC_HIN
 MSG_EXEC_DIR = 'executable %(program)s is a directory, not a program: ' + MSG_EXEC_HINT
 MSG_EXEC_NOT_PROGRAM = 'executable %(program)s is not an executable program (%(why)s): ' + MSG_EXEC_HINT
 MSG_NOT_IPTABLES = ('executable %(program)s did not behave like %(family)s: "%(program)s -V" exited with rc=%(rc)d '
-                    'and printed %(out)r, where %(family)s prints "%(family)s v1.8.9 (nf_tables)" or similar: '
-                    + MSG_EXEC_HINT)
+                    'and printed %(out)r, where %(family)s prints "%(family)s v1.8.9 (nf_tables)" or similar: ' + MSG_EXEC_HINT)
 MSG_WRONG_FAMILY = ('executable %(program)s is %(other)s, the program of IPv%(other_version)s rules: for IPv%(other_version)s '
                     'set ip_version: %(other_version)s (the module then runs %(other)s); for IPv%(version)s ' + MSG_EXEC_HINT)
 MSG_FAILED = '%s failed (rc=%d): %s'
@@ -244,14 +244,14 @@ def lockout_check(rule, ssh_connection):
         return
     if rule['chain'] == 'INPUT':
         # packets from the controller to sshd
-        hit = ((rule['match'] == 'dport' and rule['port'] == server_port)
-               or (rule['match'] == 'sport' and rule['port'] == client_port))
+        hit = any((rule['match'] == 'dport' and rule['port'] == server_port,
+                   rule['match'] == 'sport' and rule['port'] == client_port))
         ours, theirs = server, client
         local_key, remote_key = 'destination', 'source'
     else:
         # packets from sshd back to the controller
-        hit = ((rule['match'] == 'sport' and rule['port'] == server_port)
-               or (rule['match'] == 'dport' and rule['port'] == client_port))
+        hit = any((rule['match'] == 'sport' and rule['port'] == server_port,
+                   rule['match'] == 'dport' and rule['port'] == client_port))
         ours, theirs = server, client
         local_key, remote_key = 'source', 'destination'
     if not hit:

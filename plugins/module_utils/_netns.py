@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Network namespaces of the host: names, paths, finding them, and running code inside one.
 
 This file is private to the collection: its names may change at any time
@@ -193,8 +194,8 @@ def _is_kthreadd(pid, proc='/proc'):
             cmdline = handle.read()
     except (IOError, OSError):
         return False
-    return (status.get('Name', '').strip() == 'kthreadd' and status.get('PPid', '').strip() == '0'
-            and cmdline == b'')
+    named_kthreadd = status.get('Name', '').strip() == 'kthreadd' and status.get('PPid', '').strip() == '0'
+    return named_kthreadd and cmdline == b''
 
 
 def boot_netns(proc='/proc'):

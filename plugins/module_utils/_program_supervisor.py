@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The supervisor of every endpoint, and the curl wrapper (started detached by _endpoint.py).
 
 Run as ``[python, -c, <this file's source>, TAG, json-spec]`` with spec

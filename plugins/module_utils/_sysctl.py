@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The three TCP keepalive sysctls: validation, reading and writing them in a
 network namespace, the journal of original values that makes every change
 reversible, and the lease that lets one experiment at a time own a
@@ -446,8 +447,8 @@ def lease_request(params):
         if owner is not None:
             raise SysctlError(MSG_LEASE_OWNER_ALONE)
         return None
-    if (not isinstance(holder, str) or not 1 <= len(holder) <= LEASE_TEXT_MAX or not holder.isprintable()
-            or any(char.isspace() for char in holder)):
+    printable = isinstance(holder, str) and 1 <= len(holder) <= LEASE_TEXT_MAX and holder.isprintable()
+    if not printable or any(char.isspace() for char in holder):
         raise SysctlError(MSG_LEASE_HOLDER % (LEASE_TEXT_MAX, holder))
     if owner is not None:
         text = ' '.join(str(owner).split()) if isinstance(owner, str) else None
@@ -553,8 +554,8 @@ def apply_values(access, current, wanted):
 
 
 def persist_text(values):
-    return ('# Managed by tcplab.keepalive.sysctl; state: restored puts back what was here.\n'
-            + render(values))
+    header = '# Managed by tcplab.keepalive.sysctl; state: restored puts back what was here.\n'
+    return header + render(values)
 
 
 def read_file(path):

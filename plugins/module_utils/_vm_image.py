@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Base images of lab VMs, built from Debian's archive.
 
 This file is private to the collection: its names may change at any time
@@ -244,9 +245,8 @@ BAKED_FILES = {
     '/etc/machine-id': ('', 0o444),
 }
 # path in the image -> link target
-BAKED_LINKS = dict(
-    [('/etc/systemd/system/multi-user.target.wants/tcplab-seed.service', '/etc/systemd/system/tcplab-seed.service')]
-    + [('/etc/systemd/system/%s' % unit, '/dev/null') for unit in MASKED_UNITS])
+BAKED_LINKS = {'/etc/systemd/system/multi-user.target.wants/tcplab-seed.service': '/etc/systemd/system/tcplab-seed.service'}
+BAKED_LINKS.update(('/etc/systemd/system/%s' % unit, '/dev/null') for unit in MASKED_UNITS)
 
 
 # -- apt sources ------------------------------------------------------------

@@ -2,13 +2,14 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
 DOCUMENTATION = r'''
 module: audit
 short_description: Keepalive settings, sockets and policy findings of one host, per network namespace
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Reads the three keepalive sysctls (C(net.ipv4.tcp_keepalive_time), C(_intvl), C(_probes)) of the
     host's network namespace straight from C(/proc/sys), and with O(namespaces=all) those of every

@@ -2,13 +2,14 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
 DOCUMENTATION = r'''
 module: audit_report
 short_description: Aggregate keepalive audit results of many hosts and write the fleet report (run it on the controller)
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Aggregates the registered results of M(tcplab.keepalive.audit) of every host of a play, in one pass
     over the hosts, and writes into O(dest) C(audit.json), C(audit.csv), C(audit.junit.xml) (one test

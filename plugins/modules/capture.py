@@ -2,13 +2,14 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
 DOCUMENTATION = r'''
 module: capture
 short_description: Start and stop a background packet capture and analyse the keepalive probes it saw
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - O(state=started) starts a detached capture on one interface, with an optional BPF filter,
     writing a pcap file packet by packet (so even a killed capture leaves a readable file). The

@@ -2,13 +2,14 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
 DOCUMENTATION = r'''
 module: drop_rule
 short_description: The iptables DROP rule that silences a peer - tagged, idempotent, lockout-safe, self-expiring
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Adds or removes one iptables (or ip6tables) rule C(-j DROP) for a TCP or UDP port in the C(INPUT)
     or C(OUTPUT) chain of the filter table, as the keepalive experiment does to make a peer silent.

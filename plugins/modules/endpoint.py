@@ -2,13 +2,14 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
 DOCUMENTATION = r'''
 module: endpoint
 short_description: The server and the keepalive client of a keepalive experiment
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Starts and stops the experiment's server and client as detached processes that outlive the
     module, and reports the client's outcome.

@@ -2,13 +2,14 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
 DOCUMENTATION = r'''
 module: lab_hosts
 short_description: Local lab hosts as network namespaces or lab VMs on a bridge
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Brings up (or removes) local lab hosts on the machine it runs on. Each lab host is a Linux
     network namespace C(<netns_prefix><name>) with loopback up and a veth pair, C(eth0) inside and

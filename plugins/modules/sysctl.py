@@ -2,13 +2,14 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
 DOCUMENTATION = r'''
 module: sysctl
 short_description: Set the three TCP keepalive sysctls, with a journal that makes every change reversible
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Sets any of C(net.ipv4.tcp_keepalive_time), C(net.ipv4.tcp_keepalive_intvl) and
     C(net.ipv4.tcp_keepalive_probes) in the target's network namespace, or in another namespace

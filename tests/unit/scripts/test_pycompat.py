@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Target Pythons: scripts/pycompat.py passes on this checkout with every installed Python from the declared
 minimum up (a release Python of bullseye, bookworm or trixie must be among them), catches each kind of
 incompatibility in a small collection made for the test, and the modules and the detached programs really run

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 # The audit and audit_report modules against the real kernel, in network
 # namespaces this test creates and removes (a playbook, not a role target:
 # the target's name is also the name of the collection's audit role), then

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 # Concurrent experiments must not break each other:
 #   A. two experiments started at the same moment on two different pairs of
 #      lab hosts: distinct run ids and reports, both pass, each cleans up only

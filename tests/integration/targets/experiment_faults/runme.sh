@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 # Faults of the experiment: ansible-playbook killed with SIGKILL at several
 # points of the flow, then tcplab.keepalive.rollback from a fresh controller;
 # and a failing step. Every time the lab host must end exactly as before.

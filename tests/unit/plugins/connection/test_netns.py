@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Tests for the tcplab.keepalive.netns connection plugin.
 
 The plugin is loaded through ansible's connection_loader (so its DOCUMENTATION options are

@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Tests of the tcpdump backend of the capture (plugins/module_utils/_capture_tcpdump.py, _capture.py).
 
 The first part is pure: tcpdump's argv, the choice of a backend and its messages. The rest is real: the

@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The one network-namespace helper, against the real kernel where it matters: names and their messages,
 resolving by name or pid, discovering named and process-only namespaces, running code inside one (forked
 setns child) and a program inside one (nsenter argv). Namespaces made here are tkns-* and removed again."""

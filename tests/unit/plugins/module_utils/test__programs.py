@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The programs that run detached on targets (plugins/module_utils/_program_*.py), run for real.
 
 Each is started as its users start it - ``[python, -c, <its source>, marker,

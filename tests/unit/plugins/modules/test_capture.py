@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The capture module run for real, in-process (its main() with module args), as a task would run it.
 
 Regression tests of issue 10: state=absent removes only a pcap its state record proves ours (never a file

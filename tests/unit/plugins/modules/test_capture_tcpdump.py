@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The capture module with the tcpdump backend, run for real as a task would run it.
 
 As on a fresh target: the module runs on Pythons without scapy (Debian's /usr/bin/python3, pyenv's 3.8, 3.9 and

@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The drop_rule module run for real inside a network namespace of its own (tkdr-*): rules in both iptables
 backends (nf_tables and legacy, IPv4 and IPv6) next to foreign rules, the dead-man timer processes, and the
 errors of executables that are not iptables. Issue 10 items 11, 13 and 17."""

@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The endpoint module run for real, `ansible localhost -m tcplab.keepalive.endpoint` inside a network namespace
 (tken-*): a timeout without sense is refused before anything is written, and a server killed from outside is
 reported at once as died, with the process and the signal, in the result the experiment role polls."""

@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """`netns: all` with `state: restored`, run for real: `ansible localhost -m tcplab.keepalive.sysctl` against
 network namespaces made here (tkns-*), with journals under /run/tcplab-helper-ns; the kernel's values are read
 back. Nothing touches the root namespace's values (the journal used here never lists it)."""

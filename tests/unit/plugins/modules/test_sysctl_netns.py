@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The sysctl module run for real: `ansible localhost -m tcplab.keepalive.sysctl -a 'k=v ...'` against
 network namespaces made here (tksy-*), reading the kernel's values back: k=v strings (issue 10 item 14),
 persist refused outside the boot namespace (item 4), the lease (item 7) and path options naming a file

@@ -1,3 +1,6 @@
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 # The experiment's client: SO_KEEPALIVE and no per-socket options (TCP_KEEPIDLE,
 # TCP_KEEPINTVL, TCP_KEEPCNT), so the namespace's sysctls govern it. It waits
 # for data that never comes and records how the wait ended.

@@ -1,3 +1,6 @@
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 # The experiment's server: accept one connection and stay silent.
 import socket
 import sys
