@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The lab's VMs: their images, the apt proxy, booting them in parallel, removing them.
 
 This file is private to the collection: its names may change at any time
@@ -24,27 +25,33 @@ VMs start with TCG directly, and so do all lab VMs on this machine until its
 next boot (a memo with the boot id in the image cache directory). Then it waits
 for every VM's ssh login in one loop. Running VMs with unchanged settings are
 kept.
+
+The parts, one concern each: _lab_vm_supply (images and the apt proxy),
+_lab_vm_boot (launches, the KVM probe and its memo, the logins) and
+_lab_vm_stop (power-offs, orphans, directories). LabVms here checks the
+settings and plans which VMs to keep, restart or start.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._apt_proxy import DEFAULT_PORT, AptProxy, AptProxyError
-from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, atomic_write
-from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_manifest import LabError, lab_id, remove_path
+from ansible_collections.tcplab.keepalive.plugins.module_utils._apt_proxy import DEFAULT_PORT
+from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError
+from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_manifest import LabError, lab_id
+from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_vm_boot import BOOT_ID, LabVmBoot
+from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_vm_stop import LabVmStop
+from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_vm_supply import LabVmSupply
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, starttime
-from ansible_collections.tcplab.keepalive.plugins.module_utils._vm import (
-    ACCELS, DEFAULT_MEMORY, KVM_DEVICE, LOGIN_USER, MSG_KVM_START_FALLBACK, MSG_NO_KVM, MSG_NO_KVM_NOTE, MSG_TOOL,
-    TOOLS as VM_TOOLS, Vm, VmError, find_orphans, kvm_usable, marker)
-from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_image import (
-    DEFAULT_CACHE_DIR, ImageCache, VmImageError)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm import MSG_TOOL, TOOLS as VM_TOOLS, Vm
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_base import VmError
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_boot import ACCELS, LOGIN_USER, MSG_NO_KVM
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_image import DEFAULT_CACHE_DIR
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_qemu import DEFAULT_MEMORY, KVM_DEVICE, kvm_usable
 
 VM_DIR = 'vms'
-PROXY_DIR = 'apt-proxy'
 VM_PYTHON = '/usr/bin/python3'
 TAP_PREFIX = 'tkv'
 BOOT_TIMEOUT = 300
@@ -56,12 +63,6 @@ TOOLS = dict(VM_TOOLS, **{'apt-cacher-ng': 'apt-cacher-ng', 'setpriv': 'util-lin
 MSG_ACCEL = 'vm_accel must be one of auto, kvm, tcg; got %r'
 MSG_MEMORY = 'vm_memory must be an integer %d..%d (MiB), got %r'
 MSG_PORT = 'apt_proxy_port must be an integer 1..65535, got %r'
-MSG_BOOT_FAILED = ('%d of %d lab VMs did not come up (each was stopped; its console log stays in its directory under '
-                   '%s, and lab_state: absent removes everything):\n%s')
-MSG_KNOWN_FALLBACK = ('lab VMs %s: KVM made no boot progress before on this machine (since its last boot); using TCG '
-                      '(software emulation) directly - vm_accel: kvm forces KVM')
-KVM_MEMO = '.kvm-no-progress'
-BOOT_ID = '/proc/sys/kernel/random/boot_id'
 MSG_RESTART_IMAGE = 'lab VM %s: base image changed (%s -> %s); restarting it on a fresh overlay'
 MSG_RESTART_SETTINGS = 'lab VM %s: settings changed (%s); restarting it on a fresh overlay'
 MSG_RESTART_UNCONFIRMED = ('lab VM %s: started under KVM by a run that ended before its first login (it may be '
@@ -77,28 +78,6 @@ def find_tools(names=None, which=shutil.which, path=None):
         if not found[name]:
             raise LabError(MSG_TOOL % (name, TOOLS.get(name, name)))
     return found
-
-
-def kill_proven(pid, argv, timeout=10.0):
-    """SIGKILL pid if it still runs with argv (a pid reused meanwhile is left alone); wait until it has gone."""
-    if cmdline(pid) != argv:
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        return
-    deadline = time.monotonic() + timeout
-    while starttime(pid) is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def boot_id(path=BOOT_ID):
-    """This machine's boot id (a KVM that stalls stays so until the next boot)."""
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except (IOError, OSError):
-        return None
 
 
 def check_settings(accel, memory, port):
@@ -123,8 +102,9 @@ def config_changes(old, new):
     return ', '.join('%s %s -> %s' % (key, (old or {}).get(key), new[key]) for key in keys)
 
 
-class LabVms:
-    """The VMs of one lab (`lab` is the _lab.Lab that owns the manifest, the runner and the change log)."""
+class LabVms(LabVmSupply, LabVmBoot, LabVmStop):
+    """The VMs of one lab (`lab` is the _lab.Lab that owns the manifest, the runner and the change log).
+    Images and proxy: LabVmSupply; launches and logins: LabVmBoot; removal: LabVmStop."""
 
     def __init__(self, lab, params):
         self.lab = lab
@@ -158,12 +138,6 @@ class LabVms:
                   memory=self.memory, tap_prefix=TAP_PREFIX, tools=tools, boot_timeout=self.boot_timeout,
                   kvm_probe_timeout=self.kvm_probe_timeout, clock=self.clock, sleep=self.sleep)
 
-    def _cache(self):
-        try:
-            return ImageCache(self.lab.run, self.cache_dir, log=None)
-        except VmImageError as exc:
-            raise LabError(str(exc))
-
     def _note(self, line):
         self.notes.append(line)
 
@@ -182,141 +156,6 @@ class LabVms:
                 self._vm(host['name'], '%s/%d' % (addresses[host['name']], prefixlen))
             except VmError as exc:
                 raise LabError(str(exc))
-
-    def ensure_images(self, hosts):
-        """The base image of each release the VMs use: built unless cached (always with image_rebuild)."""
-        cache = self._cache()
-        for release in sorted({host['release'] for host in hosts}):
-            try:
-                if self.lab.check_mode:
-                    spec = cache.spec(release)
-                    info = None if self.rebuild else cache.cached(spec)
-                    if info is None:
-                        self.lab._note(['mmdebstrap', '--variant=apt', release, cache.entry_dir(spec)])
-                        info = {'release': release, 'key': spec['key'], 'build_id': None, 'built': True}
-                else:
-                    info = cache.ensure(release, rebuild=self.rebuild)
-                    if info['built']:
-                        self.lab._note(['mmdebstrap', '--variant=apt', release, info['dir']])
-            except VmImageError as exc:
-                raise LabError(str(exc))
-            self.images[release] = info
-
-    # -- the apt proxy ---------------------------------------------------
-    def _proxy(self, address, port):
-        tools = {name: self.tools[name] for name in ('apt-cacher-ng', 'setpriv') if self.tools.get(name)}
-        return AptProxy(self.lab.run, os.path.join(self.lab.state_dir, PROXY_DIR), address, port, tools=tools)
-
-    def ensure_proxy(self, address):
-        """The lab's apt proxy on the bridge address; returns its URL."""
-        entry = self.manifest.data.get('apt_proxy') or {}
-        if entry and (entry.get('address'), entry.get('port')) != (address, self.proxy_port):
-            self.stop_proxy(purge=False)  # another bridge address or port: the cache stays
-        proxy = self._proxy(address, self.proxy_port)
-        self.proxy = proxy
-        if self.lab.check_mode:
-            if proxy.owned_pid() is None:
-                self.lab._note(['apt-cacher-ng', '-c', proxy.dirs['conf']])
-            return proxy.url
-        self.manifest.data['apt_proxy'] = dict(entry, state_dir=proxy.state_dir, address=address, port=self.proxy_port)
-        self.lab._save(self.manifest.save())
-        try:
-            started = proxy.start()
-        except (AptProxyError, CommandError) as exc:
-            raise LabError(getattr(exc, 'msg', str(exc)))
-        if started['changed']:
-            self.lab._note(['apt-cacher-ng', '-c', proxy.dirs['conf']])
-        record = proxy.load()
-        self.manifest.data['apt_proxy'].update(pid=record.get('pid'), starttime=record.get('starttime'))
-        self.lab._save(self.manifest.save())
-        return proxy.url
-
-    def stop_proxy(self, purge=True):
-        """Stop the lab's proxy (proven by its record or its -c argv); with purge also remove its directory."""
-        entry = self.manifest.data.get('apt_proxy') or {}
-        directory = os.path.join(self.lab.state_dir, PROXY_DIR)
-        if not entry and not os.path.isdir(directory):
-            return
-        # the address only matters to start(); stop() finds the process by its record or its -c argv
-        proxy = self._proxy(entry.get('address') or '0.0.0.0', entry.get('port') or self.proxy_port)
-        if self.lab.check_mode:
-            if proxy.owned_pid() is not None or os.path.isdir(directory):
-                self.lab._note(['kill', '-TERM', 'apt-cacher-ng -c %s' % proxy.dirs['conf']])
-            return
-        stopped = proxy.stop(purge=purge)
-        if stopped['changed']:
-            self.lab._note(['kill', '-TERM', 'apt-cacher-ng -c %s' % proxy.dirs['conf']])
-        if entry:
-            self.manifest.data['apt_proxy'] = None
-            self.lab._save(self.manifest.save())
-
-    # -- removing VMs ----------------------------------------------------
-    def _known_names(self):
-        """VMs of this lab: listed in the manifest, or with a directory and a record under the lab's vms/."""
-        names = set(self._entries())
-        try:
-            names |= {name for name in os.listdir(self.root) if os.path.isfile(os.path.join(self.root, name, Vm.RECORD))}
-        except OSError:
-            pass
-        return sorted(names)
-
-    def _stop_many(self, names, acpi=True):
-        """Power off VMs in parallel (ACPI, then kill after the bound; without acpi kill at once) and remove
-        their directories."""
-        vms = []
-        for name in names:
-            entry = self._entries().get(name) or {}
-            try:
-                vms.append(self._vm(name, entry.get('address')))
-            except VmError:
-                continue  # not a name this lab could have made
-        if self.lab.check_mode:
-            for vm in vms:
-                if vm.owned_pid() is not None or os.path.isdir(vm.state_dir):
-                    self.lab._note(['system_powerdown', vm.mark])
-            return
-        begun = [(vm, vm.begin_stop(acpi=acpi)) for vm in vms]
-        forgotten = False
-        for vm, state in begun:
-            result = vm.finish_stop(state, self.stop_timeout if acpi else 0)
-            if result['changed'] or os.path.isdir(vm.state_dir):
-                self.lab._note(['system_powerdown' if result['stopped'] == 'acpi' else 'kill', vm.mark])
-            if vm.owned_pid() is None:
-                remove_path(vm.state_dir)
-                forgotten = self._entries().pop(vm.name, None) is not None or forgotten
-        if forgotten:
-            self.lab._save(self.manifest.save())
-
-    def reap_orphans(self, keep=(), keep_names=()):
-        """Kill QEMUs of this lab that no VM record owns (a crashed run's): proven by the marker with this lab's
-        id and a pid file under this lab's vms/. Then clean up their VMs, but for names in keep_names."""
-        prefix = self.root.rstrip('/') + '/'
-        for pid in find_orphans(self.lab_id):
-            argv = cmdline(pid)
-            pairs = dict(zip(argv, argv[1:]))
-            if pid in keep or not pairs.get('-pidfile', '').startswith(prefix):
-                continue
-            name = pairs.get('-name', '').rsplit(':', 1)[-1]
-            self.lab._note(['kill', '-KILL', str(pid), marker(self.lab_id, name)])
-            if self.lab.check_mode:
-                continue
-            kill_proven(pid, argv)
-            if name not in keep_names:
-                try:
-                    self._vm(name).stop(timeout=0)
-                except VmError:
-                    pass
-
-    def remove_unlisted(self, wanted):
-        self._stop_many([name for name in self._known_names() if name not in wanted])
-
-    def absent(self):
-        """Stop every VM of the lab, a crashed run's too, and the proxy; remove their directories."""
-        self._stop_many(self._known_names())
-        self.reap_orphans()
-        if not self.lab.check_mode and os.path.isdir(self.root) and not os.listdir(self.root):
-            os.rmdir(self.root)
-        self.stop_proxy(purge=True)
 
     # -- present ---------------------------------------------------------
     def ensure(self, hosts, addresses, prefixlen, apt_proxy):
@@ -401,131 +240,6 @@ class LabVms:
         entries[host['name']]['tap_ifindex'] = plan['record'].get('tap_ifindex')
         self.lab._save(self.manifest.save())
 
-    def _launch(self, plan, accel, fallback=True):
-        """Start QEMU; a KVM start that fails falls back to TCG (auto). Returns the accelerator."""
-        vm, record = plan['vm'], plan['record']
-        try:
-            vm.launch(record, accel)
-        except (CommandError, VmError) as exc:
-            if accel != 'kvm' or self.accel != 'auto' or not fallback:
-                self._fail_launch(plan, exc)
-            vm._note(MSG_KVM_START_FALLBACK % (vm.name, getattr(exc, 'msg', str(exc))))
-            self._fallen_back()
-            return self._launch(plan, 'tcg')
-        self.lab._note(['qemu-system-x86_64', '-name', vm.mark, '-accel', accel])
-        plan.update(accel=accel, launched=self.clock())
-        entry = self._entries()[vm.name]
-        entry.update(pid=record.get('pid'), starttime=record.get('starttime'), accel=accel)
-        self.lab._save(self.manifest.save())
-        return accel
-
-    def _fail_launch(self, plan, exc):
-        plan['vm'].stop(timeout=0)
-        raise LabError(getattr(exc, 'msg', str(exc)))
-
-    def _memo_path(self):
-        return os.path.join(self.cache_dir, KVM_MEMO)
-
-    def _known_fallback(self):
-        """Whether a VM of this lab, or any lab VM on this machine since its last boot, made no progress under KVM."""
-        if self.manifest.data.get('kvm_fallback'):
-            return True
-        current = boot_id(self.boot_id_path)
-        try:
-            with open(self._memo_path()) as handle:
-                return current is not None and handle.read().split()[:1] == [current]
-        except (IOError, OSError):
-            return False
-
-    def _fallen_back(self):
-        if not self.manifest.data.get('kvm_fallback'):
-            self.manifest.data['kvm_fallback'] = True
-            self.lab._save(self.manifest.save())
-        current = boot_id(self.boot_id_path)
-        if current and os.path.isdir(self.cache_dir):
-            # the image cache is the collection's own machine-wide directory; the memo is not lab state
-            atomic_write(self._memo_path(), '%s lab VMs made no boot progress under KVM since this boot id\n' % current,
-                         0o644)
-
-    def _boot(self, plans):
-        """Start every QEMU: auto probes KVM with the first VM; once one fell back, the others start with TCG."""
-        usable = self.accel != 'tcg' and kvm_usable(self.kvm_device)
-        rest, accel, probe = plans, self.accel, False
-        names = ', '.join(plan['vm'].name for plan in plans)
-        if self.accel == 'auto':
-            if not usable:
-                self._note(MSG_NO_KVM_NOTE % (names, self.kvm_device))
-                accel = 'tcg'
-            elif self._known_fallback():
-                self._note(MSG_KNOWN_FALLBACK % names)
-                accel = 'tcg'
-            else:
-                first, rest = plans[0], plans[1:]
-                accel = self._probe([first])
-                probe = accel == 'kvm'
-        for plan in rest:
-            self._launch(plan, accel)
-        if probe and rest:
-            self._probe(rest, launched=True)
-
-    def _probe(self, plans, launched=False):
-        """Launch with KVM (unless launched) and watch the consoles for boot progress; a VM without it within the
-        probe bound is killed and started with TCG. Returns kvm, or tcg once one fell back."""
-        pending = [plan for plan in plans if launched or self._launch(plan, 'kvm') == 'kvm']
-        deadline = self.clock() + self.kvm_probe_timeout
-        result = 'kvm' if len(pending) == len(plans) else 'tcg'
-        while pending:
-            for plan in list(pending):
-                state = plan['vm'].boot_progress(plan['record'])
-                if state == 'progressed':
-                    pending.remove(plan)
-                elif state == 'exited' or self.clock() >= deadline:
-                    pending.remove(plan)
-                    plan['vm'].kvm_stalled(plan['record'])
-                    self._fallen_back()
-                    self._launch(plan, 'tcg')
-                    result = 'tcg'
-            if pending:
-                self.sleep(0.5)
-        return result
-
-    def _wait_logins(self, plans):
-        """Wait for every VM's ssh login in one loop; a VM that dies or stays unreachable is stopped and reported."""
-        now = self.clock()
-        for plan in plans:
-            plan.setdefault('launched', now)
-        pending, failures = list(plans), []
-        while pending:
-            for plan in list(pending):
-                vm, entry = plan['vm'], self._entries().get(plan['host']['name']) or {}
-                accel = plan.get('accel') or entry.get('accel') or plan['record'].get('accel')
-                try:
-                    if vm.login(plan['record'], accel):
-                        pending.remove(plan)
-                        self._confirmed(plan, entry)
-                    elif self.clock() - plan['launched'] > self.boot_timeout:
-                        raise vm.no_login_error(accel)
-                except VmError as exc:
-                    pending.remove(plan)
-                    failures.append(str(exc))
-                    vm.stop(timeout=0)
-                    entry.update(pid=None, starttime=None)
-                    self.lab._save(self.manifest.save())
-            if pending:
-                self.sleep(1)
-        if failures:
-            raise LabError(MSG_BOOT_FAILED % (len(failures), len(plans), self.root, '\n\n'.join(failures)))
-
-    def _confirmed(self, plan, entry):
-        """Record the boot-to-login time of a VM that this run started, or of one a run that died started."""
-        if 'accel' in plan:
-            entry['boot_seconds'] = round(self.clock() - plan['launched'], 1)
-        elif entry.get('boot_seconds') is None and plan['record'].get('started_at'):
-            entry['boot_seconds'] = round(time.time() - plan['record']['started_at'], 1)
-        else:
-            return
-        self.lab._save(self.manifest.save())
-
     def _info(self, plan):
         vm, host = plan['vm'], plan['host']
         entry = self._entries().get(host['name']) or {}
@@ -536,11 +250,3 @@ class LabVms:
             'python': VM_PYTHON, 'private_key': vm.key, 'state_dir': vm.state_dir, 'tap': vm.tap, 'mac': vm.mac,
             'image_key': plan['config']['image_key'], 'memory': self.memory,
         }
-
-    def summary(self):
-        """What the module returns about the images and the proxy."""
-        images = [{key: info.get(key) for key in ('release', 'key', 'dir', 'built', 'seconds', 'kernel_version')}
-                  for _release, info in sorted(self.images.items())]
-        proxy = self.proxy.status() if self.proxy is not None and not self.lab.check_mode else {}
-        return {'images': images, 'apt_proxy': {key: proxy.get(key) for key in ('url', 'pid', 'cache_dir')} if proxy else {},
-                'notes': list(self.notes)}

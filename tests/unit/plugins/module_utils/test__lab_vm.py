@@ -17,13 +17,14 @@ import time
 
 import pytest
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils import _lab_vm
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _lab_vm, _lab_vm_boot
 from ansible_collections.tcplab.keepalive.plugins.module_utils._apt_proxy import AptProxy
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab import Lab, LabError
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_manifest import lab_id
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, starttime
-from ansible_collections.tcplab.keepalive.plugins.module_utils._vm import (
-    MSG_IMAGE, MSG_KVM_FALLBACK, MSG_NO_KVM_NOTE, MSG_TOOL, VmError, marker)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm import MSG_IMAGE, MSG_TOOL
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_base import VmError, marker
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_boot import MSG_KVM_FALLBACK, MSG_NO_KVM_NOTE
 from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_image import MSG_DISK, ImageCache, VmImageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
@@ -244,7 +245,7 @@ def test_auto_after_a_fallback_in_this_lab_uses_tcg_at_once(clocked):
     vms = [FakeVm('a'), FakeVm('b')]
     lab.vms._boot(plans_of(lab, vms))
     assert [vm.launches for vm in vms] == [['tcg'], ['tcg']]
-    assert lab.vms.notes == [_lab_vm.MSG_KNOWN_FALLBACK % 'a, b']
+    assert lab.vms.notes == [_lab_vm_boot.MSG_KNOWN_FALLBACK % 'a, b']
     assert lab.vms.clock() == 0
 
 
@@ -254,13 +255,13 @@ def test_a_fall_back_is_remembered_on_this_machine_until_its_next_boot(clocked, 
     first.vms.boot_id_path = str(tmp_path / 'boot_id')
     (tmp_path / 'boot_id').write_text('boot-1\n')
     first.vms._boot(plans_of(first, [FakeVm('a', progress='booting')]))
-    assert (tmp_path / 'cache' / _lab_vm.KVM_MEMO).read_text().startswith('boot-1 ')
+    assert (tmp_path / 'cache' / _lab_vm_boot.KVM_MEMO).read_text().startswith('boot-1 ')
     # another lab on the same machine, same boot: TCG at once, no probe
     other = clocked(state_dir=str(tmp_path / 'lab2'))
     other.vms.boot_id_path = str(tmp_path / 'boot_id')
     vm = FakeVm('b')
     other.vms._boot(plans_of(other, [vm]))
-    assert vm.launches == ['tcg'] and other.vms.notes == [_lab_vm.MSG_KNOWN_FALLBACK % 'b']
+    assert vm.launches == ['tcg'] and other.vms.notes == [_lab_vm_boot.MSG_KNOWN_FALLBACK % 'b']
     # after a reboot of the machine KVM is probed again
     (tmp_path / 'boot_id').write_text('boot-2\n')
     third = clocked(state_dir=str(tmp_path / 'lab3'))

@@ -17,10 +17,12 @@ import time
 
 import pytest
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils import _vm
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _vm, _vm_boot, _vm_files, _vm_qemu, _vm_tap
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import starttime
-from ansible_collections.tcplab.keepalive.plugins.module_utils._vm import (
-    Vm, VmError, console_tail, find_orphans, mac_address, marker, qemu_argv, qmp_command, render_seed, tap_name)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm import Vm
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_base import VmError, console_tail, mac_address, marker, tap_name
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_files import render_seed
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_qemu import find_orphans, qemu_argv, qmp_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 REAL = os.environ.get('TCPLAB_VM_TESTS') == '1'
@@ -109,7 +111,7 @@ def test_render_seed():
 def test_seed_refuses_line_breaks():
     with pytest.raises(VmError) as exc:
         render_seed('vm1', 'vm1', '198.19.90.10/24', '52:54:00:aa:bb:cc', ['ssh-ed25519 K1\ninjected=1'])
-    assert str(exc.value) == _vm.MSG_SEED_VALUE % ('authorized_key', 'ssh-ed25519 K1\ninjected=1', 'vm1')
+    assert str(exc.value) == _vm_files.MSG_SEED_VALUE % ('authorized_key', 'ssh-ed25519 K1\ninjected=1', 'vm1')
 
 
 def test_seed_matches_the_script_in_the_image():
@@ -117,7 +119,7 @@ def test_seed_matches_the_script_in_the_image():
     for key in ('version', 'hostname', 'mac', 'address', 'gateway', 'apt_proxy', 'authorized_key',
                 'host_key_ed25519', 'host_key_ed25519_pub'):
         assert '%s=*)' % key in _vm_image.SEED_SCRIPT
-    assert _vm.SEED_NAME == _vm_image.SEED_FW_CFG
+    assert _vm_files.SEED_NAME == _vm_image.SEED_FW_CFG
 
 
 # -- validation -----------------------------------------------------------
@@ -187,7 +189,7 @@ def test_missing_bridge(tmp_path, image, key, links):
     run = FakeRun(links)
     with pytest.raises(VmError) as exc:
         make_vm(tmp_path, image, key, run=run).start()
-    assert str(exc.value) == _vm.MSG_NO_BRIDGE % 'tkvm0'
+    assert str(exc.value) == _vm_tap.MSG_NO_BRIDGE % 'tkvm0'
     assert run.changes() == [] and not (tmp_path / 'state').exists()
 
 
@@ -212,6 +214,15 @@ def test_qemu_argv(tmp_path, image, key):
     assert image['disk'] not in text  # only the overlay is ever opened for writing
 
 
+def test_kernel_keeps_the_power_button():
+    """evdev gives the ACPI power button its input device: without it logind never hears system_powerdown,
+    and every stop waits its whole bound and then kills QEMU."""
+    append = _vm_qemu.kernel_command_line().split()
+    blacklisted = [arg for arg in append if arg.startswith('modprobe.blacklist=')][0].split('=', 1)[1].split(',')
+    assert 'floppy' in blacklisted
+    assert 'evdev' not in blacklisted and 'button' not in blacklisted
+
+
 def test_ssh_argv_quotes_the_remote_command(tmp_path, image, key):
     vm = make_vm(tmp_path, image, key)
     argv = vm.ssh_argv('sh', '-c', 'echo a && echo b')
@@ -227,10 +238,10 @@ def test_prepare_without_boot(tmp_path, image, key):
     vm = make_vm(tmp_path, image, key, run=run, apt_proxy='http://198.19.90.1:3142')
     os.makedirs(vm.state_dir)
     record = {}
-    vm._ensure_host_key()
-    vm._ensure_overlay(record)
-    vm._ensure_tap(record)
-    vm._write_seed()
+    vm.boot_files.ensure_host_key(vm.iface.ip)
+    vm.boot_files.ensure_overlay(record, image)
+    vm.tap_device.ensure(record)
+    vm.boot_files.write_seed(vm.hostname, vm.iface, vm.mac, key, apt_proxy=vm.apt_proxy)
     assert run.changes() == [
         ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'tcplab-vm-vm1', '-f', vm.files['host_key']],
         ['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', image['disk'], '-F', 'raw', vm.files['overlay']],
@@ -254,32 +265,33 @@ def test_overlay_is_remade_when_the_base_changes(tmp_path, image, key):
     with open(vm.files['overlay'], 'w') as handle:
         handle.write('old writes')
     record = {'build_id': 'b1'}
-    vm._ensure_overlay(record)
+    vm.boot_files.ensure_overlay(record, image)
     assert run.changes() == []  # same base: the VM keeps its writes
     record = {'build_id': 'b0'}
-    vm._ensure_overlay(record)
+    vm.boot_files.ensure_overlay(record, image)
     assert run.changes()[0][:2] == ['qemu-img', 'create'] and record['build_id'] == 'b1'
     assert 'base image changed' in vm.notes[0]
 
 
 def test_foreign_tap_is_refused_and_kept(tmp_path, image, key):
-    vm = make_vm(tmp_path, image, key)
+    tap = tap_name('tkvmt', 'helper-vm', 'vm1')
     run = FakeRun({'tkvm0': {'ifname': 'tkvm0', 'linkinfo': {'info_kind': 'bridge'}},
-                   vm.tap: {'ifname': vm.tap, 'ifindex': 12, 'linkinfo': {'info_kind': 'tun'}}})
-    vm.run = run
+                   tap: {'ifname': tap, 'ifindex': 12, 'linkinfo': {'info_kind': 'tun'}}})
+    vm = make_vm(tmp_path, image, key, run=run)
+    assert vm.tap == tap
     with pytest.raises(VmError) as exc:
-        vm._ensure_tap({'tap_ifindex': 11})
-    assert str(exc.value) == _vm.MSG_TAP_TAKEN % (vm.tap, 'vm1', vm.files['record'], vm.mark, vm.tap)
-    assert vm._remove_tap({'tap_ifindex': 11}) is False
+        vm.tap_device.ensure({'tap_ifindex': 11})
+    assert str(exc.value) == _vm_tap.MSG_TAP_TAKEN % (vm.tap, 'vm1', vm.files['record'], vm.mark, vm.tap)
+    assert vm.tap_device.remove({'tap_ifindex': 11}) is False
     assert run.changes() == []
     # same name and ifindex, but not a tun device: not ours either
     run.links[vm.tap]['linkinfo'] = {'info_kind': 'veth'}
-    assert vm._remove_tap({'tap_ifindex': 12}) is False
+    assert vm.tap_device.remove({'tap_ifindex': 12}) is False
     # ours by ifindex, or by the alias after a crash before the record was written
     run.links[vm.tap]['linkinfo'] = {'info_kind': 'tun'}
-    assert vm._remove_tap({'tap_ifindex': 12}) is True
+    assert vm.tap_device.remove({'tap_ifindex': 12}) is True
     run.links[vm.tap] = {'ifname': vm.tap, 'ifindex': 13, 'ifalias': vm.mark, 'linkinfo': {'info_kind': 'tun'}}
-    assert vm._remove_tap({}) is True
+    assert vm.tap_device.remove({}) is True
     assert run.changes() == [['ip', 'link', 'del', 'dev', vm.tap]] * 2
 
 
@@ -289,13 +301,13 @@ def test_kvm_required_but_unusable(tmp_path, image, key):
     vm = make_vm(tmp_path, image, key, accel='kvm', tools={'kvm_device': str(tmp_path / 'no-kvm')})
     with pytest.raises(VmError) as exc:
         vm.accels()
-    assert str(exc.value) == _vm.MSG_NO_KVM % ('vm1', '/dev/kvm')
+    assert str(exc.value) == _vm_boot.MSG_NO_KVM % ('vm1', '/dev/kvm')
 
 
 def test_auto_without_kvm_is_tcg_with_a_note(tmp_path, image, key):
     vm = make_vm(tmp_path, image, key, tools={'kvm_device': str(tmp_path / 'no-kvm')})
     assert vm.accels() == ['tcg']
-    assert vm.notes == [_vm.MSG_NO_KVM_NOTE % ('vm1', '/dev/kvm')]
+    assert vm.notes == [_vm_boot.MSG_NO_KVM_NOTE % ('vm1', '/dev/kvm')]
     assert make_vm(tmp_path, image, key, accel='tcg').accels() == ['tcg']
 
 
@@ -315,7 +327,7 @@ def test_auto_falls_back_to_tcg_when_kvm_makes_no_progress(tmp_path, image, key,
     monkeypatch.setattr(vm, '_kill', lambda record: killed.append(True))
     assert vm._boot({}) == 'tcg'
     assert launched == ['kvm', 'tcg'] and killed == [True]
-    assert vm.notes == [_vm.MSG_KVM_FALLBACK % ('vm1', 10, 'Probing EDD (edd=off to disable)... ok')]
+    assert vm.notes == [_vm_boot.MSG_KVM_FALLBACK % ('vm1', 10, 'Probing EDD (edd=off to disable)... ok')]
     assert 'falling back to TCG' in vm.notes[0]
     assert clock.now >= 10
 
@@ -332,7 +344,7 @@ def test_auto_falls_back_to_tcg_when_qemu_fails_with_kvm(tmp_path, image, key, m
             raise CommandError('starting QEMU failed (rc=1): kvm_init_vcpu failed', ['qemu'], 1, '', '')
     monkeypatch.setattr(vm, 'launch', launch)
     assert vm._boot({}) == 'tcg' and launched == ['kvm', 'tcg']
-    assert vm.notes == [_vm.MSG_KVM_START_FALLBACK % ('vm1', 'starting QEMU failed (rc=1): kvm_init_vcpu failed')]
+    assert vm.notes == [_vm_boot.MSG_KVM_START_FALLBACK % ('vm1', 'starting QEMU failed (rc=1): kvm_init_vcpu failed')]
     # asked for kvm explicitly: the error stands
     vm = make_vm(tmp_path, image, key, accel='kvm', tools={'kvm_device': '/dev/null'})
     monkeypatch.setattr(vm, 'launch', launch)
@@ -369,11 +381,11 @@ def test_boot_that_never_reaches_ssh(tmp_path, image, key, monkeypatch):
     with open(vm.files['console'], 'w') as handle:
         handle.write('\n'.join('line %d' % i for i in range(100)) + '\n\x1b[0;32m  OK  \x1b[0m] Reached target\n')
     monkeypatch.setattr(vm, 'owned_pid', lambda record=None: 4242)
-    monkeypatch.setattr(_vm, 'port_open', lambda address, port, timeout=0.5: False)
+    monkeypatch.setattr(_vm_boot, 'port_open', lambda address, port, timeout=0.5: False)
     with pytest.raises(VmError) as exc:
         vm._wait_ssh({}, 'tcg', 0.0)
     tail = console_tail(vm.files['console'])
-    assert str(exc.value) == _vm.MSG_NO_SSH % ('vm1', 'tcplab', '198.19.90.10', 30, 'tcg', vm.files['console'], tail)
+    assert str(exc.value) == _vm_boot.MSG_NO_SSH % ('vm1', 'tcplab', '198.19.90.10', 30, 'tcg', vm.files['console'], tail)
     assert tail.endswith('line 99\n  OK  ] Reached target') and 'line 75' not in tail
 
 
@@ -385,8 +397,8 @@ def test_qemu_that_dies_during_boot(tmp_path, image, key, monkeypatch):
     monkeypatch.setattr(vm, 'owned_pid', lambda record=None: None)
     with pytest.raises(VmError) as exc:
         vm._wait_ssh({}, 'tcg', vm.clock())
-    assert str(exc.value) == _vm.MSG_DIED % ('vm1', 'tcg', vm.files['console'],
-                                             'Kernel panic - not syncing: VFS: Unable to mount root fs')
+    assert str(exc.value) == _vm_boot.MSG_DIED % ('vm1', 'tcg', vm.files['console'],
+                                                  'Kernel panic - not syncing: VFS: Unable to mount root fs')
 
 
 def test_failed_boot_cleans_up_but_keeps_the_console(tmp_path, image, key, monkeypatch):
