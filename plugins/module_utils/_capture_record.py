@@ -22,11 +22,11 @@ import hashlib
 import os
 import re
 import stat
-import struct
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_tcpdump import marked_args, tcpdump_ownership
 from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import load_record, read_regular, valid_pid
 from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import NETNS_DIR, NetnsError, named_path
+from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_reader import count_packets  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline as proc_cmdline
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import starttime as proc_starttime
 
@@ -225,51 +225,6 @@ def record_backend(state):
         return None
     return state.get('backend') or 'scapy'
 
-
-def count_packets(path):
-    """Packets of a pcap, reading record headers only; a torn last record is not counted.
-
-    Returns {'packets', 'bytes', 'complete', 'readable', 'linktype'}. Only a regular file is read.
-    """
-    result = {'packets': 0, 'bytes': 0, 'complete': True, 'readable': False, 'linktype': None}
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (IOError, OSError):
-        return result
-    with os.fdopen(fd, 'rb') as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return result
-        head = handle.read(24)
-        if len(head) < 24:
-            result['complete'] = False
-            return result
-        magic = head[:4]
-        if magic in (b'\xd4\xc3\xb2\xa1', b'\x4d\x3c\xb2\xa1'):
-            endian = '<'
-        elif magic in (b'\xa1\xb2\xc3\xd4', b'\xa1\xb2\x3c\x4d'):
-            endian = '>'
-        else:
-            return result
-        result['readable'] = True
-        result['linktype'] = struct.unpack(endian + 'I', head[20:24])[0]
-        record = struct.Struct(endian + 'IIII')
-        size = 24
-        while True:
-            header = handle.read(16)
-            if not header:
-                break
-            if len(header) < 16:
-                result['complete'] = False
-                break
-            caplen = record.unpack(header)[2]
-            data = handle.read(caplen)
-            if len(data) < caplen:
-                result['complete'] = False
-                break
-            result['packets'] += 1
-            size += 16 + caplen
-        result['bytes'] = size
-    return result
 
 # -- directories ---------------------------------------------------------------
 

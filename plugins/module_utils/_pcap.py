@@ -1,17 +1,17 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Keepalive analysis of pcap and pcapng files: a streaming reader over raw
-bytes, Wireshark's Keep-Alive / Keep-Alive ACK classification (frame for frame
-the same as tshark's tcp.analysis.keep_alive and tcp.analysis.keep_alive_ack),
-and a per-connection account of the probes compared with expected settings.
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Keepalive analysis of pcap and pcapng files: the entry point analyse(),
+its options, and the per-connection account of the probes compared with
+expected settings (the verdict).
 
-The classification follows tcp_analyze_sequence_number() of Wireshark's
-packet-tcp.c (read, not copied): per direction it keeps the next expected
-sequence number, the last ack, the last raw (unscaled) window, the flags of
-the last segment and the list of unacknowledged segments (whose size limit
-decides whether a SYN/FIN adds one to the next expected sequence number),
-and a pure SYN with a new initial sequence number starts a new conversation.
+The work is shared by three files: _pcap_reader.py reads the capture (pcap,
+pcapng, link types, check_file, count_packets), _pcap_scan.py parses IPv4,
+IPv6 and TCP and classifies every segment like Wireshark's
+tcp.analysis.keep_alive and tcp.analysis.keep_alive_ack (frame for frame the
+same as tshark), and this file turns the scan into the result pcap_info
+returns. The names other modules use are importable from here.
 
 Deliberate differences, documented in docs/pcap_info.md: IP fragments are
 not reassembled (they are counted and skipped), tunnels (IP in IP, GRE) are
@@ -29,34 +29,15 @@ from __future__ import annotations
 import gc
 import ipaddress
 import math
-import os
-import socket
-import stat
-import struct
 
-MSG_MISSING = 'pcap file %s not found: give the path of a capture (tcpdump -w, tshark -w or the capture module)'
-MSG_NOT_FILE = '%s is %s, not a regular file: give the path of a pcap or pcapng capture file'
-MSG_UNREADABLE = 'cannot read %s: %s'
-MSG_SHORT_HEADER = '%s is truncated: %d bytes, shorter than a pcap file header (24 bytes) or a pcapng section header'
-MSG_NOT_PCAP = ('%s is not a pcap or pcapng file (it starts with %s): give a capture written by tcpdump -w, '
-                'tshark -w or the capture module')
-MSG_LINKTYPE = ('%s: link type %d (%s) is not supported; supported: 0 (BSD loopback), 1 (Ethernet, 802.1Q), '
-                '101/228/229 (raw IP), 108 (OpenBSD loopback), 113 (Linux cooked SLL), 276 (Linux cooked SLL2); '
-                'capture on another interface or with tcpdump -y EN10MB')
-MSG_BAD_RECORD = ('%s is corrupt at record %d (byte %d): it claims %d captured bytes, more than %s (or the length '
-                  'of the record before it is wrong)')
-MSG_LIMIT_SNAPLEN = 'the snapshot length in the file header (%d)'
-MSG_LIMIT_IDB = 'the snapshot length of its interface (%d)'
-MSG_LIMIT_MAX = 'the largest snapshot length (%d)'
-MSG_BAD_BLOCK = '%s is corrupt at pcapng block %d (byte %d): type 0x%08x, length %d'
-MSG_BAD_TRAILER = ('%s is corrupt at pcapng block %d (byte %d): type 0x%08x, its length is %d at the start and %d at '
-                   'the end')
-MSG_BAD_PACKET = ('%s is corrupt at pcapng block %d (byte %d): the packet claims %d captured bytes, more than %s or '
-                  'than its block holds')
-MSG_BAD_BOM = '%s: pcapng section header at byte %d has no valid byte-order magic'
-MSG_NO_IDB = '%s: packet block at byte %d names interface %d, which has no interface description block'
-MSG_TRUNCATED = ('the last record of the capture (%s %d at byte %d) is truncated (the capture was probably still being '
-                 'written): analysed the %d complete packets')
+from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import (
+    BOUNDS, DEFAULT_TOLERANCE, KEYS, TOLERANCE_RANGE, allowed, fits)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_reader import (  # noqa: F401 pylint: disable=unused-import
+    MSG_BAD_BLOCK, MSG_BAD_BOM, MSG_BAD_PACKET, MSG_BAD_RECORD, MSG_BAD_TRAILER, MSG_LIMIT_IDB, MSG_LIMIT_MAX,
+    MSG_LIMIT_SNAPLEN, MSG_LINKTYPE, MSG_MISSING, MSG_NO_IDB, MSG_NOT_FILE, MSG_NOT_PCAP, MSG_SHORT_HEADER,
+    MSG_TRUNCATED, MSG_UNREADABLE, PcapError, Reader, check_file, count_packets, open_capture, truncation_note)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_scan import HALF, M32, Scan, flag_names
+
 MSG_EXPECT = 'expect.%s must be an integer 1..%d (%s), got %r'
 MSG_EXPECT_KEYS = 'expect takes time, intvl and probes, got unknown key(s): %s'
 MSG_TOLERANCE = 'tolerance.%s must be a number 0..%d (%s), got %r'
@@ -77,313 +58,9 @@ MSG_ABORTED = ('%s reset the connection at %s s without unanswered probes before
 MAX_LISTED = 100
 MAX_REASONS = 20
 
-DEFAULT_TOLERANCE = {'seconds': 0.25, 'percent': 10.0}
-# the kernel's ranges (TCP_MAX_KEEPIDLE, TCP_MAX_KEEPINTVL, TCP_MAX_KEEPCNT)
-EXPECT_RANGE = {'time': (32767, 'seconds of idle time'), 'intvl': (32767, 'seconds between probes'),
-                'probes': (127, 'unanswered probes before the RST')}
-TOLERANCE_RANGE = {'seconds': (32767, 'seconds'), 'percent': (100, 'percent of the expected value')}
-FILE_KINDS = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISSOCK, 'a socket'),
-              (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'))
-
-LINKTYPE_NAMES = {
-    0: 'BSD loopback', 1: 'Ethernet', 101: 'raw IP', 108: 'OpenBSD loopback', 113: 'Linux cooked SLL',
-    228: 'raw IPv4', 229: 'raw IPv6', 276: 'Linux cooked SLL2',
-    9: 'PPP', 105: 'IEEE 802.11', 127: 'IEEE 802.11 radiotap', 220: 'USB Linux mmapped', 12: 'raw IP (OpenBSD)',
-}
-SUPPORTED = frozenset((0, 1, 101, 108, 113, 228, 229, 276))
-
-M32 = 0xFFFFFFFF
-HALF = 0x80000000
-# Wireshark's TCP_MAX_UNACKED_SEGMENTS: a SYN/FIN only advances the next
-# expected sequence number when the segment could be put on the unacked list.
-MAX_UNACKED = 10000
-CHUNK = 1 << 20
-# the largest pcapng block read (a block also holds options); a packet is at most MAX_SNAPLEN bytes (tcpdump's
-# MAXIMUM_SNAPLEN, Wireshark's limit for these link types)
-MAX_CAPLEN = 1 << 26
-MAX_SNAPLEN = 262144
-# smallest valid length of the pcapng blocks read: section header, interface description, packet blocks
-MIN_BLOCK = {0x0A0D0D0A: 28, 1: 20, 2: 32, 3: 16, 6: 32}
-TH_FIN, TH_SYN, TH_RST, TH_PUSH, TH_ACK, TH_URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-FLAG_NAMES = ((TH_SYN, 'SYN'), (TH_RST, 'RST'), (TH_FIN, 'FIN'), (TH_PUSH, 'PSH'), (TH_ACK, 'ACK'), (TH_URG, 'URG'))
-VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100))
-IPV6_EXT = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
-NULL_IPV6 = frozenset((10, 24, 28, 30))
-# pcapng blocks that are not packets but that Wireshark shows as frames (and numbers): systemd journal export,
-# custom blocks (copiable or not), Sysdig event blocks
-FRAME_BLOCKS = frozenset((0x00000009, 0x00000BAD, 0x40000BAD, 0x00000204, 0x00000208, 0x00000216, 0x00000217,
-                          0x00000221, 0x00000222, 0x00000223, 0x00000224))
-
-TCP_HDR = struct.Struct('!4xIIBBH')
-# Ethernet type, IPv4 version/IHL, total length, flags/fragment offset, protocol; TCP seq, ack, offset, flags, window
-ETH_FAST = struct.Struct('!12xHBxH2xHxB10x4xIIBBH')
-IP4_HDR = struct.Struct('!BxHxxHxB')
-PCAP_REC = {'<': struct.Struct('<IIII'), '>': struct.Struct('>IIII')}
-
-# per-direction state (lists are the fastest mutable records in CPython)
-(F_NXT, F_LACK, F_WIN, F_LFL, F_MAXS, F_BASE, F_UNACK, F_SCANACK, F_SCANLEN, F_LAST, F_AWAIT, F_RUN, F_PROBES,
- F_KA, F_KAACK, F_ZWP, F_RETX, F_KEY, F_SIDE, F_FIN, F_PKTS, F_NAME) = range(22)
-LFL_KA, LFL_ZWP = 1, 2
-# one probe: [frame, time, seq, length, answered, answer frame, kind, after]
-P_FRAME, P_TS, P_SEQ, P_LEN, P_ANS, P_ANSFRAME, P_KIND, P_AFTER = range(8)
-
-
-class PcapError(Exception):
-    """The capture cannot be analysed (missing, not a capture, unsupported, corrupt) or the options are wrong.
-
-    transient: the file may still become readable (it does not exist yet, or its header is not written yet)."""
-
-    def __init__(self, msg, transient=False):
-        super().__init__(msg)
-        self.transient = transient
-
-
-class _Conn:
-    __slots__ = ('a', 'b', 'syn_from', 'first_ts', 'first_frame', 'rst', 'fin', 'reused', 'seq_no')
-
-    def __init__(self, a, b, ts, frame, seq_no):
-        self.a = a
-        self.b = b
-        self.syn_from = None
-        self.first_ts = ts
-        self.first_frame = frame
-        self.rst = None
-        self.fin = None
-        self.reused = False
-        self.seq_no = seq_no
-
-
-# ---------------------------------------------------------------- readers
-
-def _kind(mode):
-    for test, name in FILE_KINDS:
-        if test(mode):
-            return name
-    return 'an unknown kind of file'
-
-
-def check_file(path):
-    """Refuse, without opening it, what is not a regular file: a FIFO would block the reader, a device may act."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise PcapError(MSG_MISSING % path, transient=True)
-    except OSError as exc:
-        raise PcapError(MSG_UNREADABLE % (path, exc.strerror or exc))
-    if not stat.S_ISREG(mode):
-        raise PcapError(MSG_NOT_FILE % (path, _kind(mode)))
-
-
-def _open(path):
-    check_file(path)
-    try:
-        # O_NONBLOCK: should the path have become a FIFO since the check, opening it does not wait for a writer
-        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_NOCTTY', 0))
-    except FileNotFoundError:
-        raise PcapError(MSG_MISSING % path, transient=True)
-    except OSError as exc:
-        raise PcapError(MSG_UNREADABLE % (path, exc.strerror or exc))
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise PcapError(MSG_NOT_FILE % (path, _kind(mode)))
-    return os.fdopen(fd, 'rb')
-
-
-def _check_linktype(path, linktype):
-    if linktype not in SUPPORTED:
-        raise PcapError(MSG_LINKTYPE % (path, linktype, LINKTYPE_NAMES.get(linktype, 'unknown')))
-
-
-class _Reader:
-    """Iterates over (buffer, offset, caplen, origlen, time, linktype) of every packet record."""
-
-    def __init__(self, path, handle):
-        self.path = path
-        self.handle = handle
-        self.truncated = False
-        self.truncated_at = None
-        self.format = None
-        self.linktypes = []
-        self.head = b''
-
-    def start(self):
-        head = self.handle.read(24)
-        self.head = head
-        if len(head) >= 4 and head[:4] == b'\x0a\x0d\x0d\x0a':
-            if len(head) < 12:
-                raise PcapError(MSG_SHORT_HEADER % (self.path, len(head)), transient=True)
-            self.format = 'pcapng'
-            return self._pcapng(head)
-        if len(head) >= 4 and head[:4] in (b'\xd4\xc3\xb2\xa1', b'\x4d\x3c\xb2\xa1', b'\xa1\xb2\xc3\xd4', b'\xa1\xb2\x3c\x4d'):
-            if len(head) < 24:
-                raise PcapError(MSG_SHORT_HEADER % (self.path, len(head)), transient=True)
-            self.format = 'pcap'
-            return self._pcap(head)
-        if not head:
-            raise PcapError(MSG_SHORT_HEADER % (self.path, 0), transient=True)
-        raise PcapError(MSG_NOT_PCAP % (self.path, head[:8].hex(' ')))
-
-    def _pcap(self, head):
-        endian = '<' if head[:2] in (b'\xd4\xc3', b'\x4d\x3c') else '>'
-        nsec = head[:4] in (b'\x4d\x3c\xb2\xa1', b'\xa1\xb2\x3c\x4d')
-        snaplen = struct.unpack_from(endian + 'I', head, 16)[0]
-        linktype = struct.unpack_from(endian + 'I', head, 20)[0] & 0xFFFF
-        _check_linktype(self.path, linktype)
-        self.linktypes = [linktype]
-        return self._pcap_records(endian, 1e-9 if nsec else 1e-6, linktype, snaplen)
-
-    def _pcap_records(self, endian, scale, linktype, snaplen):
-        """The records; one longer than the snapshot length cannot be valid: the file is corrupt there."""
-        if 0 < snaplen <= MAX_SNAPLEN:
-            limit, limit_text = snaplen, MSG_LIMIT_SNAPLEN % snaplen
-        else:
-            limit, limit_text = MAX_SNAPLEN, MSG_LIMIT_MAX % MAX_SNAPLEN
-        rec = PCAP_REC[endian].unpack_from
-        read = self.handle.read
-        buf = read(CHUNK)
-        n = len(buf)
-        pos = 0
-        consumed = 24
-        number = 0
-        while True:
-            if pos + 16 <= n:
-                sec, frac, caplen, origlen = rec(buf, pos)
-                if caplen > limit:
-                    raise PcapError(MSG_BAD_RECORD % (self.path, number + 1, consumed + pos, caplen, limit_text))
-                end = pos + 16 + caplen
-                if end <= n:
-                    number += 1
-                    yield buf, pos + 16, caplen, origlen, sec + frac * scale, linktype
-                    pos = end
-                    continue
-            more = read(CHUNK)
-            if more:
-                consumed += pos
-                buf = buf[pos:] + more
-                n = len(buf)
-                pos = 0
-                continue
-            if pos < n:
-                self._cut('record', number + 1, consumed + pos)
-            return
-
-    def _cut(self, unit, number, offset):
-        """The file ends inside its last record: a capture still being written, or killed while writing."""
-        self.truncated = True
-        self.truncated_at = {'unit': unit, 'number': number, 'offset': offset}
-
-    def _pcapng(self, head):
-        return self._pcapng_blocks(head)
-
-    def _pcapng_blocks(self, head):
-        read = self.handle.read
-        buf = head + read(CHUNK)
-        n = len(buf)
-        pos = 0
-        consumed = 0
-        endian = '<'
-        u32 = struct.Struct('<I').unpack_from
-        ifaces = []
-        number = 0
-        while True:
-            if pos + 12 > n:
-                more = read(CHUNK)
-                if more:
-                    consumed += pos
-                    buf = buf[pos:] + more
-                    n = len(buf)
-                    pos = 0
-                    continue
-                if pos < n:
-                    self._cut('block', number + 1, consumed + pos)
-                return
-            btype_raw = buf[pos:pos + 4]
-            if btype_raw == b'\x0a\x0d\x0d\x0a':
-                bom = buf[pos + 8:pos + 12]
-                if bom == b'\x4d\x3c\x2b\x1a':
-                    endian = '<'
-                elif bom == b'\x1a\x2b\x3c\x4d':
-                    endian = '>'
-                else:
-                    raise PcapError(MSG_BAD_BOM % (self.path, consumed + pos))
-                u32 = struct.Struct(endian + 'I').unpack_from
-                ifaces = []
-            btype = u32(buf, pos)[0]
-            blen = u32(buf, pos + 4)[0]
-            if blen < MIN_BLOCK.get(btype, 12) or blen % 4 or blen > MAX_CAPLEN:
-                raise PcapError(MSG_BAD_BLOCK % (self.path, number + 1, consumed + pos, btype, blen))
-            if pos + blen > n:
-                more = read(max(CHUNK, blen))
-                if more:
-                    consumed += pos
-                    buf = buf[pos:] + more
-                    n = len(buf)
-                    pos = 0
-                    continue
-                self._cut('block', number + 1, consumed + pos)
-                return
-            number += 1
-            trailer = u32(buf, pos + blen - 4)[0]
-            if trailer != blen:
-                raise PcapError(MSG_BAD_TRAILER % (self.path, number, consumed + pos, btype, blen, trailer))
-            if btype == 6 or btype == 3 or btype == 2:
-                if btype == 6:
-                    ifid, ts_hi, ts_lo, caplen, origlen = struct.unpack_from(endian + 'IIIII', buf, pos + 8)
-                    data = pos + 28
-                elif btype == 3:
-                    ifid = 0
-                    ts_hi = ts_lo = 0
-                    origlen = u32(buf, pos + 8)[0]
-                    caplen = min(origlen, blen - 16)
-                    data = pos + 12
-                else:
-                    ifid, _drops, ts_hi, ts_lo, caplen, origlen = struct.unpack_from(endian + 'HHIIII', buf, pos + 8)
-                    data = pos + 28
-                if ifid >= len(ifaces):
-                    raise PcapError(MSG_NO_IDB % (self.path, consumed + pos, ifid))
-                linktype, snaplen, units, offset = ifaces[ifid]
-                if btype == 3 and snaplen:
-                    caplen = min(caplen, snaplen)
-                if data + caplen > pos + blen - 4 or caplen > MAX_SNAPLEN or (snaplen and caplen > snaplen):
-                    limit = MSG_LIMIT_IDB % snaplen if 0 < snaplen <= MAX_SNAPLEN else MSG_LIMIT_MAX % MAX_SNAPLEN
-                    raise PcapError(MSG_BAD_PACKET % (self.path, number, consumed + pos, caplen, limit))
-                stamp = (ts_hi << 32) | ts_lo
-                sec, frac = divmod(stamp, units)
-                yield buf, data, caplen, origlen, offset + sec + frac / units, linktype
-            elif btype in FRAME_BLOCKS:
-                # not a packet, but Wireshark gives it a frame number: count it so the numbers stay the same
-                yield buf, pos, 0, 0, 0.0, -1
-            elif btype == 1:
-                linktype, _res, snaplen = struct.unpack_from(endian + 'HHI', buf, pos + 8)
-                _check_linktype(self.path, linktype)
-                units, offset = _idb_options(buf, pos + 16, pos + blen - 4, endian)
-                if units is None:
-                    raise PcapError(MSG_BAD_BLOCK % (self.path, number, consumed + pos, btype, blen))
-                ifaces.append((linktype, snaplen, units, offset))
-                if linktype not in self.linktypes:
-                    self.linktypes.append(linktype)
-            pos += blen
-
-
-def _idb_options(buf, pos, end, endian):
-    """(units per second, offset) of an interface description block; (None, None) when an option overruns it."""
-    units = 1000000
-    offset = 0
-    while pos + 4 <= end:
-        code, length = struct.unpack_from(endian + 'HH', buf, pos)
-        if code == 0:
-            break
-        value = pos + 4
-        if value + length > end:
-            return None, None
-        if code == 9 and length >= 1:
-            res = buf[value]
-            units = 2 ** (res & 0x7F) if res & 0x80 else 10 ** res
-        elif code == 14 and length == 8:
-            offset = struct.unpack_from(endian + 'q', buf, value)[0]
-        pos = value + ((length + 3) & ~3)
-    return units, offset
+# what expect's values mean, for messages (their bounds are the kernel's: _keepalive.BOUNDS)
+EXPECT_WHAT = {'time': 'seconds of idle time', 'intvl': 'seconds between probes',
+               'probes': 'unanswered probes before the RST'}
 
 
 # ---------------------------------------------------------------- options
@@ -395,17 +72,17 @@ def _int_in(value, low, high):
 def normalise_expect(expect):
     if not expect:
         return None
-    unknown = sorted(set(expect) - {'time', 'intvl', 'probes'})
+    unknown = sorted(set(expect) - set(KEYS))
     if unknown:
         raise PcapError(MSG_EXPECT_KEYS % ', '.join(unknown))
     result = {}
-    for key in ('time', 'intvl', 'probes'):
+    for key in KEYS:
         value = expect.get(key)
         if value is None:
             continue
-        high, what = EXPECT_RANGE[key]
+        high = BOUNDS[key][1]
         if not _int_in(value, 1, high):
-            raise PcapError(MSG_EXPECT % (key, high, what, value))
+            raise PcapError(MSG_EXPECT % (key, high, EXPECT_WHAT[key], value))
         result[key] = value
     return result or None
 
@@ -453,563 +130,197 @@ def normalise_connection(connection):
 
 # ---------------------------------------------------------------- the analysis
 
-def analyse(path, expect=None, connection=None, tolerance=None, return_frames=False):
-    """Analyse the capture at path; the dict pcap_info returns (without changed). Raises PcapError."""
+def analyse(path, expect=None, connection=None, tolerance=None, return_frames=False, packets=False):
+    """Analyse the capture at path; the dict pcap_info returns (without changed). Raises PcapError.
+
+    packets (with connection): every listed connection also gets `packets`, [time, sender (0: the first of its
+    endpoints, 1: the second), kind] of each of its segments, kind one of keepalive, keepalive_ack,
+    zero_window_probe, rst, fin, answer (a segment that answered a probe) and segment (the analyser's own
+    classification, for a picture of the connection)."""
     expect = normalise_expect(expect)
     tol = normalise_tolerance(tolerance)
     focus = normalise_connection(connection)
-    handle = _open(path)
-    # The scan allocates a few containers per connection and none of them form reference cycles: the cyclic garbage
-    # collector would only rescan them again and again (a fifth of the run time with tens of thousands of connections).
+    handle = open_capture(path)
+    # The scan allocates a few objects per connection and probe, and none of them form reference cycles: the cyclic
+    # garbage collector would only traverse them again and again (a fifth of the run time with tens of thousands of
+    # connections), and once more when it is enabled again while they are alive. So it stays off until the result is
+    # built and the scan is freed.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        reader = _Reader(path, handle)
-        records = reader.start()
-        state = _scan(records, focus, return_frames)
+        reader = Reader(path, handle)
+        scan = Scan(focus, packets)
+        scan.run(reader.start())
+        result = _result(path, reader, scan, expect, tol, focus is not None, return_frames)
+        scan = None
     except OSError as exc:   # an I/O error while reading (EIO, a file system gone)
         raise PcapError(MSG_UNREADABLE % (path, exc.strerror or exc))
     finally:
+        handle.close()
         if collecting:
             gc.enable()
-        handle.close()
-    state['format'] = reader.format
-    state['linktypes'] = reader.linktypes
-    state['truncated'] = reader.truncated
-    state['truncated_at'] = reader.truncated_at
-    return _report(path, state, expect, tol, focus, return_frames)
+    return result
 
 
-def _scan(records, focus, return_frames):
-    """The hot loop: parse every frame and classify its TCP segment. Returns the raw state."""
-    tcp_hdr = TCP_HDR.unpack_from
-    ip4_hdr = IP4_HDR.unpack_from
-    eth_fast = ETH_FAST.unpack_from
-    conns = {}
-    finished = []
-    ka_frames = []
-    kaack_frames = []
-    counters = {'packets': 0, 'tcp': 0, 'fragments': 0, 'short': 0, 'duplicates': 0}
-    n_ka = n_kaack = 0
-    frame = 0
-    tcp = 0
-    first_ts = None
-    skip = _Conn(None, None, 0.0, 0, -1)  # shared marker of connections outside the focus
-    conn_no = 0
-    prev_out = None
-    fragments = short = duplicates = 0
-    for buf, off, caplen, origlen, ts, lt in records:
-        frame += 1
-        if first_ts is None:
-            first_ts = ts
-        dup = False
-        if lt == 1 and caplen >= 54:
-            # fast path: Ethernet, IPv4 without options, not a fragment, TCP
-            et, b0, total, fragword, proto, seq, ack, offb, flags, win = eth_fast(buf, off)
-            if et != 0x0800 or b0 != 0x45 or proto != 6 or fragword & 0x3FFF:
-                et = -1
-        else:
-            et = -1
-        if et != -1:
-            if total == 0 or total > origlen - 14:
-                total = origlen - 14
-            tcplen = total - 20
-            if tcplen < 16:
-                short += 1
-                continue
-            key = buf[off + 26:off + 38]
-        else:
-            end = off + caplen
-            # ---- link layer
-            if lt == 1:
-                if caplen < 14:
-                    short += 1
-                    continue
-                et = buf[off + 12] << 8 | buf[off + 13]
-                p = off + 14
-                while et in VLAN_TPIDS and p + 4 <= end:
-                    et = buf[p + 2] << 8 | buf[p + 3]
-                    p += 4
-            elif lt == 113 or lt == 276:
-                if lt == 113:
-                    if caplen < 16:
-                        short += 1
-                        continue
-                    et = buf[off + 14] << 8 | buf[off + 15]
-                    pkttype = buf[off + 1]
-                    p = off + 16
-                else:
-                    if caplen < 20:
-                        short += 1
-                        continue
-                    et = buf[off] << 8 | buf[off + 1]
-                    pkttype = buf[off + 10]
-                    p = off + 20
-                if pkttype == 4:
-                    prev_out = buf[p:end]
-                elif prev_out is not None:
-                    if prev_out == buf[p:end]:
-                        dup = True
-                        duplicates += 1
-                    prev_out = None
-            elif lt == 0 or lt == 108:
-                if caplen < 4:
-                    short += 1
-                    continue
-                if lt == 108:
-                    fam = buf[off] << 24 | buf[off + 1] << 16 | buf[off + 2] << 8 | buf[off + 3]
-                else:
-                    fam = buf[off] | buf[off + 1] << 8 | buf[off + 2] << 16 | buf[off + 3] << 24
-                    if fam > 0xFFFF:
-                        fam = buf[off] << 24 | buf[off + 1] << 16 | buf[off + 2] << 8 | buf[off + 3]
-                p = off + 4
-                et = 0x0800 if fam == 2 else (0x86DD if fam in NULL_IPV6 else 0)
-            elif lt < 0:   # a pcapng block Wireshark numbers as a frame
-                continue
-            else:  # raw IP: 101, 228, 229
-                p = off
-                if caplen < 1:
-                    short += 1
-                    continue
-                version = buf[off] >> 4
-                et = 0x0800 if version == 4 else (0x86DD if version == 6 else 0)
-            # ---- network layer
-            rep = origlen - (p - off)
-            if et == 0x0800:
-                if p + 20 > end:
-                    short += 1
-                    continue
-                b0, total, fragword, proto = ip4_hdr(buf, p)
-                if proto != 6:
-                    continue
-                if b0 == 0x45:
-                    t = p + 20
-                    key = buf[p + 12:p + 24]
-                    ihl = 20
-                else:
-                    ihl = (b0 & 15) * 4
-                    if b0 >> 4 != 4 or ihl < 20:
-                        continue
-                    t = p + ihl
-                    key = buf[p + 12:p + 20] + buf[t:t + 4]
-                if fragword & 0x3FFF:
-                    fragments += 1
-                    continue
-                if total == 0 or total > rep:
-                    total = rep
-                if total < ihl:
-                    continue
-                tcplen = total - ihl
-            elif et == 0x86DD:
-                if p + 40 > end:
-                    short += 1
-                    continue
-                if buf[p] >> 4 != 6:
-                    continue
-                nxt = buf[p + 6]
-                plen = buf[p + 4] << 8 | buf[p + 5]
-                total = plen + 40
-                if plen == 0 or total > rep:
-                    total = rep
-                t = p + 40
-                frag = False
-                while nxt != 6:
-                    if t + 8 > end:
-                        nxt = -1
-                        break
-                    if nxt == 44:
-                        if (buf[t + 2] << 8 | buf[t + 3]) & 0xFFF9:
-                            frag = True
-                            break
-                        nxt = buf[t]
-                        t += 8
-                    elif nxt in IPV6_EXT:
-                        nxt, t = buf[t], t + (buf[t + 1] + 1) * 8
-                    elif nxt == 51:
-                        nxt, t = buf[t], t + (buf[t + 1] + 2) * 4
-                    else:
-                        break
-                if frag:
-                    fragments += 1
-                    continue
-                if nxt != 6:
-                    continue
-                tcplen = total - (t - p)
-                key = buf[p + 8:p + 44] if t == p + 40 else buf[p + 8:p + 40] + buf[t:t + 4]
-            else:
-                continue
-            # ---- TCP
-            if t + 16 > end or tcplen < 16:
-                short += 1
-                continue
-            seq, ack, offb, flags, win = tcp_hdr(buf, t)
-        tcp += 1
-        seglen = tcplen - (offb >> 4) * 4
-        if seglen < 0:
-            continue
-        try:
-            conn, f, r = conns[key]
-        except KeyError:
-            conn_no += 1
-            conn, f, r = _new_conn(conns, key, ts, frame, focus, skip, conn_no)
-        if conn is skip:
-            continue
-        # ---- conversation: a pure SYN with a new ISN starts a new one (Wireshark's "port numbers reused")
-        if flags & TH_SYN:
-            if not flags & TH_ACK:
-                if f[F_BASE] is not None:
-                    if seq != f[F_BASE]:
-                        finished.append(conn)
-                        conn_no += 1
-                        del conns[key]
-                        conn, f, r = _new_conn(conns, key, ts, frame, focus, skip, conn_no)
-                        conn.reused = True
-                    else:
-                        f[F_NXT] = f[F_MAXS]
-                if conn.syn_from is None:
-                    conn.syn_from = f
-            elif f[F_BASE] is not None and seq != f[F_BASE]:
-                f[F_BASE] = seq
-        if f[F_BASE] is None:
-            f[F_BASE] = seq if flags & TH_SYN else (seq - 1) & M32
-        if r[F_BASE] is None and flags & TH_ACK:
-            r[F_BASE] = (ack - 1) & M32
-        # ---- tcp_analyze_sequence_number. Sequence numbers are compared as in Wireshark's GT_SEQ (signed 32-bit
-        # difference), written as differences of Python ints so that no mask has to be computed on the common path.
-        nxt = f[F_NXT]
-        rm = r[F_MAXS]
-        if rm and rm > r[F_NXT] and flags & TH_ACK:
-            d = ack - rm
-            if 0 < d < HALF or d <= -HALF:   # GT_SEQ(ack, maxseqtobeacked)
-                r[F_MAXS] = r[F_NXT]
-        if seglen > 1:
-            # carries data: never a zero-window probe, Keep-Alive or Keep-Alive ACK
-            ka = False
-            nseq = seq + seglen
-            if nseq > M32:
-                nseq -= 0x100000000
-            unacked = f[F_UNACK]
-            if len(unacked) < MAX_UNACKED:
-                if flags & 3:
-                    nseq = (nseq + 1) & M32
-                unacked.append(nseq)
-            if seq == nxt:   # in order (the usual case): the next expected seq moves on
-                f[F_NXT] = nseq
-            elif nxt:
-                d = nxt - seq
-                if 0 < d < HALF or d <= -HALF:   # LT_SEQ(seq, nextseq): sent before
-                    f[F_RETX] += 1
-                d = nseq - nxt
-                if 0 < d < HALF or d <= -HALF:   # GT_SEQ(nextseq of this segment, nextseq)
-                    f[F_NXT] = nseq
-            else:
-                f[F_NXT] = nseq
-            ms = f[F_MAXS]
-            if seq == ms or not ms:
-                f[F_MAXS] = f[F_NXT]
-            f[F_LFL] = 0
-        else:
-            ka = zwp = False
-            if seglen and seq == nxt and r[F_WIN] == 0:
-                zwp = True
-                f[F_ZWP] += 1
-            elif (seq + 1 == nxt or (not nxt and seq == M32)) and not flags & 7:
-                ka = True
-                n_ka += 1
-                if return_frames:
-                    ka_frames.append(frame)
-            elif (r[F_LFL] == LFL_KA and not seglen and win and win == f[F_WIN] and seq == nxt and ack == f[F_LACK]
-                  and not flags & 7):
-                n_kaack += 1
-                f[F_KAACK] += 1
-                if return_frames:
-                    kaack_frames.append(frame)
-            if seglen:
-                nseq = seq + 1
-                if nseq > M32:
-                    nseq = 0
-            else:
-                nseq = seq
-            if seglen or flags & 3:
-                if nxt and not ka and not zwp:
-                    d = nxt - seq
-                    if 0 < d < HALF or d <= -HALF:
-                        f[F_RETX] += 1
-                unacked = f[F_UNACK]
-                if len(unacked) < MAX_UNACKED:
-                    if flags & 3:
-                        nseq = (nseq + 1) & M32
-                    unacked.append(nseq)
-            if zwp:
-                f[F_LFL] = LFL_ZWP
-            else:
-                if nseq != nxt:
-                    if nxt:
-                        d = nseq - nxt
-                        if 0 < d < HALF or d <= -HALF:
-                            f[F_NXT] = nseq
-                    else:
-                        f[F_NXT] = nseq
-                ms = f[F_MAXS]
-                if seq == ms or not ms:
-                    f[F_MAXS] = f[F_NXT]
-                f[F_LFL] = LFL_KA if ka else 0
-        f[F_WIN] = win
-        f[F_LACK] = ack
-        ru = r[F_UNACK]
-        if ru and (ack != r[F_SCANACK] or len(ru) != r[F_SCANLEN]):
-            # drop the segments this acknowledges: those whose end is not GT_SEQ(end, ack)
-            if len(ru) == 1:
-                d = ru[0] - ack
-                if not (0 < d < HALF or d <= -HALF):
-                    ru.clear()
-            else:
-                ru[:] = [x for x in ru if (ack - x) & M32 >= HALF]
-            r[F_SCANACK] = ack
-            r[F_SCANLEN] = len(ru)
-        # ---- keepalive timeline (loopback duplicates left out; after a RST the rest is teardown: the peer's FIN
-        # or RST then answers no probe)
-        if dup:
-            continue
-        if ka:
-            f[F_KA] += 1
-        if conn.rst is not None:
-            ka = False
-        elif r[F_AWAIT] is not None:
-            probe = r[F_AWAIT]
-            probe[P_ANS] = True
-            probe[P_ANSFRAME] = frame
-            r[F_AWAIT] = None
-            r[F_RUN] = 0
-        if ka:
-            previous = f[F_AWAIT]
-            if previous is not None:
-                probe = [frame, ts, seq, seglen, False, None, 'retry', ts - previous[P_TS]]
-            else:
-                last = r[F_LAST]
-                probe = [frame, ts, seq, seglen, False, None, 'idle', None if last is None else ts - last]
-            if f[F_PROBES] is None:
-                f[F_PROBES] = []
-            f[F_PROBES].append(probe)
-            f[F_AWAIT] = probe
-            f[F_RUN] += 1
-        if flags & 5:
-            if flags & TH_RST and conn.rst is None:
-                probes = f[F_PROBES]
-                conn.rst = (frame, ts, flags, f, f[F_RUN], probes[-1][P_TS] if f[F_RUN] else None)
-            if flags & TH_FIN:
-                if conn.fin is None:
-                    conn.fin = (frame, ts, flags, f)
-                f[F_FIN] = True
-        f[F_LAST] = ts
-    counters['packets'] = frame
-    counters['tcp'] = tcp
-    counters['fragments'] = fragments
-    counters['short'] = short
-    counters['duplicates'] = duplicates
-    seen = set()
-    for conn, _f, _r in conns.values():
-        if conn is not skip and id(conn) not in seen:
-            seen.add(id(conn))
-            finished.append(conn)
-    finished.sort(key=lambda c: c.seq_no)
-    return {'conns': finished, 'counters': counters, 'keepalive': n_ka, 'keepalive_ack': n_kaack,
-            'ka_frames': ka_frames, 'kaack_frames': kaack_frames, 'first_ts': first_ts}
+def _result(path, reader, scan, expect, tol, focused, return_frames):
+    result = {
+        'path': path,
+        'format': reader.format,
+        'link_types': reader.linktypes,
+        'truncated': reader.truncated,
+        'truncated_at': reader.truncated_at,
+        'start': scan.first_ts or 0.0,
+        'expect': expect,
+        'tolerance': tol,
+    }
+    result.update(_judge_all(scan, result['start'], expect, tol, focused))
+    result['summary']['notes'].extend(_capture_notes(scan, reader))
+    if return_frames:
+        result['keepalive_frames'] = scan.ka_frames
+        result['keepalive_ack_frames'] = scan.kaack_frames
+    return result
 
 
-def _new_conn(conns, key, ts, frame, focus, skip, seq_no):
-    """Register a connection under both directional keys; its flows keep the key and their side (0: source)."""
-    n = len(key) - 4
-    alen = n >> 1
-    rkey = key[alen:n] + key[:alen] + key[n + 2:] + key[n:n + 2]
-    if focus is not None:
-        sport, dport = struct.unpack_from('!HH', key, n)
-        if not (_matches(focus, key[:alen], sport) or _matches(focus, key[alen:n], dport)):
-            entry = (skip, None, None)
-            conns[key] = entry
-            conns[rkey] = entry
-            return entry
-    a = [0, 0, M32, 0, 0, None, [], -1, 0, None, None, 0, None, 0, 0, 0, 0, key, 0, False, 0, None]
-    b = [0, 0, M32, 0, 0, None, [], -1, 0, None, None, 0, None, 0, 0, 0, 0, key, 1, False, 0, None]
-    conn = _Conn(a, b, ts, frame, seq_no)
-    entry = (conn, a, b)
-    conns[key] = entry
-    if rkey != key:
-        conns[rkey] = (conn, b, a)
-    else:  # a socket connected to itself: one flow, as in Wireshark
-        conn.b = a
-    return entry
+def client_connection(result, port):
+    """(connection, prober, client endpoint) of the last connection in an analysis result with an endpoint on the
+    client's local port `port` (a port reused later is a new connection: the last one is the current one); the
+    prober is the client's entry in the connection's probers, or None. (None, None, None) without one.
+
+    The one reading of "the client's connection" that pcap_info's wait_for and the experiment report share."""
+    suffix = ':%d' % port
+    conn = None
+    for candidate in (result or {}).get('connections') or []:
+        if any(str(e).endswith(suffix) for e in candidate.get('endpoints') or []):
+            conn = candidate
+    if conn is None:
+        return None, None, None
+    client = next(str(e) for e in conn['endpoints'] if str(e).endswith(suffix))
+    prober = next((p for p in conn.get('probers') or [] if p.get('endpoint') == client), None)
+    return conn, prober, client
 
 
-def _matches(focus, addr, port):
-    packed, want_port = focus
-    return (packed is None or packed == addr) and (want_port is None or want_port == port)
-
-
-# ---------------------------------------------------------------- the report
+# ---------------------------------------------------------------- the verdict
 
 def _num(value):
     text = '%.3f' % value
     return text.rstrip('0').rstrip('.') if '.' in text else text
 
 
-def _endpoint(flow):
-    name = flow[F_NAME]
-    if name is None:
-        key = flow[F_KEY]
-        n = len(key) - 4
-        alen = n >> 1
-        side = flow[F_SIDE]
-        addr = key[alen * side:alen * (side + 1)]
-        port = struct.unpack_from('!H', key, n + 2 * side)[0]
-        if alen == 4:
-            name = '%s:%d' % (socket.inet_ntop(socket.AF_INET, addr), port)
-        else:
-            name = '[%s]:%d' % (socket.inet_ntop(socket.AF_INET6, addr), port)
-        flow[F_NAME] = name
-    return name
-
-
-def flag_names(flags):
-    return '|'.join(name for bit, name in FLAG_NAMES if flags & bit)
-
-
-def _allowed(expected, tol):
-    return tol['seconds'] + expected * tol['percent'] / 100.0
-
-
-def _fits(value, expected, tol):
-    return abs(value - expected) <= _allowed(expected, tol)
-
-
 def _override(values, expected, tol):
     """The whole number of seconds all values fit when it is not the expected one, else None."""
-    if not values or all(_fits(v, expected, tol) for v in values):
+    if not values or all(fits(v, expected, tol) for v in values):
         # values within tolerance of the expected one are the expected one
         # (long timers come late by the timer wheel's granularity: 30 s -> ~31.2 s)
         return None
     guess = int(round(sorted(values)[len(values) // 2]))
     if guess < 1 or guess == expected:
         return None
-    if all(_fits(v, guess, tol) for v in values):
+    if all(fits(v, guess, tol) for v in values):
         return guess
     return None
 
 
-def _report(path, state, expect, tol, focus, return_frames):
-    counters = state['counters']
-    t0 = state['first_ts'] or 0.0
-    listed = []
-    n_conns = 0
-    not_listed = 0
-    rst_after_probes = 0
-    zwp_total = retx_total = 0
-    judged = failed = reported = 0
-    reasons = []
-    for conn in state['conns']:
-        n_conns += 1
+def _capture_notes(scan, reader):
+    notes = []
+    if scan.duplicates:
+        notes.append(MSG_DUPLICATES % scan.duplicates)
+    if scan.fragments:
+        notes.append(MSG_FRAGMENTS % scan.fragments)
+    if reader.truncated:
+        notes.append(truncation_note(reader.truncated_at, scan.packets))
+    return notes
+
+
+def _judge_all(scan, t0, expect, tol, focused):
+    """summary, connections, verdict and reasons of the whole capture."""
+    counts = {'connections': 0, 'rst_after_probes': 0, 'zero_window_probes': 0, 'retransmissions': 0,
+              'not_listed': 0, 'judged': 0, 'failed': 0, 'reported': 0}
+    listed, reasons = [], []
+    n_conns = rst_after_probes = zwp_total = retx_total = 0
+    for conn in scan.connections():
         a, b = conn.a, conn.b
-        if b is a:
-            flows = (a,)
-            zwp, retx, probing = a[F_ZWP], a[F_RETX], a[F_PROBES] is not None
-        else:
-            flows = (a, b)
-            zwp = a[F_ZWP] + b[F_ZWP]
-            retx = a[F_RETX] + b[F_RETX]
-            probing = a[F_PROBES] is not None or b[F_PROBES] is not None
-        zwp_total += zwp
-        retx_total += retx
+        n_conns += 1
         if conn.rst is not None and conn.rst[4]:
             rst_after_probes += 1
-        in_flight = _in_flight(conn) if retx else {}
-        if focus is None and not (probing or zwp or in_flight):
-            continue
-        if len(listed) < MAX_LISTED:
-            entry = _conn_report(conn, flows, t0, expect, tol, zwp, retx, in_flight, focus is not None)
-            listed.append(entry)
-            verdict, why = entry['verdict'], entry['reasons']
-            name = entry['name']
+        if b is a:
+            zwp, retx, probing = a.zwp, a.retx, a.probes is not None
         else:
-            not_listed += 1
-            if not expect:
-                continue
-            verdict, why = _conn_verdict(conn, flows, expect, tol, focus is not None)
-            name = None
-        if verdict is not None:
-            judged += 1
+            zwp, retx, probing = a.zwp + b.zwp, a.retx + b.retx, a.probes is not None or b.probes is not None
+        if not (probing or zwp or retx or focused):
+            continue
+        zwp_total += zwp
+        retx_total += retx
+        in_flight = _in_flight(conn) if retx else {}
+        if not (focused or probing or zwp or in_flight):
+            continue
+        verdict, why, name = _judge_conn(conn, t0, expect, tol, zwp, retx, in_flight, focused, listed, counts)
+        counts['judged'] += verdict is not None
         if verdict == 'fail':
-            failed += 1
+            counts['failed'] += 1
             if len(reasons) < MAX_REASONS:
-                reported += 1
-                if name is None:
-                    name = _conn_name(conn)
-                reasons.extend('%s: %s' % (name, reason) for reason in why)
+                counts['reported'] += 1
+                reasons.extend('%s: %s' % (name or _conn_name(conn), reason) for reason in why)
+    counts.update(connections=n_conns, rst_after_probes=rst_after_probes, zero_window_probes=zwp_total,
+                  retransmissions=retx_total)
+    out = {'summary': _summary(scan, counts, len(listed)), 'connections': listed, 'verdict': None, 'reasons': []}
+    if expect:
+        out.update(_overall(counts, reasons, focused))
+    return out
+
+
+def _judge_conn(conn, t0, expect, tol, zwp, retx, in_flight, focused, listed, counts):
+    """(verdict, reasons, name or None) of a connection with keepalive activity: listed with its report while fewer
+    than MAX_LISTED are, else judged without one."""
+    if len(listed) < MAX_LISTED:
+        entry = _conn_report(conn, t0, expect, tol, zwp, retx, in_flight, focused)
+        listed.append(entry)
+        return entry['verdict'], entry['reasons'], entry['name']
+    counts['not_listed'] += 1
+    if not expect:
+        return None, [], None
+    verdict, why = _conn_verdict(conn, expect, tol, focused)
+    return verdict, why, None
+
+
+def _summary(scan, counts, n_listed):
     summary = {
-        'packets': counters['packets'],
-        'tcp_packets': counters['tcp'],
-        'connections': n_conns,
-        'keepalive': state['keepalive'],
-        'keepalive_ack': state['keepalive_ack'],
-        'rst_after_probes': rst_after_probes,
-        'zero_window_probes': zwp_total,
-        'retransmissions': retx_total,
-        'fragments_skipped': counters['fragments'],
-        'loopback_duplicates': counters['duplicates'],
-        'listed': len(listed),
-        'not_listed': not_listed,
+        'packets': scan.packets,
+        'tcp_packets': scan.tcp,
+        'connections': counts['connections'],
+        'keepalive': scan.keepalive,
+        'keepalive_ack': scan.keepalive_ack,
+        'rst_after_probes': counts['rst_after_probes'],
+        'zero_window_probes': counts['zero_window_probes'],
+        'retransmissions': counts['retransmissions'],
+        'fragments_skipped': scan.fragments,
+        'loopback_duplicates': scan.duplicates,
+        'listed': n_listed,
+        'not_listed': counts['not_listed'],
         'notes': [],
     }
-    if not_listed:
-        summary['notes'].append(MSG_NOT_LISTED % (not_listed, MAX_LISTED))
-    if counters['duplicates']:
-        summary['notes'].append(MSG_DUPLICATES % counters['duplicates'])
-    if counters['fragments']:
-        summary['notes'].append(MSG_FRAGMENTS % counters['fragments'])
-    if state['truncated']:
-        summary['notes'].append(truncation_note(state['truncated_at'], counters['packets']))
-    result = {
-        'path': path,
-        'format': state['format'],
-        'link_types': state['linktypes'],
-        'truncated': state['truncated'],
-        'truncated_at': state['truncated_at'],
-        'start': t0,
-        'summary': summary,
-        'connections': listed,
-        'expect': expect,
-        'tolerance': tol,
-        'verdict': None,
-        'reasons': [],
-    }
-    if expect:
-        if not judged:
-            result['verdict'] = 'fail'
-            result['reasons'].append('no keepalive probes found in %s' % ('the focused connection(s)' if focus else 'the capture'))
-        else:
-            result['verdict'] = 'fail' if failed else 'pass'
-            result['reasons'] = reasons
-            if failed > reported:
-                result['reasons'].append(MSG_MORE_FAILED % failed)
-    if return_frames:
-        result['keepalive_frames'] = state['ka_frames']
-        result['keepalive_ack_frames'] = state['kaack_frames']
-    return result
+    if counts['not_listed']:
+        summary['notes'].append(MSG_NOT_LISTED % (counts['not_listed'], MAX_LISTED))
+    return summary
 
 
-def truncation_note(truncated_at, packets):
-    """The note (and the module's warning) of a capture whose last record is cut short."""
-    where = truncated_at or {'unit': 'record', 'number': packets + 1, 'offset': 0}
-    return MSG_TRUNCATED % (where['unit'], where['number'], where['offset'], packets)
+def _overall(counts, reasons, focused):
+    """The verdict of the capture: fail without judged probes, else fail when a connection failed."""
+    if not counts['judged']:
+        return {'verdict': 'fail',
+                'reasons': ['no keepalive probes found in %s' % ('the focused connection(s)' if focused else 'the capture')]}
+    if counts['failed'] > counts['reported']:
+        reasons.append(MSG_MORE_FAILED % counts['failed'])
+    return {'verdict': 'fail' if counts['failed'] else 'pass', 'reasons': reasons}
 
 
 def _in_flight(conn):
-    """{endpoint flow index: bytes sent but not acknowledged at the end} (data only, not SYN/FIN)."""
+    """{id of the sending flow: bytes sent but not acknowledged at the end} (data only, not SYN/FIN)."""
     result = {}
     for f, r in ((conn.a, conn.b), (conn.b, conn.a)):
-        if f is r or r[F_BASE] is None or not f[F_NXT]:
+        if f is r or r.base is None or not f.nxt:
             continue
-        gap = (f[F_NXT] - r[F_LACK]) & M32
-        if f[F_FIN]:
+        gap = (f.nxt - r.lack) & M32
+        if f.fin:
             gap = (gap - 1) & M32
         if 0 < gap < HALF:
             result[id(f)] = gap
@@ -1017,6 +328,7 @@ def _in_flight(conn):
 
 
 def _order(conn):
+    """(first, second) flow: the sender of the SYN first when the handshake was captured."""
     first = conn.syn_from if conn.syn_from is not None else conn.a
     second = conn.b if first is conn.a else conn.a
     return first, second
@@ -1024,68 +336,61 @@ def _order(conn):
 
 def _conn_name(conn):
     first, second = _order(conn)
-    return '%s -> %s' % (_endpoint(first), _endpoint(second))
+    return '%s -> %s' % (first.endpoint(), second.endpoint())
 
 
 def _idle_spacing(probes):
-    idle = [p[P_AFTER] for p in probes if p[P_KIND] == 'idle' and p[P_AFTER] is not None]
-    spacing = [p[P_AFTER] for p in probes if p[P_KIND] == 'retry']
+    idle = [p.after for p in probes if p.kind == 'idle' and p.after is not None]
+    spacing = [p.after for p in probes if p.kind == 'retry']
     return idle, spacing
 
 
-def _conn_verdict(conn, flows, expect, tol, focused):
+def _conn_verdict(conn, expect, tol, focused):
     """(verdict, reasons) of a connection that is not listed: the same judgement without the report."""
     first, second = _order(conn)
     verdict = None
     reasons = []
     for f in (first, second) if second is not first else (first,):
-        if f[F_PROBES]:
+        if f.probes:
             verdict = verdict or 'pass'
-            idle, spacing = _idle_spacing(f[F_PROBES])
-            why = _judge(conn, f, f[F_PROBES], idle, spacing, expect, tol, {'notes': []})
+            idle, spacing = _idle_spacing(f.probes)
+            why = _judge(conn, f, idle, spacing, expect, tol, {'notes': []})
             if why:
                 verdict = 'fail'
-                reasons.extend('%s: %s' % (_endpoint(f), reason) for reason in why)
+                reasons.extend('%s: %s' % (f.endpoint(), reason) for reason in why)
     if verdict is None and focused:
         return 'fail', ['no keepalive probes']
     return verdict, reasons
 
 
-def _conn_report(conn, flows, t0, expect, tol, zwp, retx, in_flight, focused):
-    first, second = _order(conn)
-    name = '%s -> %s' % (_endpoint(first), _endpoint(second))
-    probers = []
-    for f in (first, second):
-        if f[F_PROBES]:
-            r = second if f is first else first
-            probers.append(_prober_report(conn, f, r, t0, expect, tol))
-        if f is second and second is first:
-            break
+def _end_report(conn, t0, first, second, probers):
+    """(rst, fin, notes) of a connection report: its first RST and FIN, and what they say of the keepalive."""
     notes = []
-    reasons = []
-    rst = None
+    rst = fin = None
     if conn.rst is not None:
         frame, ts, flags, f, run, last_probe_ts = conn.rst
         r = second if f is first else first
-        rst = {'from': _endpoint(f), 'to': _endpoint(r), 'frame': frame, 'time': round(ts - t0, 6),
+        rst = {'from': f.endpoint(), 'to': r.endpoint(), 'frame': frame, 'time': round(ts - t0, 6),
                'flags': flag_names(flags), 'after_probes': run,
                'after_last_probe': None if last_probe_ts is None else round(ts - last_probe_ts, 6)}
-        if run == 0 and any(p['endpoint'] == _endpoint(r) for p in probers):
-            notes.append('the RST came from %s, the peer of the prober, not after unanswered probes' % _endpoint(f))
+        if run == 0 and any(p['endpoint'] == r.endpoint() for p in probers):
+            notes.append('the RST came from %s, the peer of the prober, not after unanswered probes' % f.endpoint())
         elif run == 0 and probers and (conn.fin is None or frame < conn.fin[0]):
-            notes.append(MSG_ABORTED % (_endpoint(f), _num(ts - t0)))
-    fin = None
+            notes.append(MSG_ABORTED % (f.endpoint(), _num(ts - t0)))
     if conn.fin is not None:
         frame, ts, flags, f = conn.fin
         r = second if f is first else first
-        fin = {'from': _endpoint(f), 'to': _endpoint(r), 'frame': frame, 'time': round(ts - t0, 6),
+        fin = {'from': f.endpoint(), 'to': r.endpoint(), 'frame': frame, 'time': round(ts - t0, 6),
                'flags': flag_names(flags)}
         if probers and (conn.rst is None or frame < conn.rst[0]):
-            notes.append(MSG_CLOSED_BY_FIN % (_endpoint(f), _num(ts - t0)))
-    flight = {}
-    for f in (first, second):
-        if id(f) in in_flight:
-            flight[_endpoint(f)] = in_flight[id(f)]
+            notes.append(MSG_CLOSED_BY_FIN % (f.endpoint(), _num(ts - t0)))
+    return rst, fin, notes
+
+
+def _traffic_notes(conn, first, second, zwp, retx, in_flight):
+    """({endpoint: bytes in flight at the end}, notes on what is not keepalive: data in flight, zero-window probes)."""
+    notes = []
+    flight = {f.endpoint(): in_flight[id(f)] for f in (first, second) if id(f) in in_flight}
     if flight and retx:
         for endpoint, nbytes in flight.items():
             notes.append('%s had %d bytes unacknowledged and %d retransmissions: the kernel sends no keepalive probes '
@@ -1098,7 +403,18 @@ def _conn_report(conn, flows, t0, expect, tol, zwp, retx, in_flight, focused):
                      'are not keepalives' % zwp)
     if conn.reused:
         notes.append('the ports were reused: this is a new connection after an earlier one on the same ports')
+    return flight, notes
+
+
+def _conn_report(conn, t0, expect, tol, zwp, retx, in_flight, focused):
+    first, second = _order(conn)
+    flows = (first,) if second is first else (first, second)
+    probers = [_prober_report(conn, f, second if f is first else first, t0, expect, tol) for f in flows if f.probes]
+    rst, fin, notes = _end_report(conn, t0, first, second, probers)
+    flight, more = _traffic_notes(conn, first, second, zwp, retx, in_flight)
+    notes += more
     verdict = None
+    reasons = []
     if expect:
         if probers:
             verdict = 'pass'
@@ -1109,16 +425,15 @@ def _conn_report(conn, flows, t0, expect, tol, zwp, retx, in_flight, focused):
         elif focused:
             verdict = 'fail'
             reasons.append('no keepalive probes' + ('; ' + notes[0] if notes else ''))
-    kinds = sum(f[F_KA] for f in flows)
-    return {
-        'name': name,
-        'endpoints': [_endpoint(first), _endpoint(second)],
+    report = {
+        'name': '%s -> %s' % (first.endpoint(), second.endpoint()),
+        'endpoints': [first.endpoint(), second.endpoint()],
         'handshake_seen': conn.syn_from is not None,
         'first_frame': conn.first_frame,
         'start': round(conn.first_ts - t0, 6),
-        'end': round(max(f[F_LAST] or conn.first_ts for f in flows) - t0, 6),
-        'keepalive': kinds,
-        'keepalive_ack': sum(f[F_KAACK] for f in flows),
+        'end': round(max(f.last or conn.first_ts for f in flows) - t0, 6),
+        'keepalive': sum(f.ka for f in flows),
+        'keepalive_ack': sum(f.kaack for f in flows),
         'zero_window_probes': zwp,
         'retransmissions': retx,
         'in_flight_at_end': flight,
@@ -1129,30 +444,26 @@ def _conn_report(conn, flows, t0, expect, tol, zwp, retx, in_flight, focused):
         'verdict': verdict,
         'reasons': reasons,
     }
+    if conn.packets is not None:
+        report['packets'] = [[round(ts - t0, 6), 0 if f is first else 1, kind] for ts, f, kind in conn.packets]
+    return report
 
 
 def _prober_report(conn, f, r, t0, expect, tol):
-    probes = f[F_PROBES]
-    out = []
-    idle = []
-    spacing = []
-    for index, p in enumerate(probes, 1):
-        out.append({'number': index, 'frame': p[P_FRAME], 'time': round(p[P_TS] - t0, 6), 'seq': p[P_SEQ],
-                    'length': p[P_LEN], 'answered': p[P_ANS], 'answer_frame': p[P_ANSFRAME], 'kind': p[P_KIND],
-                    'after': None if p[P_AFTER] is None else round(p[P_AFTER], 6)})
-        if p[P_AFTER] is not None:
-            (spacing if p[P_KIND] == 'retry' else idle).append(p[P_AFTER])
-    final_run = f[F_RUN]
+    probes = f.probes
+    idle, spacing = _idle_spacing(probes)
     report = {
-        'endpoint': _endpoint(f),
-        'peer': _endpoint(r),
-        'probes': out,
+        'endpoint': f.endpoint(),
+        'peer': r.endpoint(),
+        'probes': [{'number': index, 'frame': p.frame, 'time': round(p.ts - t0, 6), 'seq': p.seq, 'length': p.length,
+                    'answered': p.answered, 'answer_frame': p.answer_frame, 'kind': p.kind,
+                    'after': None if p.after is None else round(p.after, 6)} for index, p in enumerate(probes, 1)],
         'count': len(probes),
-        'answered': sum(1 for p in probes if p[P_ANS]),
-        'unanswered': sum(1 for p in probes if not p[P_ANS]),
-        'final_unanswered': final_run,
-        'idle_before_first_probe': None if probes[0][P_AFTER] is None or probes[0][P_KIND] != 'idle'
-        else round(probes[0][P_AFTER], 6),
+        'answered': sum(1 for p in probes if p.answered),
+        'unanswered': sum(1 for p in probes if not p.answered),
+        'final_unanswered': f.run,
+        'idle_before_first_probe': None if probes[0].after is None or probes[0].kind != 'idle'
+        else round(probes[0].after, 6),
         'idle_times': [round(v, 6) for v in idle],
         'spacing': [round(v, 6) for v in spacing],
         'rst_sent': conn.rst is not None and conn.rst[3] is f,
@@ -1160,36 +471,45 @@ def _prober_report(conn, f, r, t0, expect, tol):
         'reasons': [],
         'notes': [],
     }
-    if probes[0][P_KIND] == 'idle' and probes[0][P_AFTER] is None:
+    if probes[0].kind == 'idle' and probes[0].after is None:
         report['notes'].append('no segment from %s before probe 1 in the capture: the idle time before it is unknown'
                                % report['peer'])
     if expect:
-        report['reasons'] = _judge(conn, f, probes, idle, spacing, expect, tol, report)
+        report['reasons'] = _judge(conn, f, idle, spacing, expect, tol, report)
         report['verdict'] = 'fail' if report['reasons'] else 'pass'
     return report
 
 
-def _judge(conn, f, probes, idle, spacing, expect, tol, report):
+def _judge_timing(probes, idle, spacing, expect, tol):
+    """Reasons about the idle time before the first probes and the spacing of the retries."""
     reasons = []
-    want_time = expect.get('time')
+    for key, kind, values, text in (
+            ('time', 'idle', idle, "idle time fits a per-socket TCP_KEEPIDLE of %d s, not the sysctl's %d s"),
+            ('intvl', 'retry', spacing, "spacing fits a per-socket TCP_KEEPINTVL of %d s, not the sysctl's %d s")):
+        want = expect.get(key)
+        if want is None or not values:
+            continue
+        override = _override(values, want, tol)
+        if override is not None:
+            reasons.append(text % (override, want))
+        for index, p in enumerate(probes, 1):
+            if p.kind != kind or p.after is None or fits(p.after, want, tol):
+                continue
+            if kind == 'idle':
+                reasons.append('probe %d came %s s after the last segment from the peer, expected time %d s ± %s s'
+                               % (index, _num(p.after), want, _num(allowed(want, tol))))
+            else:
+                reasons.append('probe %d came %s s after probe %d, expected %d s ± %s s'
+                               % (index, _num(p.after), index - 1, want, _num(allowed(want, tol))))
+    return reasons
+
+
+def _judge(conn, f, idle, spacing, expect, tol, report):
+    """Why the probes of f do not follow expect (empty: they do); notes that do not fail go to report['notes']."""
+    probes = f.probes
+    reasons = _judge_timing(probes, idle, spacing, expect, tol)
     want_intvl = expect.get('intvl')
     want_probes = expect.get('probes')
-    if want_time is not None and idle:
-        override = _override(idle, want_time, tol)
-        if override is not None:
-            reasons.append("idle time fits a per-socket TCP_KEEPIDLE of %d s, not the sysctl's %d s" % (override, want_time))
-        for index, p in enumerate(probes, 1):
-            if p[P_KIND] == 'idle' and p[P_AFTER] is not None and not _fits(p[P_AFTER], want_time, tol):
-                reasons.append('probe %d came %s s after the last segment from the peer, expected time %d s ± %s s'
-                               % (index, _num(p[P_AFTER]), want_time, _num(_allowed(want_time, tol))))
-    if want_intvl is not None and spacing:
-        override = _override(spacing, want_intvl, tol)
-        if override is not None:
-            reasons.append("spacing fits a per-socket TCP_KEEPINTVL of %d s, not the sysctl's %d s" % (override, want_intvl))
-        for index, p in enumerate(probes, 1):
-            if p[P_KIND] == 'retry' and not _fits(p[P_AFTER], want_intvl, tol):
-                reasons.append('probe %d came %s s after probe %d, expected %d s ± %s s'
-                               % (index, _num(p[P_AFTER]), index - 1, want_intvl, _num(_allowed(want_intvl, tol))))
     rst = conn.rst
     if rst is not None and rst[3] is f and rst[4]:
         run = rst[4]
@@ -1200,11 +520,11 @@ def _judge(conn, f, probes, idle, spacing, expect, tol, report):
         elif want_probes is not None and run > want_probes:
             reasons.append('RST after %d unanswered probes, expected %d: fits a per-socket TCP_KEEPCNT of %d'
                            % (run, want_probes, run))
-        if want_intvl is not None and not _fits(after, want_intvl, tol):
+        if want_intvl is not None and not fits(after, want_intvl, tol):
             reasons.append('RST came %s s after probe %d, expected %d s ± %s s (a TCP_USER_TIMEOUT-style ending)'
-                           % (_num(after), len(probes), want_intvl, _num(_allowed(want_intvl, tol))))
+                           % (_num(after), len(probes), want_intvl, _num(allowed(want_intvl, tol))))
     elif want_probes is not None:
-        run = f[F_RUN]
+        run = f.run
         if run > want_probes:
             reasons.append('%d unanswered probes and no RST, expected a RST after %d' % (run, want_probes))
         elif run:

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Follow a capture that is still being written until the prober's probes
 reach a count or its connection ends (pcap_info's wait_for).
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse
+from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse, client_connection
 
 MSG_WAIT_KEYS = 'wait_for takes port, answered, unanswered, rst, timeout and interval, got unknown key(s): %s'
 MSG_WAIT_PORT = 'wait_for.port must be a port number 1..65535 (the local port of the keepalive client), got %r'
@@ -82,21 +83,9 @@ def _num(value):
 
 def watch(result, port):
     """What the analysis says of the last connection of the client's port `port`: a dict, or None."""
-    suffix = ':%d' % port
-    conn = None
-    for candidate in result.get('connections') or []:
-        if any(str(e).endswith(suffix) for e in candidate.get('endpoints') or []):
-            conn = candidate
+    conn, prober, client = client_connection(result, port)
     if conn is None:
         return None
-    prober = None
-    for candidate in conn.get('probers') or []:
-        if str(candidate.get('endpoint', '')).endswith(suffix):
-            prober = candidate
-    if prober is not None:
-        client = prober['endpoint']
-    else:
-        client = next(str(e) for e in conn['endpoints'] if str(e).endswith(suffix))
     return {'conn': conn, 'client': client, 'answered': (prober or {}).get('answered') or 0,
             'unanswered': (prober or {}).get('final_unanswered') or 0, 'end': connection_end(conn, client)}
 
@@ -147,8 +136,8 @@ def awaited(cond):
 
 def explained(end, cond):
     """Whether the keepalive timeline explains the end: the client's RST after unanswered probes, awaited."""
-    return (end['by'] == 'RST' and end['from'] == 'client' and end.get('after_probes', 0) > 0
-            and (cond.get('unanswered') is not None or bool(cond.get('rst'))))
+    by_client_rst = end['by'] == 'RST' and end['from'] == 'client' and end.get('after_probes', 0) > 0
+    return by_client_rst and (cond.get('unanswered') is not None or bool(cond.get('rst')))
 
 
 def judge_wait(result, cond, seconds):

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Experiment reports: the verdict, report.json, report.md with an annotated
 timeline in the style of the walk-through's tcpdump output, and timeline.png.
 
@@ -22,7 +23,8 @@ import math
 import os
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
-from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse, check_file
+from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import DEFAULT_TOLERANCE, TOLERANCE_RANGE, allowed
+from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse, check_file, client_connection
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_wait import HINT_GAVE_UP, HINTS, connection_end
 
 MSG_MISSING_KEY = 'data.%s is missing: give %s'
@@ -54,6 +56,12 @@ REQUIRED = {
 }
 OPTIONAL = ('governs', 'client_kind', 'server_kind', 'hosts', 'idle_probes', 'tolerance', 'analysis', 'client', 'drop_at',
             'pcaps', 'error', 'cleanup_errors', 'notes', 'capture_backend')
+
+
+# the picture's markers: the analyser's kind of a segment -> style
+STYLES = {'probe': ('o', '#d62728', 'keepalive probe'), 'ack': ('s', '#2ca02c', 'ACK (answer)'),
+          'rst': ('X', '#000000', 'RST'), 'other': ('.', '#7f7f7f', 'other segment')}
+STYLE_OF = {'keepalive': 'probe', 'keepalive_ack': 'ack', 'answer': 'ack', 'rst': 'rst'}
 
 
 class ReportError(Exception):
@@ -149,12 +157,12 @@ def validate(data):
 
 def _tolerance(value):
     if value in (None, '', {}):
-        return {'seconds': 0.25, 'percent': 10.0}
-    what = 'a dict with seconds (0..32767) and percent (0..100)'
-    if not isinstance(value, dict) or set(value) - {'seconds', 'percent'}:
+        return dict(DEFAULT_TOLERANCE)
+    what = 'a dict with %s' % ' and '.join('%s (0..%d)' % (key, high) for key, (high, _what) in TOLERANCE_RANGE.items())
+    if not isinstance(value, dict) or set(value) - set(TOLERANCE_RANGE):
         raise ReportError(MSG_BAD_VALUE % ('tolerance', what, value))
-    out = {'seconds': 0.25, 'percent': 10.0}
-    for key, high in (('seconds', 32767), ('percent', 100)):
+    out = dict(DEFAULT_TOLERANCE)
+    for key, (high, _what) in TOLERANCE_RANGE.items():
         if value.get(key) is not None:
             number = _number(value[key])
             if number is None or not 0 <= number <= high:
@@ -194,23 +202,11 @@ def plan_dest(dest):
 
 # ---------------------------------------------------------------- what the capture saw
 
-def _prober_of(analysis, client_port):
-    """(connection, prober) of the client's end in the analysis, or (None, None)."""
-    suffix = ':%d' % client_port
-    for conn in (analysis or {}).get('connections') or []:
-        for prober in conn.get('probers') or []:
-            if str(prober.get('endpoint', '')).endswith(suffix):
-                return conn, prober
-        if any(str(e).endswith(suffix) for e in conn.get('endpoints') or []):
-            return conn, None
-    return None, None
-
-
 def find_connection(analysis, client_port, pcaps, expect=None, tolerance=None):
     """(analysis, notes): the given one when it lists the client's connection, else the first local pcap's analysis
     focused on the client port that does (the capture host lists only connections with keepalive activity)."""
     notes = []
-    if _prober_of(analysis, client_port)[0] is not None:
+    if client_connection(analysis, client_port)[0] is not None:
         return analysis, notes
     for pcap in pcaps:
         try:
@@ -218,7 +214,7 @@ def find_connection(analysis, client_port, pcaps, expect=None, tolerance=None):
         except PcapError as exc:
             notes.append(MSG_LOCAL_FAILED % (pcap, exc))
             continue
-        if _prober_of(local, client_port)[0] is not None:
+        if client_connection(local, client_port)[0] is not None:
             notes.append(MSG_LOCAL_ANALYSIS % (client_port, os.path.basename(pcap)))
             return local, notes
         if not analysis:
@@ -228,15 +224,13 @@ def find_connection(analysis, client_port, pcaps, expect=None, tolerance=None):
 
 def observe(analysis, client_port):
     """The observed part of report.json."""
-    conn, prober = _prober_of(analysis, client_port)
+    conn, prober, client_end = client_connection(analysis, client_port)
     probes = (prober or {}).get('probes') or []
     unanswered_n = (prober or {}).get('final_unanswered') or 0
     final = probes[len(probes) - unanswered_n:] if unanswered_n else []
     spacing = [round(b['time'] - a['time'], 3) for a, b in zip(final, final[1:])]
-    client_end = end = rst_info = None
+    end = rst_info = None
     if conn is not None:
-        client_end = (prober or {}).get('endpoint') or next(
-            (str(e) for e in conn.get('endpoints') or [] if str(e).endswith(':%d' % client_port)), '')
         end = connection_end(conn, client_end)
         if end is not None:
             end['connection'] = conn.get('name')
@@ -270,7 +264,7 @@ def observe(analysis, client_port):
     }
 
 
-def judge(settings, expect, observed, client, idle_probes, tolerance, error=None):
+def judge(expect, observed, client, idle_probes, tolerance, error=None):
     """Verdict and reasons of an experiment."""
     reasons = []
     if error:
@@ -288,20 +282,20 @@ def judge(settings, expect, observed, client, idle_probes, tolerance, error=None
     if observed['unanswered_probes'] != expect['probes']:
         reasons.append('the client sent %d unanswered probes, expected %d'
                        % (observed['unanswered_probes'], expect['probes']))
-    allowed = tolerance.get('seconds', 0.25) + expect['intvl'] * tolerance.get('percent', 10) / 100.0
+    margin = allowed(expect['intvl'], tolerance)
     for index, gap in enumerate(observed['probe_interval_s'], start=2):
-        if abs(gap - expect['intvl']) > allowed:
+        if abs(gap - expect['intvl']) > margin:
             reasons.append('unanswered probe %d came %.3f s after the previous one, expected %d s +- %.2f s'
-                           % (index, gap, expect['intvl'], allowed))
+                           % (index, gap, expect['intvl'], margin))
     rst = observed['rst']
     if not rst:
         reasons.append('no RST was seen')
     else:
         if rst['from'] != 'client':
             reasons.append('the RST came from the %s, expected the client' % rst['from'])
-        if rst.get('after_last_probe_s') is not None and abs(rst['after_last_probe_s'] - expect['intvl']) > allowed:
+        if rst.get('after_last_probe_s') is not None and abs(rst['after_last_probe_s'] - expect['intvl']) > margin:
             reasons.append('the RST came %.3f s after the last probe, expected %d s +- %.2f s'
-                           % (rst['after_last_probe_s'], expect['intvl'], allowed))
+                           % (rst['after_last_probe_s'], expect['intvl'], margin))
     if client.get('errno') != 'ETIMEDOUT':
         reasons.append('the client ended with %s, expected ETIMEDOUT' % (client.get('errno') or client.get('state')))
     for reason in observed.get('analysis_reasons') or []:
@@ -434,21 +428,16 @@ def picture(pcap, report, lines, client_port, capture_start=None, connection_sta
         import matplotlib.pyplot as plt
     except ImportError:
         raise ReportError(MSG_NO_MATPLOTLIB)
-    points = _packets(pcap, client_port) if pcap else []
+    points = packets_of(pcap, client_port) if pcap else []
     base = connection_start + (capture_start or (points[0][0] if points else 0.0))
     fig, ax = plt.subplots(figsize=(10, 3.6), dpi=110)
-    styles = {'probe': ('o', '#d62728', 'keepalive probe'), 'ack': ('s', '#2ca02c', 'ACK (answer)'),
-              'rst': ('X', '#000000', 'RST'), 'other': ('.', '#7f7f7f', 'other segment')}
-    start = capture_start or (points[0][0] if points else 0.0)
-    probe_times = [p['time'] for p in report['observed'].get('probes') or []]
     seen = set()
     for t, direction, kind in points:
-        if kind == 'probe' and not any(abs((t - start) - pt) < 0.0005 for pt in probe_times):
-            kind = 'ack' if direction == 0 else 'other'
-        marker, color, label = styles[kind]
-        ax.scatter([t - base], [direction], marker=marker, color=color, s=60 if kind != 'other' else 25,
-                   label=None if kind in seen else label, zorder=3)
-        seen.add(kind)
+        style = STYLE_OF.get(kind, 'other')
+        marker, color, label = STYLES[style]
+        ax.scatter([t - base], [direction], marker=marker, color=color, s=60 if style != 'other' else 25,
+                   label=None if style in seen else label, zorder=3)
+        seen.add(style)
     for t, who, what in lines:
         if what.startswith('DROP'):
             ax.axvline(t, color='#ff7f0e', linestyle='--', label='DROP')
@@ -475,38 +464,18 @@ def picture(pcap, report, lines, client_port, capture_start=None, connection_sta
     return out.getvalue()
 
 
-def _packets(pcap, client_port):
-    """(time, direction, kind) of every TCP segment of the client's port in a pcap (scapy: tiny files)."""
+def packets_of(pcap, client_port):
+    """(time since the epoch, direction (1: from the client), kind) of every segment of the client's connection in a
+    pcap, as the analyser classifies them (keepalive, keepalive_ack, answer, rst, ...); [] when it cannot be read."""
     try:
-        from scapy.layers.inet import TCP  # pylint: disable=import-error
-        from scapy.utils import PcapReader  # pylint: disable=import-error
-    except ImportError:
+        local = analyse(pcap, connection={'port': client_port}, packets=True)
+    except PcapError:
         return []
-    points = []
-    try:
-        reader = PcapReader(pcap)
-    except Exception:  # pylint: disable=broad-except
+    conn, _prober, client = client_connection(local, client_port)
+    if conn is None:
         return []
-    with reader:
-        for pkt in reader:
-            if TCP not in pkt:
-                continue
-            tcp = pkt[TCP]
-            if client_port not in (tcp.sport, tcp.dport):
-                continue
-            direction = 1 if tcp.sport == client_port else 0
-            flags = int(tcp.flags)
-            payload = len(bytes(tcp.payload))
-            if flags & 0x04:
-                kind = 'rst'
-            elif direction == 1 and payload <= 1 and not flags & 0x03:
-                kind = 'probe'
-            elif payload == 0:
-                kind = 'ack'
-            else:
-                kind = 'other'
-            points.append((float(pkt.time), direction, kind))
-    return points
+    from_client = [1 if endpoint == client else 0 for endpoint in conn['endpoints']]
+    return [(local['start'] + t, from_client[who], kind) for t, who, kind in conn.get('packets') or []]
 
 
 def write_experiment(dest, data):
@@ -522,8 +491,7 @@ def write_experiment(dest, data):
     analysis, analysis_notes = find_connection(data['analysis'], client_port, pcaps, expect, data['tolerance'])
     observed = observe(analysis, client_port)
     client = data['client']
-    verdict, reasons = judge(data['settings'], expect, observed, client, data['idle_probes'], data['tolerance'],
-                             data['error'])
+    verdict, reasons = judge(expect, observed, client, data['idle_probes'], data['tolerance'], data['error'])
     report = {
         'run_id': data['run_id'],
         'verdict': verdict,

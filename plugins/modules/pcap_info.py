@@ -2,13 +2,14 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
 DOCUMENTATION = r'''
 module: pcap_info
 short_description: TCP keepalive analysis of a pcap or pcapng capture, classified like Wireshark
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Reads a capture file on the target and finds every TCP Keep-Alive and Keep-Alive ACK with Wireshark's
     rules (the frames are the same as those of C(tshark -Y tcp.analysis.keep_alive) and

@@ -2,18 +2,20 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 
 from __future__ import annotations
 
 DOCUMENTATION = r'''
 module: report
 short_description: Render the report of a keepalive experiment (run it on the controller)
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Judges a keepalive experiment and writes its report into O(dest) - C(report.json) (verdict,
     reasons, settings, observed probes and RST, the client's outcome), C(report.md) with an annotated
     timeline in the style of the walk-through's tcpdump output, and C(timeline.png), a picture of the
-    packets over time by direction with the DROP and the RST marked.
+    packets over time by direction with the DROP and the RST marked. The probes, their answers and the RST are
+    drawn as the analyser classified them (the same classification the verdict uses).
   - The C(tcplab.keepalive.experiment) role runs it on the controller (delegated to C(localhost)); the pcaps it
     names must be local regular files (fetch them first) - a FIFO, a directory or a device is refused before it is
     opened, a missing one is noted in the report.
@@ -40,17 +42,77 @@ options:
     required: true
   data:
     description:
-      - What the experiment saw. Required keys - C(run_id) (a string), C(settings) and C(expected) (dicts with
-        C(time), C(intvl) and C(probes), integers >= 1), C(client_port) (1..65535).
-      - Optional keys - C(governs), C(client_kind), C(server_kind), C(capture_backend) (strings), C(hosts) (C(client), C(server),
-        C(loopback)), C(idle_probes) (integer >= 0), C(tolerance) (C(seconds) 0..32767, C(percent) 0..100),
-        C(analysis) (the C(tcplab.keepalive.capture) analysis), C(client) (the C(tcplab.keepalive.endpoint)
-        outcome), C(drop_at) (seconds since the epoch), C(pcaps) (local paths), C(error), C(cleanup_errors),
-        C(notes). Integers may be given as integer strings; any other key is refused.
+      - What the experiment saw. O(data.run_id), O(data.settings), O(data.expected) and O(data.client_port) must be
+        given (the report fails naming the missing one); any other key is refused.
+      - Integers may be given as integer strings (templates deliver either).
     type: dict
     required: true
+    suboptions:
+      run_id:
+        description: The run id of the experiment. Required.
+        type: str
+      settings:
+        description: The keepalive sysctls the experiment set - C(time), C(intvl) and C(probes), integers >= 1. Required.
+        type: dict
+      expected:
+        description: The settings the probes are judged against - C(time), C(intvl) and C(probes), integers >= 1. Required.
+        type: dict
+      client_port:
+        description: The keepalive client's local port, 1..65535. Required.
+        type: int
+      governs:
+        description: What governs the client's keepalive (the sysctls, or per-socket options), in words.
+        type: str
+      client_kind:
+        description: The kind of keepalive client (for example V(python) or V(curl)).
+        type: str
+      server_kind:
+        description: The kind of server.
+        type: str
+      capture_backend:
+        description: The program that captured the packets (for example V(tcpdump)).
+        type: str
+      hosts:
+        description: Where the experiment ran - C(client), C(server), C(loopback) (a boolean) and C(address).
+        type: dict
+      idle_probes:
+        description: Answered probes expected before the DROP, an integer >= 0.
+        type: int
+        default: 0
+      tolerance:
+        description: How far a measured interval may be from the expected one - C(seconds) (0..32767, default 0.25)
+          plus C(percent) of the expected value (0..100, default 10).
+        type: dict
+      analysis:
+        description: The analysis of the capture (the C(analysis) the C(tcplab.keepalive.capture) module returns when it
+          stops, or a C(tcplab.keepalive.pcap_info) result).
+        type: dict
+      client:
+        description: The outcome of the keepalive client (the C(outcome) of C(tcplab.keepalive.endpoint)) - C(state),
+          C(errno), C(exit_code), C(error), C(seconds).
+        type: dict
+      drop_at:
+        description: When the DROP rule was inserted, in seconds since the epoch (null, V(None) or an empty string for
+          none).
+        type: raw
+      pcaps:
+        description: Local paths of the captures (fetched from the capture hosts); the first one is drawn in
+          C(timeline.png). A missing one is noted in the report; a FIFO, a directory or a device is refused.
+        type: list
+        elements: str
+      error:
+        description: Why the experiment did not complete, if it did not.
+        type: str
+      cleanup_errors:
+        description: What could not be cleaned up after the experiment.
+        type: list
+        elements: str
+      notes:
+        description: Remarks to add to the report.
+        type: list
+        elements: str
 requirements:
-  - matplotlib and scapy on the controller (for C(timeline.png))
+  - matplotlib on the controller (for C(timeline.png))
 '''
 
 EXAMPLES = r'''
@@ -112,7 +174,26 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             dest=dict(type='path', required=True),
-            data=dict(type='dict', required=True),
+            data=dict(type='dict', required=True, options=dict(
+                run_id=dict(type='str'),
+                settings=dict(type='dict'),
+                expected=dict(type='dict'),
+                client_port=dict(type='int'),
+                governs=dict(type='str'),
+                client_kind=dict(type='str'),
+                server_kind=dict(type='str'),
+                capture_backend=dict(type='str'),
+                hosts=dict(type='dict'),
+                idle_probes=dict(type='int', default=0),
+                tolerance=dict(type='dict'),
+                analysis=dict(type='dict'),
+                client=dict(type='dict'),
+                drop_at=dict(type='raw'),
+                pcaps=dict(type='list', elements='str'),
+                error=dict(type='str'),
+                cleanup_errors=dict(type='list', elements='str'),
+                notes=dict(type='list', elements='str'),
+            )),
         ),
         supports_check_mode=False,
     )

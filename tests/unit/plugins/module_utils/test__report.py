@@ -1,3 +1,6 @@
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 # Unit tests of the experiment verdict and report rendering, over an analysis
 # shaped like tcplab.keepalive.capture's (pure functions, no kernel needed);
 # the input checks (nothing written on bad input), pcaps that are FIFOs, and
@@ -54,7 +57,7 @@ def test_pass():
     assert observed['unanswered_probes'] == 3
     assert observed['probe_interval_s'] == [1.01, 1.01]
     assert observed['rst']['from'] == 'client'
-    verdict, reasons = judge(EXPECT, EXPECT, observed, CLIENT_OK, 2, TOL)
+    verdict, reasons = judge(EXPECT, observed, CLIENT_OK, 2, TOL)
     assert (verdict, reasons) == ('pass', [])
 
 
@@ -67,12 +70,12 @@ def test_pass():
     ({}, {'state': 'closed', 'errno': None}, 'the client ended with closed, expected ETIMEDOUT'),
 ])
 def test_fail_reasons(kw, client, reason):
-    verdict, reasons = judge(EXPECT, EXPECT, observe(analysis(**kw), 22345), client, 2, TOL)
+    verdict, reasons = judge(EXPECT, observe(analysis(**kw), 22345), client, 2, TOL)
     assert verdict == 'fail' and reason in reasons
 
 
 def test_no_connection():
-    verdict, reasons = judge(EXPECT, EXPECT, observe({}, 22345), {}, 1, TOL, error='capture failed')
+    verdict, reasons = judge(EXPECT, observe({}, 22345), {}, 1, TOL, error='capture failed')
     assert verdict == 'fail'
     assert reasons[0] == 'the experiment did not complete: capture failed'
     assert 'no RST was seen' in reasons
@@ -238,6 +241,6 @@ def test_the_report_says_how_the_connection_ended(tmp_path):
 
 def test_no_analysis_is_not_called_an_empty_capture():
     observed = observe({}, 22345)
-    verdict, reasons = judge(EXPECT, EXPECT, observed, {}, 1, TOL)
+    verdict, reasons = judge(EXPECT, observed, {}, 1, TOL)
     assert _report.MSG_NO_ANALYSIS in reasons
     assert not any('holds no connection' in reason for reason in reasons)

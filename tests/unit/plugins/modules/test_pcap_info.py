@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The pcap_info module run for real: `ansible localhost -m tcplab.keepalive.pcap_info` with the json stdout
 callback, over a capture generated with scapy, plus the errors of a missing file, a FIFO and values out of range,
 and a wait retried until a condition holds (as the experiment role does) that ends with the reason, never with

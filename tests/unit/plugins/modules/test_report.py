@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The report module run for real (`ansible localhost -m tcplab.keepalive.report`) on bad input: a FIFO among the
 pcaps, a missing key, a dest that is a file. Each fails at once with a message that names the fix, and leaves
 nothing behind."""
