@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Golden-input tests of the keepalive analyser (plugins/module_utils/_pcap.py).
 
 Every capture is generated here: the IP/TCP packets (and link-layer headers)

@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The analyser facing bad paths, corrupt files and connections that end early (issue 10, items 9, 10 and 18).
 
 - Paths that are not regular files (a FIFO, a socket, a device, a directory, a symlink to a FIFO) are refused

@@ -1,5 +1,6 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Agreement of the keepalive analyser with tshark, frame for frame.
 
 For every capture test__pcap.py generates (every scenario, every link type,

@@ -1,3 +1,6 @@
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 # Unit tests of pcap_info's wait_for: the condition logic over analysis
 # results, and the timing loop with a fake clock (no real waiting); an early
 # end (FIN, RST) over a generated capture, and over a real one: a server
