@@ -389,8 +389,8 @@ class Scan:
             nxt = f.nxt
             if r.maxs > r.nxt and flags & 16:
                 _maxs_acked(r, ack)
-            if seq == nxt and not flags & 7 and (seglen > 1 or not seglen and r.lfl != KA):   # in order: the common case
-                kind = 0
+            if seq == nxt and seglen != 1 and not flags & 7:   # in order (or the ACK of a Keep-Alive): the common case
+                kind = KAACK if not seglen and r.lfl == KA and win and win == f.win and ack == f.lack else 0
                 if seglen:   # data: the next expected seq moves on, one more unacked segment
                     nseq = seq + seglen if seq + seglen <= M32 else seq + seglen - 0x100000000
                     if len(f.unacked) < MAX_UNACKED:
@@ -398,6 +398,12 @@ class Scan:
                     f.nxt = nseq
                 if seq == f.maxs or not f.maxs:
                     f.maxs = f.nxt
+            elif seq + 1 == nxt and seglen < 2 and not flags & 7:   # segment()'s Keep-Alive, inline (many in some captures)
+                kind = KA
+                if seglen and len(f.unacked) < MAX_UNACKED:   # its one byte: unacked, ends at nxt, which stays
+                    f.unacked.append(nxt)
+                if seq == f.maxs or not f.maxs:
+                    f.maxs = nxt
             else:
                 kind = segment(f, r, seq, ack, flags, win, seglen, nxt)
             f.lfl, f.win, f.lack = kind, win, ack
