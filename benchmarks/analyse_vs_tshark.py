@@ -282,8 +282,9 @@ def run_tshark(tshark, path):
 CASES = {
     # name: (generator of one connection, connections interleaved at a time, what it is)
     'mixed': (conversation, 400, 'handshakes, data, retransmissions, some keepalives, zero-window probes, FINs'),
-    'keepalive': (keepalive_conversation, 400, 'keepalive-heavy: about a third of the frames are probes and their '
-                                                'ACKs, 40 % of the connections end in a RST after unanswered probes'),
+    'keepalive': (keepalive_conversation, 400,
+                  'keepalive-heavy: about a third of the frames are probes and their ACKs, '
+                  '40 % of the connections end in a RST after unanswered probes'),
 }
 
 
