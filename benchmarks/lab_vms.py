@@ -100,6 +100,12 @@ def main():
             print('  %s (%s): boot to ssh %s s under %s (goal <= 25 s)' % (
                 name, entry.get('release'), entry.get('boot_seconds'), entry.get('accel')))
         lab(VM_LAB, [], state='absent')
+        alone = lab(VM_LAB, [{'name': 'alone', 'kind': 'vm', 'release': args.release}])[0]
+        with open(os.path.join(VM_LAB['lab_state_dir'], 'lab.json')) as handle:
+            entry = json.load(handle).get('vms', {}).get('alone', {})
+        print('one VM (%s) alone: boot to ssh %s s under %s, lab present %.1f s (goal <= 25 s)' % (
+            args.release, entry.get('boot_seconds'), entry.get('accel'), alone))
+        lab(VM_LAB, [], state='absent')
         lab(VM_LAB, [{'name': 'client', 'kind': 'vm', 'release': 'bookworm'},
                      {'name': 'server', 'kind': 'vm', 'release': 'bookworm'}])
         lab(NS_LAB, ['client', 'server'])
