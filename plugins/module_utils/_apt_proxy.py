@@ -26,10 +26,9 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import time
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
+from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write, port_open
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, pids, starttime, wait_gone
 
 DEFAULT_PORT = 3142
@@ -73,14 +72,6 @@ def render_config(dirs, address, port, upstream_proxy=None):
     if upstream_proxy:
         lines.append('Proxy: %s' % upstream_proxy)
     return '\n'.join(lines) + '\n'
-
-
-def port_open(address, port, timeout=0.5):
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def not_searchable(path, uid):

@@ -11,6 +11,7 @@ and must not be used from outside tcplab.keepalive.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 
 # Every external command runs with the C locale so that its messages (which
@@ -126,3 +127,12 @@ def file_kind(mode):
         if test(mode):
             return name
     return 'a special file'
+
+
+def port_open(address, port, timeout=0.5):
+    """Whether a TCP connection to address:port is accepted within timeout seconds (and closed at once)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

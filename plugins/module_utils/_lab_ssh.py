@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
+from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write, port_open
 from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import Process
 from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import terminate as stop_processes
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_manifest import (
@@ -272,19 +271,11 @@ class LabSsh:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             pid = self._sshd_pid(host_dir, host['netns_path'])
-            if pid and self._port_open(host['address'], 22):
+            if pid and port_open(host['address'], 22):
                 return pid
             time.sleep(0.05)
         raise LabError('sshd of lab host %s did not start listening on %s:22 within 10 s; '
                        'see %s and the system log' % (host['name'], host['address'], config))
-
-    @staticmethod
-    def _port_open(address, port):
-        try:
-            with socket.create_connection((address, port), timeout=0.5):
-                return True
-        except OSError:
-            return False
 
     def _stop_sshd(self, directory):
         """Stop the sshds started with a configuration in the lab's own directory."""

@@ -21,10 +21,10 @@ import re
 import shlex
 import time
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError
+from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, port_open
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import starttime
 from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_base import VmError, console_tail, read_text
-from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_qemu import KVM_DEVICE, kvm_usable, port_open, qemu_argv
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_qemu import KVM_DEVICE, kvm_usable, qemu_argv
 
 ACCELS = ('auto', 'kvm', 'tcg')
 LOGIN_USER = 'tcplab'

@@ -94,14 +94,6 @@ def _qmp_reply(stream, greeting=False):
             return message['return']
 
 
-def port_open(address, port, timeout=0.5):
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def find_orphans(lab_id, candidates=None, read=cmdline):
     """Pids of QEMU processes whose -name marks them as VMs of lab_id (for an audit after a crash)."""
     prefix = '%s:%s:' % (MARKER_PREFIX, lab_id)

@@ -56,3 +56,14 @@ def test_file_kind_names_what_a_path_is(tmp_path):
     assert file_kind(os.lstat(str(fifo)).st_mode) == 'a FIFO (named pipe)'
     assert file_kind(os.lstat(str(tmp_path / 'link')).st_mode) == 'a symbolic link'
     assert file_kind(os.lstat('/dev/null').st_mode) == 'a character device'
+
+
+def test_port_open_sees_a_listener_and_not_a_closed_port():
+    import socket
+    from ansible_collections.tcplab.keepalive.plugins.module_utils._common import port_open
+    with socket.socket() as listener:
+        listener.bind(('127.0.0.1', 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        assert port_open('127.0.0.1', port)
+    assert not port_open('127.0.0.1', port)
