@@ -13,11 +13,13 @@ and must not be used from outside tcplab.keepalive.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import time
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape as xml_escape
@@ -26,6 +28,12 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._common import at
 
 SEVERITIES = ('error', 'warning', 'info')
 FILES = ('audit.json', 'audit.csv', 'audit.junit.xml', 'audit.html')
+# written next to FILES: the metrics (Prometheus text format) and the slice file a merge reads
+PROM_FILE = 'audit.prom'
+SLICE_FILE = 'audit.slice.json'
+SLICE_FORMAT = 'tcplab.keepalive.audit-slice/1'
+# the collection's version (galaxy.yml; a unit test keeps them equal), recorded in each slice file
+COLLECTION_VERSION = '0.1.0'
 # histogram bins of the detection time (seconds): edges chosen around the usual idle timeouts
 BIN_EDGES = (0, 60, 120, 240, 350, 600, 1200, 3600, 7200, 7876)
 CSV_COLUMNS = ('host', 'status', 'namespace', 'kind', 'time', 'intvl', 'probes', 'detection_seconds',
@@ -181,32 +189,17 @@ def host_entry(result, reachable=True):
             'notes': result.get('notes') or []}
 
 
-def aggregate(hosts, reachable, results, remediation=None, policy=None, generated_at=None):
-    """audit.json content: one pass over the hosts.
+def _empty_summary():
+    return {'hosts': 0, 'compliant': 0, 'noncompliant': 0, 'unreachable': 0, 'failed': 0, 'namespaces': 0,
+            'findings': dict((sev, 0) for sev in SEVERITIES), 'findings_by_id': {}}
 
-    hosts: every host of the play (ansible_play_hosts_all); reachable: those
-    still in the play (ansible_play_hosts); results: host -> registered audit
-    result; remediation: host -> what remediation did. A host without a
-    result is reported as unreachable (not in reachable) or failed; no host is
-    ever dropped.
-    """
-    check_input(hosts, reachable, results, remediation)
-    reachable = set(reachable or [])
-    results = results or {}
-    remediation = remediation or {}
-    out_hosts = {}
-    summary = {'hosts': 0, 'compliant': 0, 'noncompliant': 0, 'unreachable': 0, 'failed': 0, 'namespaces': 0,
-               'findings': dict((sev, 0) for sev in SEVERITIES), 'findings_by_id': {}}
+
+def summarize(out_hosts):
+    """The summary of audit.json from its host entries (one pass): a single run and a merge of
+    slices compute it the same way."""
+    summary = _empty_summary()
     detections = []
-    for name in hosts:
-        if name in out_hosts:
-            continue
-        entry = host_entry(results.get(name), name in reachable)
-        if name in remediation and remediation[name]:
-            entry['remediation'] = remediation[name]
-        if policy is None and entry['status'] == 'ok' and isinstance(results.get(name), dict):
-            policy = results[name].get('policy')
-        out_hosts[name] = entry
+    for entry in out_hosts.values():
         summary['hosts'] += 1
         if entry['status'] == 'unreachable':
             summary['unreachable'] += 1
@@ -230,8 +223,68 @@ def aggregate(hosts, reachable, results, remediation=None, policy=None, generate
         'max': detections[-1] if detections else None,
         'median': detections[len(detections) // 2] if detections else None,
     }
-    return {'generated_at': generated_at or time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-            'policy': policy, 'summary': summary, 'hosts': out_hosts}
+    return summary
+
+
+def now_utc():
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+
+
+def aggregate(hosts, reachable, results, remediation=None, policy=None, generated_at=None):
+    """audit.json content: one pass over the hosts.
+
+    hosts: every host of the play (ansible_play_hosts_all); reachable: those
+    still in the play (ansible_play_hosts); results: host -> registered audit
+    result; remediation: host -> what remediation did. A host without a
+    result is reported as unreachable (not in reachable) or failed; no host is
+    ever dropped.
+    """
+    check_input(hosts, reachable, results, remediation)
+    reachable = set(reachable or [])
+    results = results or {}
+    remediation = remediation or {}
+    out_hosts = {}
+    for name in hosts:
+        if name in out_hosts:
+            continue
+        entry = host_entry(results.get(name), name in reachable)
+        if name in remediation and remediation[name]:
+            entry['remediation'] = remediation[name]
+        if policy is None and entry['status'] == 'ok' and isinstance(results.get(name), dict):
+            policy = results[name].get('policy')
+        out_hosts[name] = entry
+    return {'generated_at': generated_at or now_utc(), 'policy': policy, 'summary': summarize(out_hosts),
+            'hosts': out_hosts}
+
+
+# -- the slice file: one run's report in a form a later merge can check and combine ------
+
+def policy_hash(policy):
+    """sha256 of the policy as canonical JSON (sorted keys, no spaces): equal policies, equal hashes."""
+    text = json.dumps(policy if policy is not None else {}, sort_keys=True, separators=(',', ':'))
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
+def default_slice_id(generated_at):
+    return '%s-%d-%s' % (socket.gethostname(), os.getpid(), generated_at)
+
+
+def slice_document(report, requested_policy=None, slice_id=None, merged_from=None):
+    """audit.slice.json: the report's hosts and policy, with what a merge checks - the policy the run
+    was asked for (and its hash), the collection version and the slice's identity."""
+    requested = requested_policy if requested_policy is not None else {}
+    doc = {'format': SLICE_FORMAT, 'collection_version': COLLECTION_VERSION,
+           'slice': {'id': slice_id or default_slice_id(report['generated_at']),
+                     'generated_at': report['generated_at'], 'hosts': len(report['hosts'])},
+           'requested_policy': requested, 'policy_hash': policy_hash(requested),
+           'generated_at': report['generated_at'], 'policy': report['policy'], 'hosts': report['hosts']}
+    if merged_from is not None:
+        doc['slice']['merged_from'] = merged_from
+    return doc
+
+
+def render_slice(doc):
+    return json.dumps(doc, indent=1, sort_keys=True) + '\n'
 
 
 def rows(report):
@@ -508,8 +561,9 @@ def _unchanged(path, text):
         return False
 
 
-def write_reports(dest, report):
-    """Write the four files; returns the names whose content changed.
+def write_reports(dest, report, extra=None):
+    """Write the four files (and extra: name -> text, rendered by the caller); returns the names
+    whose content changed.
 
     Everything is rendered before the first byte is written. The new files are
     written next to the old ones first and renamed into place only when all
@@ -517,6 +571,7 @@ def write_reports(dest, report):
     directory this call created.
     """
     texts = render_all(report)
+    texts.update(extra or {})
     created = _make_dest(dest)
     staged = []
     try:

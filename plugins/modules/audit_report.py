@@ -21,6 +21,11 @@ description:
     spreadsheet would read as a formula (starting with C(=), C(+), C(-), C(@), tab or carriage return) get a
     leading C('), the numeric columns stay numbers; the HTML page escapes it; the JUnit XML stays
     well-formed (characters XML cannot carry become U+FFFD).
+  - Next to them it writes C(audit.prom) (the metrics in Prometheus' text exposition format - series
+    labelled C(host) and C(namespace) - for node_exporter's textfile collector or any scraper) and
+    C(audit.slice.json) (the hosts, the policy asked for and its hash, the collection version and the
+    run's identity O(slice_id)), which M(tcplab.keepalive.audit_merge) merges with the slice files of
+    other runs over other hosts (AWX job slicing).
   - The C(tcplab.keepalive.audit) role runs it once, delegated to C(localhost).
 author: tcplab.keepalive developers (@tcplab)
 extends_documentation_fragment:
@@ -68,6 +73,28 @@ options:
     type: str
     choices: [none, warning, error]
     default: none
+  policy:
+    version_added: 0.2.0
+    description:
+      - The policy the audit was asked for (the O(tcplab.keepalive.audit#module:policy) option, as given).
+      - Recorded in C(audit.slice.json) with its hash; M(tcplab.keepalive.audit_merge) merges only
+        slices with the same hash.
+    type: dict
+    default: {}
+  slice_id:
+    version_added: 0.2.0
+    description:
+      - The identity of this run in C(audit.slice.json), for example AWX's C(awx_job_id).
+      - Empty - the controller's host name, the process id and the time.
+    type: str
+    default: ''
+  host_metrics:
+    version_added: 0.2.0
+    description:
+      - Also return RV(host_metrics), each host's own metrics (to write on that host for node_exporter's
+        textfile collector).
+    type: bool
+    default: false
 '''
 
 EXAMPLES = r'''
@@ -77,6 +104,17 @@ EXAMPLES = r'''
     hosts: "{{ ansible_play_hosts_all }}"
     reachable: "{{ ansible_play_hosts }}"
     results: "{{ dict(ansible_play_hosts_all | zip(ansible_play_hosts_all | map('extract', hostvars, 'audit_result'))) }}"
+  run_once: true
+  delegate_to: localhost
+
+- name: Write the report of one slice of an AWX sliced job (merged later by tcplab.keepalive.audit_merge)
+  tcplab.keepalive.audit_report:
+    dest: "/srv/audit/{{ awx_workflow_job_id }}/{{ awx_job_id }}"
+    hosts: "{{ ansible_play_hosts_all }}"
+    reachable: "{{ ansible_play_hosts }}"
+    results: "{{ dict(ansible_play_hosts_all | zip(ansible_play_hosts_all | map('extract', hostvars, 'audit_result'))) }}"
+    policy: {preset: azure-lb}
+    slice_id: "{{ awx_job_id }}"
   run_once: true
   delegate_to: localhost
 '''
@@ -128,14 +166,36 @@ files:
   returned: success
   type: list
   elements: str
+prom:
+  version_added: 0.2.0
+  description: The path of C(audit.prom), the metrics in Prometheus' text exposition format.
+  returned: success
+  type: str
+slice_file:
+  version_added: 0.2.0
+  description: The path of C(audit.slice.json), what M(tcplab.keepalive.audit_merge) reads.
+  returned: success
+  type: str
+slice_id:
+  version_added: 0.2.0
+  description: The identity of this run in the slice file.
+  returned: success
+  type: str
+host_metrics:
+  version_added: 0.2.0
+  description: Inventory hostname to the text of that host's own C(.prom) file.
+  returned: when O(host_metrics=true)
+  type: dict
 '''
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.tcplab.keepalive.plugins.module_utils._audit_prom import host_metrics, render_prom
 from ansible_collections.tcplab.keepalive.plugins.module_utils._audit_report import (
-    FILES, MSG_WRITE, ReportError, aggregate, should_fail, summary_lines, write_reports)
+    FILES, MSG_WRITE, PROM_FILE, SLICE_FILE, ReportError, aggregate, render_slice, should_fail, slice_document,
+    summary_lines, write_reports)
 
 
 def main():
@@ -147,19 +207,26 @@ def main():
             results=dict(type='dict', default={}),
             remediation=dict(type='dict', default={}),
             fail_on=dict(type='str', choices=['none', 'warning', 'error'], default='none'),
+            policy=dict(type='dict', default={}),
+            slice_id=dict(type='str', default=''),
+            host_metrics=dict(type='bool', default=False),
         ),
         supports_check_mode=False,
     )
     p = module.params
     try:
         report = aggregate(p['hosts'], p['reachable'], p['results'], p['remediation'])
-        changed = write_reports(p['dest'], report)
+        doc = slice_document(report, p['policy'], p['slice_id'] or None)
+        changed = write_reports(p['dest'], report, {PROM_FILE: render_prom(report), SLICE_FILE: render_slice(doc)})
     except ReportError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=MSG_WRITE % (p['dest'], exc))
+    extra = {'host_metrics': host_metrics(report)} if p['host_metrics'] else {}
     module.exit_json(changed=bool(changed), summary=report['summary'], lines=summary_lines(report),
-                     fail=should_fail(report, p['fail_on']), files=[os.path.join(p['dest'], name) for name in FILES])
+                     fail=should_fail(report, p['fail_on']), files=[os.path.join(p['dest'], name) for name in FILES],
+                     prom=os.path.join(p['dest'], PROM_FILE), slice_file=os.path.join(p['dest'], SLICE_FILE),
+                     slice_id=doc['slice']['id'], **extra)
 
 
 if __name__ == '__main__':
