@@ -8,7 +8,9 @@ findings.
 
 Everything here only reads. Another network namespace is read by a forked
 child that enters it with setns(2) and sends its readings back as JSON over a
-pipe (_netns.run_in); the parent process never leaves its own namespace.
+pipe (_netns.run_in); the parent process never leaves its own namespace. The
+exact keepalive settings of each connection are read from the sockets
+themselves (pidfd_getfd) in _audit_sockets.
 
 This file is private to the collection: its names may change at any time
 and must not be used from outside tcplab.keepalive.
@@ -20,10 +22,12 @@ import fnmatch
 import heapq
 import os
 import re
-import socket
-import struct
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _netns
+# the connection readers live in _audit_sockets; these names stay importable from here
+from ansible_collections.tcplab.keepalive.plugins.module_utils._audit_sockets import (  # noqa: F401 pylint: disable=unused-import
+    F_CONNECTION, F_KEEPALIVE_OFF, F_OVERRIDE, MSG_F_OVERRIDE, TCP_LISTEN, connection_findings, decode_address,
+    override_message, read_connections, socket_holders)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import (  # noqa: F401 pylint: disable=unused-import
     BOUNDS, IDLE_TIMEOUTS, KERNEL_DEFAULTS, KEYS, PROC_SYS, SYSCTL, detection_seconds, format_values)
 # the namespace helpers live in _netns; these names stay importable from here
@@ -31,8 +35,8 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import (  
     NETNS_DIR, NetnsError, boot_netns, setns as _setns)
 
 # A load balancer preset requires the dead-peer detection time (time + intvl * probes) to be strictly
-# below the idle timeout, i.e. max_detection_seconds = timeout - 1.
-PRESET_IDLE_TIMEOUTS = {name: IDLE_TIMEOUTS[name]['seconds'] for name in ('azure-lb', 'aws-nlb', 'gcp-vpc')}
+# below the idle timeout, i.e. max_detection_seconds = timeout - 1; one preset per known idle timeout.
+PRESET_IDLE_TIMEOUTS = {name: timeout['seconds'] for name, timeout in IDLE_TIMEOUTS.items()}
 PRESETS = dict(
     (name, {'max_detection_seconds': timeout - 1}) for name, timeout in PRESET_IDLE_TIMEOUTS.items())
 PRESETS['kernel-default'] = {key: {'min': KERNEL_DEFAULTS[key], 'max': KERNEL_DEFAULTS[key]} for key in KEYS}
@@ -48,16 +52,19 @@ F_MIN = 'KA001'
 F_MAX = 'KA002'
 F_DETECTION = 'KA003'
 F_DRIFT = 'KA004'
-F_OVERRIDE = 'KA005'
 F_UNREADABLE = 'KA006'
 F_UNSATISFIABLE = 'KA007'
 F_PARSE = 'KA008'
+# KA005 F_OVERRIDE, KA009 F_CONNECTION and KA010 F_KEEPALIVE_OFF come from _audit_sockets
 FINDING_SEVERITY = {
-    F_MIN: 'error', F_MAX: 'error', F_DETECTION: 'error', F_UNSATISFIABLE: 'error',
+    F_MIN: 'error', F_MAX: 'error', F_DETECTION: 'error', F_UNSATISFIABLE: 'error', F_CONNECTION: 'error',
     F_DRIFT: 'warning', F_OVERRIDE: 'warning', F_UNREADABLE: 'warning',
     F_PARSE: 'info',
+    # the policy's accepted_without_keepalive decides: warning or info (the default)
+    F_KEEPALIVE_OFF: 'info',
 }
 SEVERITIES = ('error', 'warning', 'info')
+KEEPALIVE_OFF_SEVERITIES = ('warning', 'info')
 
 MSG_POLICY_TYPE = 'policy must be a mapping with keys %s, got %r'
 MSG_POLICY_KEY = 'policy has an unknown key %r: use %s'
@@ -67,6 +74,7 @@ MSG_RANGE_KEY = 'policy %s has an unknown key %r: use min and max'
 MSG_RANGE_VALUE = 'policy %s.%s must be an integer %d..%d, got %r'
 MSG_RANGE_ORDER = 'policy %s.min (%d) is above %s.max (%d): swap them'
 MSG_DETECTION_VALUE = 'policy max_detection_seconds must be a positive integer, got %r'
+MSG_KEEPALIVE_OFF = 'policy accepted_without_keepalive must be warning or info, got %r'
 MSG_TARGET = 'policy target must be a mapping with time, intvl and probes, got %r'
 MSG_TARGET_POLICY = 'policy target %s is not compliant with the policy itself: %s'
 MSG_RANGE_PRESET = ('policy %s.%s (%d) conflicts with %s.%s %d of preset %s: drop the preset, or give both %s.min '
@@ -90,15 +98,13 @@ MSG_F_DETECTION = ('dead-peer detection takes %d s (time %d + intvl %d x probes 
                    'maximum %d s%s')
 MSG_F_DRIFT = '%s is %d at runtime but %d after a reboot (%s)'
 MSG_F_DRIFT_DEFAULT = 'kernel default, no sysctl file sets it'
-MSG_F_OVERRIDE = ('%d keepalive socket(s) wait longer than tcp_keepalive_time (%d s), up to %d s: a '
-                  'per-socket TCP_KEEPIDLE overrides the sysctl (sysctls cannot fix this)')
 MSG_F_UNREADABLE = 'network namespace %s could not be read: %s'
 MSG_F_UNSATISFIABLE = 'no keepalive values satisfy the policy (%s): widen the ranges or raise max_detection_seconds'
 MSG_F_PARSE = '%s line %d: %s'
 
 NOTE_OWNERS_CAPPED = ('socket owners: stopped after %d file descriptors (max_fd_scan); '
                       'top_processes is partial')
-NOTE_OWNERS_SKIPPED = 'socket owners: not looked up (no keepalive sockets)'
+NOTE_OWNERS_SKIPPED = 'socket owners: not looked up (no established connections)'
 NOTE_NAMESPACES_CAPPED = 'namespaces: %d found, only the first %d read (max_namespaces)'
 NOTE_FILTERED = 'namespaces: %d not matching namespace_include skipped'
 NOTE_NOT_BOOT = ('persisted values not compared with the runtime ones (no drift check): the module runs in network '
@@ -115,9 +121,11 @@ LIMITS = {
     'max_examples': (0, 10000, 'override sockets listed per namespace'),
     'max_fd_scan': (1, 1000000000, 'file descriptors read by the owner lookup'),
     'max_namespaces': (1, 100000, 'other namespaces read'),
+    'max_connections': (0, 1000000, 'connections whose own keepalive settings are read, in all; 0: none'),
+    'max_connections_per_process': (1, 1000000, 'connections read per process'),
 }
 DEFAULT_PARAMS = {'top_processes': 10, 'max_examples': 20, 'max_fd_scan': 100000, 'max_namespaces': 256,
-                  'timeout': 10.0}
+                  'timeout': 10.0, 'max_connections': 1000, 'max_connections_per_process': 100}
 
 
 class AuditError(Exception):
@@ -137,7 +145,7 @@ def validate_policy(policy):
     """
     if policy is None:
         policy = {}
-    known = ('preset', 'max_detection_seconds', 'target') + KEYS
+    known = ('preset', 'max_detection_seconds', 'target') + KEYS + ('accepted_without_keepalive',)
     if not isinstance(policy, dict):
         raise AuditError(MSG_POLICY_TYPE % (', '.join(known), policy))
     for key in policy:
@@ -149,7 +157,10 @@ def validate_policy(policy):
         if preset not in PRESETS:
             raise AuditError(MSG_PRESET % (preset, ', '.join(sorted(PRESETS))))
         base = PRESETS[preset]
-    out = {'preset': preset, 'max_detection_seconds': None, 'target': None}
+    off = policy.get('accepted_without_keepalive')
+    if off is not None and off not in KEEPALIVE_OFF_SEVERITIES:
+        raise AuditError(MSG_KEEPALIVE_OFF % (off,))
+    out = {'preset': preset, 'max_detection_seconds': None, 'target': None, 'accepted_without_keepalive': off or 'info'}
     for key in KEYS:
         low, high = BOUNDS[key]
         merged = dict(base.get(key) or {})
@@ -405,24 +416,16 @@ def read_runtime(proc='/proc'):
     return values
 
 
-def decode_address(text):
-    """'0100007F:3039' -> '127.0.0.1:12345'; IPv6 -> '[::1]:12345' ("/proc/net/tcp" encoding)."""
-    addr, port = text.split(':')
-    raw = bytes.fromhex(addr)
-    if len(raw) == 4:
-        host = socket.inet_ntop(socket.AF_INET, struct.pack('<I', struct.unpack('>I', raw)[0]))
-        return '%s:%d' % (host, int(port, 16))
-    words = struct.unpack('>4I', raw)
-    host = socket.inet_ntop(socket.AF_INET6, struct.pack('<4I', *words))
-    return '[%s]:%d' % (host, int(port, 16))
-
-
-def scan_tcp(lines, keepalive_time, clk_tck=100, max_examples=20, tolerance=1.0):
+def scan_tcp(lines, keepalive_time, clk_tck=100, max_examples=20, tolerance=1.0, rows=None, listening=None):
     """Keepalive sockets of one /proc/net/tcp{,6} listing (an iterable of lines, streamed).
 
     Returns a dict: established, keepalive (counts), inodes ({inode: 1} of
     keepalive sockets, for the owner lookup), overrides (count), max_timer,
     and override_examples (at most max_examples, the longest timers).
+    Given lists, rows gets [inode, local, remote, timer type, timer seconds]
+    of every established connection (addresses as in the listing) and
+    listening the local address of every listening socket
+    (_audit_sockets reads the connections exactly).
     """
     established = keepalive = overrides = 0
     max_timer = 0.0
@@ -432,9 +435,13 @@ def scan_tcp(lines, keepalive_time, clk_tck=100, max_examples=20, tolerance=1.0)
     for line in lines:
         fields = line.split(None, 10)
         if len(fields) < 10 or fields[3] != TCP_ESTABLISHED:
+            if listening is not None and len(fields) >= 10 and fields[3] == TCP_LISTEN:
+                listening.append(fields[1])
             continue
         established += 1
         timer = fields[5]
+        if rows is not None:
+            rows.append([fields[9], fields[1], fields[2], timer[:2], round(int(timer[3:], 16) / float(clk_tck), 2)])
         if timer[:2] != '02' or timer[2:3] != ':':
             continue
         keepalive += 1
@@ -476,15 +483,16 @@ def read_namespace(proc='/proc', sockets=True, max_examples=20):
     out = {'values': values}
     if sockets:
         clk = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
-        scans = []
+        scans, rows, listening = [], [], []
         for name in ('tcp', 'tcp6'):
             try:
                 with open(os.path.join(proc, 'net', name)) as handle:
                     next(handle, None)  # header
-                    scans.append(scan_tcp(handle, values['time'], clk, max_examples))
+                    scans.append(scan_tcp(handle, values['time'], clk, max_examples, rows=rows, listening=listening))
             except (IOError, OSError):
                 continue
         out['sockets'] = merge_scans(scans, max_examples)
+        out['sockets'].update(rows=rows, listening=listening)
     return out
 
 
@@ -557,37 +565,12 @@ def read_in_netns(path, sockets=True, max_examples=20, timeout=10.0, setns=_setn
 def socket_owners(inodes, proc='/proc', max_fd_scan=100000):
     """Which process holds each of the given socket inodes: ({inode: pid}, complete, scanned).
 
-    One pass over /proc/*/fd; stops after max_fd_scan descriptors (complete is
+    One pass over /proc/*/fd (_audit_sockets.socket_holders, which also
+    gives the descriptor); stops after max_fd_scan descriptors (complete is
     then False). A socket shared by several processes counts for the first.
     """
-    wanted = set('socket:[%s]' % inode for inode in inodes)
-    owner = {}
-    scanned = 0
-    complete = True
-    try:
-        pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
-    except OSError:
-        pids = []
-    for pid in pids:
-        fd_dir = os.path.join(proc, str(pid), 'fd')
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        if scanned + len(fds) > max_fd_scan:
-            complete = False
-            break
-        scanned += len(fds)
-        for fd in fds:
-            try:
-                link = os.readlink(os.path.join(fd_dir, fd))
-            except OSError:
-                continue
-            if link in wanted:
-                owner.setdefault(link[8:-1], pid)
-        if len(owner) == len(wanted):
-            break
-    return owner, complete, scanned
+    holder, complete, scanned = socket_holders(inodes, proc, max_fd_scan)
+    return dict((inode, pid) for inode, (pid, fd) in holder.items()), complete, scanned
 
 
 def top_processes(inodes, owner, proc='/proc', top=10):
@@ -620,8 +603,8 @@ def evaluate_namespace(entry, policy, persisted=None):
             findings.append(finding(F_PARSE, label, None, None, None, MSG_F_PARSE % (shown, lineno, problem)))
     sockets = entry.get('sockets')
     if sockets and sockets['overrides']:
-        findings.append(finding(F_OVERRIDE, label, 'sockets', sockets['overrides'], 0,
-                                MSG_F_OVERRIDE % (sockets['overrides'], values['time'], int(sockets['max_timer_seconds']))))
+        findings.append(finding(F_OVERRIDE, label, 'sockets', sockets['overrides'], 0, override_message(sockets, values)))
+    findings.extend(connection_findings(entry, policy, finding))
     fixable = [f for f in findings if f['id'] in (F_MIN, F_MAX, F_DETECTION, F_DRIFT)]
     remediation = None
     if fixable:
@@ -702,26 +685,33 @@ def _other_namespaces(params, proc, own_inode, reader, notes):
     return entries
 
 
-def _add_owners(entries, params, proc, owners, notes):
-    """The processes holding each namespace's keepalive sockets (one pass over /proc/*/fd for all)."""
-    inodes = [i for entry in entries for i in (entry.get('sockets') or {}).get('inodes', [])]
-    owner, complete = {}, True
+def _add_owners(entries, params, proc, holders, notes, pidfd=None):
+    """The processes holding each namespace's sockets (one pass over /proc/*/fd for all), and the exact
+    keepalive settings of their connections (_audit_sockets.read_connections)."""
+    inodes = [row[0] for entry in entries for row in (entry.get('sockets') or {}).get('rows', [])]
+    holder, complete = {}, True
     if inodes:
-        owner, complete, scanned = owners(inodes, proc, params['max_fd_scan'])
+        holder, complete, scanned = holders(inodes, proc, params['max_fd_scan'])
         if not complete:
             notes.append(NOTE_OWNERS_CAPPED % scanned)
     else:
         notes.append(NOTE_OWNERS_SKIPPED)
+    owner = dict((inode, pid_fd[0]) for inode, pid_fd in holder.items())
     for entry in entries:
         sock = entry.get('sockets')
         if sock is None:
             continue
         sock['top_processes'] = top_processes(sock.pop('inodes'), owner, proc, params['top_processes'])
         sock['owners_complete'] = complete
+    read_connections(entries, holder, params, notes, pidfd, proc)
 
 
-def run_audit(params, proc='/proc', reader=read_in_netns, owners=socket_owners):
-    """The module's work: returns the result dict (without changed)."""
+def run_audit(params, proc='/proc', reader=read_in_netns, holders=socket_holders, pidfd=None):
+    """The module's work: returns the result dict (without changed).
+
+    reader reads another namespace, holders finds the processes holding
+    sockets, pidfd duplicates their descriptors (_audit_sockets.Pidfd).
+    """
     policy = validate_policy(params.get('policy'))
     params = validate_params(params)
     mode = params.get('namespaces', 'host')
@@ -742,7 +732,7 @@ def run_audit(params, proc='/proc', reader=read_in_netns, owners=socket_owners):
     for entry in entries:
         entry['boot_netns'] = None if boot_inode is None else entry['inode'] == boot_inode
     if sockets:
-        _add_owners(entries, params, proc, owners, notes)
+        _add_owners(entries, params, proc, holders, notes, pidfd)
 
     persisted = read_persisted(root)
     # sysctl.d is applied at boot to PID 1's namespace only: drift elsewhere would compare unrelated things

@@ -21,9 +21,17 @@ description:
     namespace - its values come from the lab or the container runtime, not from sysctl.d, so no drift
     is reported there (a note says so).
   - Derives the dead-peer detection time C(time + intvl x probes) per namespace.
-  - Counts established TCP sockets with a keepalive timer (C(/proc/net/tcp) and C(tcp6), timer type 2),
-    names the processes holding most of them, and finds sockets whose remaining keepalive timer is longer
-    than the namespace's C(tcp_keepalive_time) - a per-socket C(TCP_KEEPIDLE) override.
+  - Counts established TCP sockets with a keepalive timer (C(/proc/net/tcp) and C(tcp6), timer type 2)
+    and names the processes holding most of them.
+  - Reads the keepalive settings of every established connection exactly, from the socket itself - C(SO_KEEPALIVE),
+    C(TCP_KEEPIDLE), C(TCP_KEEPINTVL), C(TCP_KEEPCNT), C(TCP_USER_TIMEOUT) - with the process holding it and
+    the dead-peer detection time that follows (RV(namespaces[].sockets.connections)). The audit duplicates the
+    holder's descriptor with C(pidfd_open) and C(pidfd_getfd) (Linux 5.6 or later, root), reads it with
+    C(getsockopt) and closes the duplicate; the holder is not stopped, signalled or changed. Bounded by
+    O(max_connections) and O(max_connections_per_process).
+  - Where C(pidfd_getfd) is not available (an older kernel, no permission), per-socket overrides are inferred as
+    before - sockets whose remaining keepalive timer is longer than the namespace's C(tcp_keepalive_time) - and
+    C(notes) says so.
   - Evaluates a O(policy) and returns findings with ids and severities, and C(compliant).
   - Read-only. No C(gather_facts) needed; one call per host. Another namespace is read by a short-lived
     child process that enters it with C(setns(2)); the module itself never leaves its own namespace and
@@ -50,15 +58,25 @@ options:
         description:
           - V(azure-lb) - detection time below Azure Load Balancer's default idle timeout of 240 s
             (C(max_detection_seconds=239)).
+          - V(azure-lb-reset) - the same 240 s with Azure's TCP reset on idle turned on (C(max_detection_seconds=239)).
           - V(aws-nlb) - below AWS Network Load Balancer's idle timeout of 350 s (C(max_detection_seconds=349)).
           - V(gcp-vpc) - below the 600 s (10 minutes) of Google Cloud VPC firewall connection tracking
             (C(max_detection_seconds=599)).
           - V(kernel-default) - exactly the kernel defaults 7200/75/9 (each key's min and max).
         type: str
-        choices: [azure-lb, aws-nlb, gcp-vpc, kernel-default]
+        choices: [azure-lb, azure-lb-reset, aws-nlb, gcp-vpc, kernel-default]
       max_detection_seconds:
-        description: Largest allowed C(time + intvl x probes), in seconds.
+        description:
+          - Largest allowed C(time + intvl x probes), in seconds. Also applies to every connection's own settings
+            (C(KA009)).
         type: int
+      accepted_without_keepalive:
+        description:
+          - Severity of C(KA010) - a service whose accepted connections have C(SO_KEEPALIVE) off, so it never
+            notices a dead client. V(warning) makes the namespace non-compliant, V(info) only reports it.
+        type: str
+        choices: [warning, info]
+        default: info
       time:
         description: C(min) and/or C(max) of C(net.ipv4.tcp_keepalive_time) (1..32767).
         type: dict
@@ -124,6 +142,18 @@ options:
     description: Seconds to wait for the reading of one other namespace (above 0, at most 3600).
     type: float
     default: 10
+  max_connections:
+    description:
+      - Read the own keepalive settings of at most this many connections in all (every namespace together); the
+        rest are counted in C(notes) and judged by the inference from timers (0..1000000; V(0) reads none).
+    type: int
+    default: 1000
+  max_connections_per_process:
+    description:
+      - Read at most this many connections of one process (1..1000000), so that one busy server does not use up
+        O(max_connections); the rest are counted in C(notes).
+    type: int
+    default: 100
 notes:
   - Runtime values come from C(/proc/sys), which shows the reading process's network namespace.
   - Persisted files, highest precedence first - C(/etc/sysctl.d), C(/run/sysctl.d), C(/usr/local/lib/sysctl.d),
@@ -131,15 +161,23 @@ notes:
     directories; a name in an earlier directory masks the same name later (a link to C(/dev/null) masks
     without setting anything); a later file wins per key; C(/etc/sysctl.conf) comes last. A key no file
     sets boots with the kernel default.
-  - A socket with a keepalive timer but data in flight shows the retransmit timer instead and is not counted.
-  - Per-socket options shorter than the sysctl cannot be seen from C(/proc/net/tcp); longer ones can.
+  - A socket with a keepalive timer but data in flight shows the retransmit timer instead and is not counted in
+    C(keepalive); the exact reading does not depend on the timer.
+  - Without C(pidfd_getfd), per-socket options shorter than the sysctl cannot be seen from C(/proc/net/tcp); longer
+    ones can.
+  - With C(TCP_USER_TIMEOUT) set, a connection's detection time is the first keepalive timer run at or after the
+    user timeout once a probe went out (C(idle + k x intvl), k at least 1), not C(idle + intvl x cnt).
   - Findings - C(KA001) value below min (error), C(KA002) above max (error), C(KA003) detection time above
     the maximum (error), C(KA004) drift between runtime and persisted value (warning, host namespace when it
     is the boot namespace),
-    C(KA005) sockets with a longer per-socket idle time (warning), C(KA006) namespace unreadable (warning),
-    C(KA007) policy cannot be met (error), C(KA008) unparsable line in a sysctl file (info).
+    C(KA005) keepalive connections with their own idle, interval or count (warning; exact when read with
+    C(pidfd_getfd), else inferred from timers longer than C(tcp_keepalive_time)), C(KA006) namespace unreadable
+    (warning), C(KA007) policy cannot be met (error), C(KA008) unparsable line in a sysctl file (info),
+    C(KA009) a process's connections take longer to detect a dead peer than O(policy.max_detection_seconds)
+    because of their own settings (error, one per process), C(KA010) a service whose accepted connections have
+    keepalive off (O(policy.accepted_without_keepalive), one per process name and port).
     A namespace is compliant when it has no error or warning finding.
-  - Needs root to read other namespaces and other users' file descriptors.
+  - Needs root to read other namespaces, other users' file descriptors, and other processes' sockets.
 seealso:
   - module: tcplab.keepalive.sysctl
   - name: Azure Load Balancer TCP idle timeout
@@ -162,6 +200,19 @@ EXAMPLES = r'''
       time: {min: 30, max: 200}
       probes: {max: 9}
 
+- name: Services that never notice a dead client are a warning, not only information
+  tcplab.keepalive.audit:
+    policy:
+      preset: aws-nlb
+      accepted_without_keepalive: warning
+    max_connections_per_process: 20
+  register: keepalive_audit_strict
+
+- name: Show the connections whose own settings take longer than the load balancer's idle timeout
+  ansible.builtin.debug:
+    msg: "{{ keepalive_audit_strict.namespaces[0].sockets.connections | rejectattr('detection_seconds', 'none')
+             | selectattr('detection_seconds', 'gt', 349) | list }}"
+
 - name: Fail when the host is not compliant
   ansible.builtin.assert:
     that: keepalive_audit.compliant
@@ -181,7 +232,7 @@ findings:
   elements: dict
   contains:
     id:
-      description: Finding id, C(KA001) to C(KA008) (see the notes).
+      description: Finding id, C(KA001) to C(KA010) (see the notes).
       type: str
       sample: KA003
     severity:
@@ -193,7 +244,7 @@ findings:
       type: str
       sample: host
     key:
-      description: The sysctl, C(detection_seconds), C(sockets), or null.
+      description: The sysctl, C(detection_seconds), C(sockets), C(connections), or null.
       type: str
       sample: detection_seconds
     observed:
@@ -263,15 +314,91 @@ namespaces:
           description: Established sockets with a keepalive timer running.
           type: int
         overrides:
-          description: Sockets whose timer is longer than C(tcp_keepalive_time).
+          description:
+            - Keepalive connections with their own idle, interval or count (C(KA005)) - C(overrides_exact) plus
+              C(overrides_inferred).
+          type: int
+        overrides_exact:
+          description: Connections read exactly whose idle, interval or count differ from the sysctls.
+          type: int
+        overrides_inferred:
+          description:
+            - Connections not read exactly whose keepalive timer is longer than C(tcp_keepalive_time) (all of them
+              when C(exact) is false).
           type: int
         max_timer_seconds:
           description: Longest remaining keepalive timer.
           type: float
         override_examples:
-          description: Up to O(max_examples) override sockets (C(local), C(remote), C(timer_seconds), C(inode)).
+          description:
+            - Up to O(max_examples) sockets whose keepalive timer is longer than C(tcp_keepalive_time), longest first
+              (C(local), C(remote), C(timer_seconds), C(inode)).
           type: list
           elements: dict
+        exact:
+          description: Whether the connections were read with C(pidfd_getfd) (false - the inference only, see C(notes)).
+          type: bool
+        connections:
+          description:
+            - The established connections read exactly (at most O(max_connections) in all, O(max_connections_per_process)
+              per process).
+          type: list
+          elements: dict
+          contains:
+            pid:
+              description: The process holding the socket.
+              type: int
+            comm:
+              description: Its name.
+              type: str
+            fd:
+              description: The descriptor number in that process.
+              type: int
+            inode:
+              description: Socket inode.
+              type: int
+            local:
+              description: Local address and port.
+              type: str
+              sample: "198.19.190.1:6379"
+            remote:
+              description: Remote address and port.
+              type: str
+            accepted:
+              description: Whether the local address is one a listening socket of the namespace accepts on.
+              type: bool
+            keepalive:
+              description: C(SO_KEEPALIVE).
+              type: bool
+            idle:
+              description: C(TCP_KEEPIDLE) in seconds (the sysctl's value unless the socket sets its own).
+              type: int
+            intvl:
+              description: C(TCP_KEEPINTVL) in seconds.
+              type: int
+            cnt:
+              description: C(TCP_KEEPCNT).
+              type: int
+            user_timeout_ms:
+              description: C(TCP_USER_TIMEOUT) in milliseconds, 0 when unset.
+              type: int
+            override:
+              description: Keepalive on, with idle, interval or count other than the sysctls.
+              type: bool
+            detection_seconds:
+              description: Seconds until the kernel gives up on a silent peer; null when keepalive is off.
+              type: int
+        processes:
+          description:
+            - Up to O(top_processes) processes holding most connections read (C(pid), C(comm), C(connections),
+              C(keepalive_off), C(overrides)).
+          type: list
+          elements: dict
+        unread:
+          description:
+            - Connections not read exactly, by reason - C(no_owner), C(per_process_cap), C(total_cap), C(refused)
+              (no permission), C(gone) (closed meanwhile).
+          type: dict
         top_processes:
           description: Up to O(top_processes) processes holding most keepalive sockets (C(pid), C(comm), C(sockets)).
           type: list
@@ -346,7 +473,9 @@ summary:
   returned: success
   type: dict
 notes:
-  description: Limits that applied (capped owner lookup, skipped namespaces), and why drift was not checked.
+  description:
+    - Limits that applied (capped owner lookup, skipped namespaces, connections not read exactly), why drift was not
+      checked, and why connections were not read exactly (then overrides are inferred from timers).
   returned: success
   type: list
   elements: str
@@ -362,8 +491,9 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             policy=dict(type='dict', default={}, options=dict(
-                preset=dict(type='str', choices=['azure-lb', 'aws-nlb', 'gcp-vpc', 'kernel-default']),
+                preset=dict(type='str', choices=['azure-lb', 'azure-lb-reset', 'aws-nlb', 'gcp-vpc', 'kernel-default']),
                 max_detection_seconds=dict(type='int'),
+                accepted_without_keepalive=dict(type='str', choices=['warning', 'info'], default='info'),
                 time=dict(type='dict'),
                 intvl=dict(type='dict'),
                 probes=dict(type='dict'),
@@ -379,6 +509,8 @@ def main():
             max_fd_scan=dict(type='int', default=100000),
             max_namespaces=dict(type='int', default=256),
             timeout=dict(type='float', default=10),
+            max_connections=dict(type='int', default=1000),
+            max_connections_per_process=dict(type='int', default=100),
         ),
         supports_check_mode=True,
     )

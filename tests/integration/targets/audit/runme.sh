@@ -20,3 +20,31 @@ trap cleanup EXIT
 ip netns add "$NS"
 mkdir -p "$WORK/root/etc/sysctl.d"
 ansible-playbook -i "${INVENTORY_PATH}" -i remediate_inventory.yml remediate.yml -e "au_work=$WORK" "$@"
+
+# Exact per-connection keepalive settings (issue 13): a lab host holding a connection with its own settings.
+PS_NS=tkps-it-sockets
+PS_WORK=/run/tcplab-helper-ps/it-sockets
+PS_PID=
+ps_cleanup() {
+  # the holder is ours when its command line is this target's sockets_holder.py
+  if [ -n "$PS_PID" ] && tr '\0' ' ' < "/proc/$PS_PID/cmdline" 2>/dev/null | grep -q "$PWD/sockets_holder.py"; then
+    kill "$PS_PID"
+    wait "$PS_PID" 2>/dev/null || true
+  fi
+  if [ -f "$PS_WORK/netns.inode" ] && [ "$(stat -c %i "/run/netns/$PS_NS" 2>/dev/null)" = "$(cat "$PS_WORK/netns.inode")" ]; then
+    ip netns del "$PS_NS"
+  fi
+  rm -rf "$PS_WORK"
+}
+trap 'cleanup; ps_cleanup' EXIT
+mkdir -p "$PS_WORK/root/etc"
+ip netns add "$PS_NS"
+stat -c %i "/run/netns/$PS_NS" > "$PS_WORK/netns.inode"
+nsenter --net="/run/netns/$PS_NS" -- ip link set lo up
+nsenter --net="/run/netns/$PS_NS" -- sysctl -q -w net.ipv4.tcp_keepalive_time=120 net.ipv4.tcp_keepalive_intvl=15 \
+  net.ipv4.tcp_keepalive_probes=6
+nsenter --net="/run/netns/$PS_NS" -- python3 "$PWD/sockets_holder.py" 3000 > "$PS_WORK/holder.json" &
+PS_PID=$!
+for _ in $(seq 50); do [ -s "$PS_WORK/holder.json" ] && break; sleep 0.1; done
+ansible-playbook -i "${INVENTORY_PATH}" -i sockets_inventory.yml sockets.yml \
+  -e "ps_info=$PS_WORK/holder.json ps_root=$PS_WORK/root" "$@"

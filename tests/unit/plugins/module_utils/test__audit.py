@@ -20,6 +20,7 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._audit import (
     socket_owners, sysctl_files, top_processes, validate_policy, value_findings)
 
 DEFAULTS = {'time': 7200, 'intvl': 75, 'probes': 9}
+KNOWN = 'preset, max_detection_seconds, target, time, intvl, probes, accepted_without_keepalive'
 NO_RANGE = {'min': None, 'max': None}
 
 
@@ -29,7 +30,7 @@ def policy(**kw):
 
 # -- policy ---------------------------------------------------------------------
 
-@pytest.mark.parametrize('preset, limit', [('azure-lb', 239), ('aws-nlb', 349), ('gcp-vpc', 599)])
+@pytest.mark.parametrize('preset, limit', [('azure-lb', 239), ('azure-lb-reset', 239), ('aws-nlb', 349), ('gcp-vpc', 599)])
 def test_load_balancer_presets_are_below_the_idle_timeout(preset, limit):
     p = policy(preset=preset)
     assert p['max_detection_seconds'] == limit
@@ -59,9 +60,9 @@ def test_empty_policy():
 
 
 @pytest.mark.parametrize('given, message', [
-    ('azure', _audit.MSG_POLICY_TYPE % ('preset, max_detection_seconds, target, time, intvl, probes', 'azure')),
-    ({'bogus': 1}, _audit.MSG_POLICY_KEY % ('bogus', 'preset, max_detection_seconds, target, time, intvl, probes')),
-    ({'preset': 'azure'}, "policy preset 'azure' is unknown: use one of aws-nlb, azure-lb, gcp-vpc, kernel-default"),
+    ('azure', _audit.MSG_POLICY_TYPE % (KNOWN, 'azure')),
+    ({'bogus': 1}, _audit.MSG_POLICY_KEY % ('bogus', KNOWN)),
+    ({'preset': 'azure'}, "policy preset 'azure' is unknown: use one of aws-nlb, azure-lb, azure-lb-reset, gcp-vpc, kernel-default"),
     ({'time': 30}, 'policy time must be a mapping with min and/or max, got 30'),
     ({'time': {'low': 3}}, "policy time has an unknown key 'low': use min and max"),
     ({'probes': {'max': 500}}, 'policy probes.max must be an integer 1..127, got 500'),
@@ -369,12 +370,23 @@ def fake_proc(tmp_path, values, tcp_lines=(), boot=True):
     return str(proc)
 
 
+class NoPidfd:
+    """A Pidfd where pidfd_getfd is not available (the fallback to the inference from timers)."""
+
+    def __init__(self, why):
+        self.why = why
+
+    def why_not(self):
+        return self.why
+
+
 def test_run_audit_host(tmp_path):
     proc = fake_proc(tmp_path, {'time': 30, 'intvl': 5, 'probes': 3}, TCP4)
     root = tmp_path / 'root'
     write(root, 'etc/sysctl.d/60-app.conf', 'net.ipv4.tcp_keepalive_time = 30\nnet.ipv4.tcp_keepalive_intvl = 5\n')
     result = run_audit({'policy': {'preset': 'azure-lb'}, 'root': str(root)}, proc=proc,
-                       owners=lambda inodes, proc, cap: ({'1002': 7, '1003': 7}, True, 2))
+                       holders=lambda inodes, proc, cap: ({'1002': (7, 3), '1003': (7, 4)}, True, 2),
+                       pidfd=NoPidfd('pidfd_getfd not in this test'))
     host = result['namespaces'][0]
     assert host['label'] == 'host' and host['detection_seconds'] == 45
     assert host['sockets']['top_processes'] == [{'pid': 7, 'comm': None, 'sockets': 2}]
