@@ -24,6 +24,7 @@ TCPLAB_APT_PACKAGES=(
   netcat-openbsd curl bc sudo python3 python3-venv python3-pip git ca-certificates
   chromium fonts-dejavu-core shellcheck
   mmdebstrap qemu-system-x86 qemu-utils apt-cacher-ng e2fsprogs
+  redis-server nginx-light postgresql
 )
 
 tcplab_apt() {
@@ -41,6 +42,16 @@ tcplab_apt() {
   if command -v systemctl >/dev/null && systemctl is-enabled apt-cacher-ng >/dev/null 2>&1; then
     systemctl disable --now apt-cacher-ng >/dev/null 2>&1 || true
   fi
+  # The audit's daemon tests run redis, nginx and PostgreSQL inside lab namespaces with their own
+  # configuration: the system services that this install just added are not wanted (one the machine
+  # had before is left as it was).
+  local unit
+  for unit in redis-server nginx-light:nginx postgresql; do
+    [[ " ${missing[*]} " == *" ${unit%%:*} "* ]] || continue
+    if command -v systemctl >/dev/null && systemctl is-enabled "${unit##*:}" >/dev/null 2>&1; then
+      systemctl disable --now "${unit##*:}" >/dev/null 2>&1 || true
+    fi
+  done
 }
 
 # tcplab_venv [DIR REQUIREMENTS]: the virtual environment DIR (default .venv)

@@ -20,6 +20,8 @@ ROOTS = '/run/tcplab-keepalive/molecule-audit/roots'
 INVENTORY = os.path.join(EPHEMERAL, 'inventory')
 LAB = ['ok-netns', 'ok-ssh', 'default-netns', 'range-netns', 'drift-netns', 'extra-netns', 'sockets-netns']
 HOLDER = 'mola-holder (pid '
+SOCKETS_FINDINGS = [('KA005', 'host', 'sockets', 1, 0), ('KA009', 'host', 'connections', 3090, '<= 239'),
+                    ('KA010', 'host', 'connections', 1, 0)]
 
 # (id, namespace, key, observed, expected) of every finding, per host, before remediation
 BEFORE = {
@@ -31,7 +33,10 @@ BEFORE = {
     'drift-netns': [],
     'extra-netns': [('KA003', 'tcplab-mola-extra-2', 'detection_seconds', 7875, '<= 239'),
                     ('KA003', HOLDER, 'detection_seconds', 7875, '<= 239')],
-    'sockets-netns': [('KA005', 'host', 'sockets', 1, 0)],
+    # one connection with its own TCP_KEEPIDLE of 3000 s (read exactly with pidfd_getfd): an override (KA005) that
+    # makes its detection time (3000 + 15 x 6) break the policy although the sysctls satisfy it (KA009); the
+    # server's side of it was accepted without keepalive (KA010, info by default)
+    'sockets-netns': SOCKETS_FINDINGS,
 }
 # runtime values per host and namespace after remediation (azure-lb, time >= 30)
 AFTER_VALUES = {
@@ -81,7 +86,7 @@ def test_summary_before_and_the_unreachable_host():
     summary = report['summary']
     assert (summary['hosts'], summary['compliant'], summary['noncompliant'], summary['unreachable'], summary['failed']) \
         == (8, 3, 4, 1, 0)
-    assert summary['findings'] == {'error': 4, 'warning': 1, 'info': 0}
+    assert summary['findings'] == {'error': 5, 'warning': 1, 'info': 1}
     assert summary['namespaces'] == 10
     assert report['policy']['max_detection_seconds'] == 239
 
@@ -145,11 +150,11 @@ def test_remediation_makes_the_next_audit_compliant():
         host = report['hosts'][name]
         assert values(host) == AFTER_VALUES[name], name
         if name == 'sockets-netns':
-            # a per-socket TCP_KEEPIDLE cannot be fixed with sysctls: the warning stays
-            assert findings(host) == [('KA005', 'host', 'sockets', 1, 0)]
+            # a per-socket TCP_KEEPIDLE cannot be fixed with sysctls: its findings stay
+            assert findings(host) == SOCKETS_FINDINGS
         else:
             assert findings(host) == [] and host['compliant'], name
-    assert report['summary']['findings'] == {'error': 0, 'warning': 1, 'info': 0}
+    assert report['summary']['findings'] == {'error': 1, 'warning': 1, 'info': 1}
     remediated = load('remediate')['hosts']
     for name in ('default-netns', 'range-netns'):
         # set at runtime, never persisted: no drop-in in the host's root, and the report says why
