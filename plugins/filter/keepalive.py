@@ -16,6 +16,7 @@ import math
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import BOUNDS, KEYS, detection_seconds
+from ansible_collections.tcplab.keepalive.plugins.module_utils._middlebox import MiddleboxError, idle_timeout
 
 # A few more seconds on top of the whole timeline before the kernel's own clocks stop what a lost
 # controller left behind: the lease of the sysctls and the capture (ten minutes), the DROP rule's
@@ -51,6 +52,10 @@ MSG_CURL_TIME = ('experiment_curl_keepalive_time must be match (the keepalive ti
 MSG_PHASE = 'the phase of a wait must be one of %s; got %%r' % ', '.join(PHASES)
 MSG_TOOL = 'unknown tool %%r: the experiment knows %s' % ', '.join(sorted(TOOL_BINARIES) + [CAPTURE])
 MSG_LIST = '%s must be a list (%s); got %r'
+MSG_IDLE = ('experiment_idle_timeout must be a dict with preset (%s), or seconds and action (drop or reset); got %r')
+# the request after the idle time: how many idle timeouts to stay idle (plus a second), how long to wait for its answer
+IDLE_TIMEOUTS_BEFORE_REQUEST = 3
+REQUEST_TIMEOUT = 10
 
 
 def _whole(what, value, low, high):
@@ -127,6 +132,31 @@ def experiment_timeline(expect, idle_probes=0, margin=0):
         'capture_seconds': answered + detection + CAPTURE_SPARE,
         # the whole timeline with every wait's margin: a lease a killed controller never released expires after it
         'lease_ttl': answered + detection + slack * (idle + values['probes'] + 3) + LEASE_SPARE,
+    }
+
+
+def idle_timeout_plan(idle, expect, margin=0):
+    """The idle-timeout run: the middlebox's seconds, action and preset (from the audit's table), the prediction,
+    and its budgets in seconds."""
+    if not isinstance(idle, dict):
+        raise AnsibleFilterError(MSG_IDLE % ('aws-nlb, azure-lb, azure-lb-reset, gcp-vpc', idle))
+    try:
+        seconds, action, preset = idle_timeout({key: idle.get(key) for key in ('preset', 'seconds', 'action')})
+    except MiddleboxError as exc:
+        raise AnsibleFilterError('experiment_idle_timeout: %s' % exc) from None
+    values = _values(expect, 'the expected keepalive values')
+    slack = _whole('experiment_margin', margin, 0, 1000000)
+    idle_wait = IDLE_TIMEOUTS_BEFORE_REQUEST * seconds + 1
+    detection = detection_seconds(values)
+    # after the request: its answer, or the keepalive's detection of a dead peer, with one margin
+    end_wait = max(REQUEST_TIMEOUT, detection) + slack
+    return {
+        'seconds': seconds, 'action': action, 'preset': preset,
+        'survives': values['time'] < seconds,
+        'idle_wait': idle_wait,
+        'end_wait': end_wait,
+        'capture_seconds': idle_wait + end_wait + CAPTURE_SPARE,
+        'lease_ttl': idle_wait + end_wait + slack * 3 + LEASE_SPARE,
     }
 
 
@@ -209,6 +239,7 @@ class FilterModule:
             'experiment_timeline': experiment_timeline,
             'keepalive_eta': keepalive_eta,
             'poll_retries': poll_retries,
+            'idle_timeout_plan': idle_timeout_plan,
             'missing_tools': missing_tools,
             'tool_binaries': tool_binaries,
         }

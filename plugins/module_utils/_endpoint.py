@@ -134,8 +134,9 @@ def curl_argv(curl, cfg):
     return argv + ['http://%s:%d/' % (host, cfg['port'])]
 
 
-def program_argv(cfg, python, binaries, outcome, tag):
-    """argv of the endpoint's program (the supervisor's child)."""
+def program_argv(cfg, python, binaries, outcome, tag, request=None):
+    """argv of the endpoint's program (the supervisor's child). The python client sends one request when the file
+    request appears (the idle-timeout experiment creates it)."""
     if cfg['role'] == 'server':
         if cfg['kind'] == 'nc':
             # netcat-openbsd: listen on address:port, keep the connection, send nothing
@@ -144,13 +145,15 @@ def program_argv(cfg, python, binaries, outcome, tag):
     if cfg['kind'] == 'curl':
         return curl_argv(binaries['curl'], cfg)
     args = {'address': cfg['address'], 'port': cfg['port'], 'local_port': cfg.get('local_port'), 'outcome': outcome}
+    if request:
+        args['request'] = request
     return source_argv(python, _program_client, tag, args)
 
 
 def child_argv(cfg, python, binaries, paths):
     """argv of the detached supervisor of an endpoint, and the tag on its command line."""
     tag = '%s:%s' % (MARKER, cfg['name'])
-    spec = {'argv': program_argv(cfg, python, binaries, paths['outcome'], tag), 'outcome': paths['outcome'],
+    spec = {'argv': program_argv(cfg, python, binaries, paths['outcome'], tag, paths.get('request')), 'outcome': paths['outcome'],
             'exit': paths['exit'], 'curl': cfg['kind'] == 'curl'}
     return source_argv(python, _program_supervisor, tag, spec), tag
 
@@ -256,7 +259,7 @@ def ready(cfg, pid):
 
 # -- outcome ------------------------------------------------------------------
 
-FINAL = ('failed', 'closed')
+FINAL = ('failed', 'closed', 'answered')
 OUTCOME_KEYS = ('state', 'reason', 'errno', 'exit_code', 'signal', 'error', 'seconds', 'connected_at', 'failed_at')
 
 
@@ -269,6 +272,8 @@ def _ended(who, out):
     """Reason of a client whose connection ended (the program recorded it)."""
     if out['state'] == 'closed':
         return '%s: %s' % (who, out.get('error') or 'the connection was closed')
+    if out['state'] == 'answered':
+        return '%s had its request answered %.1f s after connect' % (who, out.get('seconds') or 0.0)
     how = out.get('errno') or ('exit code %s' % out['exit_code'] if out.get('exit_code') is not None else 'an error')
     after = ' after %.1f s' % out['seconds'] if out.get('seconds') else ''
     return '%s failed with %s%s: %s' % (who, how, after, out.get('error') or 'no error text')
@@ -311,6 +316,9 @@ def derive(role, info, outcome, exit_rec, supervisor_alive, program_alive, last_
         out[key] = outcome.get(key)
     if outcome.get('seconds') is not None:
         out['seconds'] = round(outcome['seconds'], 3)
+    for key in ('requested_at', 'answered_at'):  # a python client's one request (idle-timeout experiment)
+        if outcome.get(key) is not None:
+            out[key] = outcome[key]
     if not info:
         out.update(state='unknown', reason='no %s of this name was started in this network namespace' % role)
         return out
@@ -360,7 +368,8 @@ class Endpoints:
 
     def _paths(self, name):
         base = os.path.join(self.dir, name)
-        return {'state': base + '.json', 'outcome': base + '.outcome.json', 'exit': base + '.exit.json', 'log': base + '.log'}
+        return {'state': base + '.json', 'outcome': base + '.outcome.json', 'exit': base + '.exit.json', 'log': base + '.log',
+                'request': base + '.request'}
 
     def load(self, name):
         """The state record of name in this network namespace (None for a record of another namespace that had
@@ -394,6 +403,9 @@ class Endpoints:
             'log': paths['log'],
             'outcome': outcome,
         }
+        if cfg['role'] == 'client' and cfg['kind'] == 'python':
+            # the file whose appearance makes the client send its one request
+            result['request_file'] = paths['request']
         if cfg['role'] == 'client' and cfg['kind'] == 'curl':
             effective = cfg.get('keepalive_time') or (info or {}).get('keepalive_time')
             result['keepalive_time'] = effective or CURL_DEFAULT_KEEPALIVE
@@ -462,7 +474,7 @@ class Endpoints:
         created = self._make_dirs()
         paths, info = self._paths(cfg['name']), None
         try:
-            for key in ('outcome', 'exit'):
+            for key in ('outcome', 'exit', 'request'):
                 _remove(paths[key])
             argv, tag = child_argv(cfg, self.python, self.binaries, paths)
             proc = spawn(argv, paths['log'])  # _detached.spawn: a new session, the log 0600

@@ -5,10 +5,14 @@
 """The endpoint's python keepalive client (started by _endpoint.py under its supervisor).
 
 Run as ``[python, -c, <this file's source>, TAG, json-args]`` with args
-{"address", "port", "local_port", "outcome"}. The socket has SO_KEEPALIVE
+{"address", "port", "local_port", "outcome"} and optionally "request" (a
+path) and "request_timeout" (seconds, default 10). The socket has SO_KEEPALIVE
 and no per-socket keepalive options: the namespace's sysctls govern. It
-blocks in recv() until the connection ends and records its outcome (state,
+waits in recv() until the connection ends and records its outcome (state,
 errno, seconds from connect to failure) atomically in the outcome file.
+With "request", once that file appears (the experiment creates it after the
+connection has stayed idle long enough) the client sends one REQUEST and
+records "answered" when the server sends it back, or how it failed.
 Standard library only.
 
 This file is private to the collection: its names may change at any time
@@ -20,9 +24,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import socket
 import sys
 import time
+
+REQUEST = b'tcplab-keepalive request\n'
+POLL = 0.5
 
 
 def log(text, stream=None):
@@ -71,18 +79,61 @@ class Client:
         return sock
 
     def hold(self, sock):
-        """Receive until the connection ends; record how."""
+        """Receive until the connection ends, or until the request file appears and the request is answered;
+        record how. The socket stays blocking (select() waits): a timeout mode would let recv() see a dead
+        connection as an end of file instead of its error."""
+        request = self.cfg.get('request')
         try:
             while True:
+                if request and not wait_readable(sock, POLL):
+                    if os.path.exists(request):
+                        self.ask(sock)
+                        return
+                    continue
                 if not sock.recv(65536):
-                    self.record({'state': 'closed', 'errno': None, 'error': 'the server closed the connection',
-                                 'connected_at': self.connected, 'failed_at': time.time(),
-                                 'seconds': time.time() - self.connected})
+                    self.closed()
                     return
         except OSError as exc:
-            now = time.time()
-            self.record({'state': 'failed', 'errno': errno.errorcode.get(exc.errno, str(exc.errno)), 'error': str(exc),
-                         'connected_at': self.connected, 'failed_at': now, 'seconds': now - self.connected})
+            self.failed(exc.errno, str(exc))
+
+    def closed(self):
+        self.record({'state': 'closed', 'errno': None, 'error': 'the server closed the connection',
+                     'connected_at': self.connected, 'failed_at': time.time(), 'seconds': time.time() - self.connected})
+
+    def failed(self, number, text):
+        now = time.time()
+        self.record({'state': 'failed', 'errno': errno.errorcode.get(number, str(number)), 'error': text,
+                     'connected_at': self.connected, 'failed_at': now, 'seconds': now - self.connected})
+
+    def ask(self, sock):
+        """Send REQUEST and wait for it to come back (OSError goes to hold())."""
+        timeout = self.cfg.get('request_timeout') or 10
+        asked = time.time()
+        sock.sendall(REQUEST)
+        got = b''
+        while len(got) < len(REQUEST):
+            if not wait_readable(sock, asked + timeout - time.time()):
+                self.failed(errno.ETIMEDOUT, 'no answer to the request within %s s (sent %.1f s after connect)'
+                            % (timeout, asked - self.connected))
+                return
+            data = sock.recv(len(REQUEST) - len(got))
+            if not data:
+                self.closed()
+                return
+            got += data
+        if got != REQUEST:
+            self.failed(errno.EPROTO, 'the answer to the request was %r, not the request' % got)
+            return
+        now = time.time()
+        self.record({'state': 'answered', 'errno': None, 'error': None, 'connected_at': self.connected,
+                     'requested_at': asked, 'answered_at': now, 'seconds': now - self.connected})
+
+
+def wait_readable(sock, seconds):
+    """Whether sock has data, an end or an error to read within seconds."""
+    if seconds <= 0:
+        return False
+    return bool(select.select([sock], [], [], seconds)[0])
 
 
 def main(argv=None):

@@ -16,11 +16,15 @@ and must not be used from outside tcplab.keepalive.
 from __future__ import annotations
 
 import json
+import selectors
 import socket
 import sys
 import time
 
 BACKLOG = 16
+# the one request a client sends (after its request file appears); answered with itself, anything else is read and
+# never answered (curl's GET), so that the server stays silent for every other client
+REQUEST = b'tcplab-keepalive request\n'
 
 
 def log(text, stream=None):
@@ -45,12 +49,38 @@ def listen(address, port):
 
 
 def serve(srv):
-    """Accept and hold every connection, forever."""
+    """Accept and hold every connection, forever; answer REQUEST with itself."""
+    selector = selectors.DefaultSelector()
+    selector.register(srv, selectors.EVENT_READ)
     held = []
     while True:
-        conn, peer = srv.accept()
-        held.append(conn)
-        log(json.dumps({'event': 'accepted', 'peer': list(peer[:2]), 'at': time.time()}))
+        for key, dummy in selector.select():
+            if key.fileobj is srv:
+                conn, peer = srv.accept()
+                held.append(conn)
+                selector.register(conn, selectors.EVENT_READ, b'')
+                log(json.dumps({'event': 'accepted', 'peer': list(peer[:2]), 'at': time.time()}))
+            else:
+                answer(selector, key)
+
+
+def answer(selector, key):
+    """Read what a connection sent; send REQUEST back for every REQUEST in it. At its end the connection stays
+    held (closed only when the program ends), as before."""
+    conn = key.fileobj
+    try:
+        data = conn.recv(4096)
+    except OSError:
+        data = b''
+    if not data:
+        selector.unregister(conn)
+        return
+    buffered = key.data + data
+    while REQUEST in buffered:
+        conn.sendall(REQUEST)
+        buffered = buffered[buffered.index(REQUEST) + len(REQUEST):]
+        log(json.dumps({'event': 'answered', 'peer': list(conn.getpeername()[:2]), 'at': time.time()}))
+    selector.modify(conn, selectors.EVENT_READ, buffered[-len(REQUEST):])
 
 
 def main(argv=None):

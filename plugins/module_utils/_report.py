@@ -55,7 +55,15 @@ REQUIRED = {
     'client_port': "the keepalive client's local port (an integer 1..65535)",
 }
 OPTIONAL = ('governs', 'client_kind', 'server_kind', 'hosts', 'idle_probes', 'tolerance', 'analysis', 'client', 'drop_at',
-            'pcaps', 'error', 'cleanup_errors', 'notes', 'capture_backend')
+            'pcaps', 'error', 'cleanup_errors', 'notes', 'capture_backend', 'fault')
+FAULT = ('a dict with kind drop, or kind idle_timeout with seconds (an integer >= 1), action (drop or reset), '
+         'middlebox (its inventory hostname) and preset (or null)')
+# how a client dies when the middlebox has forgotten its flow, by the middlebox's action
+DEATH = {'drop': 'ETIMEDOUT', 'reset': 'ECONNRESET'}
+MSG_IDLE_SURVIVED = ('keepalive time %d s is below the idle timeout of %d s, so the probes were predicted to keep the '
+                     'flow in the middlebox\'s table, but the client %s')
+MSG_IDLE_DIED = ('keepalive time %d s is not below the idle timeout of %d s, so the middlebox was predicted to forget '
+                 'the flow and the client to fail with %s, but it %s')
 
 
 # the picture's markers: the analyser's kind of a segment -> style
@@ -150,9 +158,68 @@ def validate(data):
         out[key] = list(_optional(data, key, (list, tuple), 'a list', []))
     for key in ('governs', 'client_kind', 'server_kind', 'error', 'capture_backend'):
         out[key] = _optional(data, key, str, 'a string', None)
+    out['fault'] = _fault(data.get('fault'))
     if not all(isinstance(p, str) and p for p in out['pcaps']):
         raise ReportError(MSG_BAD_VALUE % ('pcaps', 'a list of paths of local pcap files', data.get('pcaps')))
     return out
+
+
+def _fault(value):
+    """The fault of the experiment: {'kind': 'drop'} (the default), or the idle timeout of a middlebox."""
+    if value in (None, '', {}):
+        return {'kind': 'drop'}
+    if not isinstance(value, dict) or value.get('kind') not in ('drop', 'idle_timeout'):
+        raise ReportError(MSG_BAD_VALUE % ('fault', FAULT, value))
+    if value['kind'] == 'drop':
+        return {'kind': 'drop'}
+    seconds = _int(value.get('seconds'))
+    if seconds is None or seconds < 1 or value.get('action') not in DEATH or not value.get('middlebox'):
+        raise ReportError(MSG_BAD_VALUE % ('fault', FAULT, value))
+    return {'kind': 'idle_timeout', 'seconds': seconds, 'action': value['action'],
+            'middlebox': str(value['middlebox']), 'preset': value.get('preset') or None}
+
+
+def judge_idle(expect, fault, client, error=None):
+    """(verdict, reasons, prediction) of an idle-timeout run: keepalive time below the idle timeout predicts that
+    the flow survives (the request after the idle time is answered), else that the client dies as the middlebox's
+    action makes it die (ETIMEDOUT half-open after a silent drop, ECONNRESET after a reset)."""
+    survives = expect['time'] < fault['seconds']
+    death = DEATH[fault['action']]
+    state, number = client.get('state'), client.get('errno')
+    saw = ('had its request answered' if state == 'answered' else
+           'failed with %s' % number if state == 'failed' else 'ended as %s' % (state or 'unknown'))
+    reasons = [error] if error else []
+    if survives and state != 'answered':
+        reasons.append(MSG_IDLE_SURVIVED % (expect['time'], fault['seconds'], saw))
+    if not survives and not (state == 'failed' and number == death):
+        reasons.append(MSG_IDLE_DIED % (expect['time'], fault['seconds'], death, saw))
+    prediction = {'survives': survives, 'client_errno': None if survives else death}
+    return ('fail' if reasons else 'pass'), reasons, prediction
+
+
+def idle_sentences(report):
+    """Two plain sentences: why the connection survived or died."""
+    fault, expect = report['fault'], report['expected']
+    box = 'the middlebox %s (idle timeout %d s%s)' % (fault['middlebox'], fault['seconds'],
+                                                      ', preset %s' % fault['preset'] if fault['preset'] else '')
+    if report['prediction']['survives']:
+        first = ('The client sent a keepalive probe every %d s, less than the %d s after which %s forgets an idle '
+                 'flow, so every probe and its answer renewed the flow in its table.' % (expect['time'], fault['seconds'], box))
+    else:
+        first = ('The client waited %d s before its first keepalive probe, not less than the %d s after which %s '
+                 'forgets an idle flow, so the probe met a middlebox that no longer knew the connection.'
+                 % (expect['time'], fault['seconds'], box))
+    client = report['client']
+    if report['observed']['survived']:
+        second = 'After %.0f s of idle time its request crossed the middlebox and was answered.' % (
+            (client.get('requested_at') or 0) - (client.get('connected_at') or 0))
+    elif fault['action'] == 'drop':
+        second = ('The middlebox dropped it silently: the client\'s probes went unanswered and it failed with %s after '
+                  '%s s, while the server still held the connection (half-open).' % (client.get('errno'), client.get('seconds')))
+    else:
+        second = ('The middlebox answered with a TCP reset: the client failed with %s after %s s.'
+                  % (client.get('errno'), client.get('seconds')))
+    return [first, second]
 
 
 def _tolerance(value):
@@ -491,7 +558,10 @@ def write_experiment(dest, data):
     analysis, analysis_notes = find_connection(data['analysis'], client_port, pcaps, expect, data['tolerance'])
     observed = observe(analysis, client_port)
     client = data['client']
-    verdict, reasons = judge(expect, observed, client, data['idle_probes'], data['tolerance'], data['error'])
+    if data['fault']['kind'] == 'idle_timeout':
+        verdict, reasons, prediction = judge_idle(expect, data['fault'], client, data['error'])
+    else:
+        verdict, reasons = judge(expect, observed, client, data['idle_probes'], data['tolerance'], data['error'])
     report = {
         'run_id': data['run_id'],
         'verdict': verdict,
@@ -513,9 +583,17 @@ def write_experiment(dest, data):
         'notes': observed['notes'] + analysis_notes + pcap_notes + data['notes'],
         'pcaps': data['pcaps'],
     }
+    if data['fault']['kind'] == 'idle_timeout':
+        report['fault'] = data['fault']
+        report['prediction'] = prediction
+        report['observed']['survived'] = client.get('state') == 'answered'
+        for key in ('connected_at', 'requested_at', 'answered_at', 'failed_at'):
+            report['client'][key] = client.get(key)
     lines = timeline(observed, client, data['drop_at'], analysis.get('start'), expect)
     report['timeline'] = [{'t': round(t, 3), 'who': who, 'what': what} for t, who, what in lines]
     text = markdown(report, lines)
+    if data['fault']['kind'] == 'idle_timeout':
+        text += '\n## Idle timeout\n\n' + ' '.join(idle_sentences(report)) + '\n'
     png = picture(pcaps[0] if pcaps else None, report, lines, client_port, analysis.get('start'),
                   observed.get('connection_start') or 0.0)
     files = (('report.md', text), ('timeline.png', png),

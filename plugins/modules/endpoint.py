@@ -178,6 +178,7 @@ outcome:
       description:
         - V(starting), V(connected) (client) or V(running) while the program runs.
         - V(failed) or V(closed) - the client's connection ended (see RV(outcome.errno), RV(outcome.exit_code)).
+        - V(answered) - the python client sent its one request (when RV(request_file) appeared) and got the answer.
         - V(stopped) - ended by O(state=stopped) or O(state=purged) of this module.
         - V(died) - ended by anything else - a signal from outside (RV(outcome.signal)) or a non-zero exit.
         - V(exited) - the program exited with code 0 by itself (C(nc -l) does when its connection closes).
@@ -214,6 +215,21 @@ outcome:
     failed_at:
       description: When it ended (seconds since the epoch; client).
       type: float
+    requested_at:
+      description: When the python client sent its one request (seconds since the epoch).
+      type: float
+      version_added: 0.2.0
+    answered_at:
+      description: When the answer to that request came (seconds since the epoch).
+      type: float
+      version_added: 0.2.0
+request_file:
+  description:
+    - The python client sends one request on its connection, and the python server answers it, once this file
+      exists (the idle-timeout experiment creates it after the idle wait to see whether the connection still works).
+  returned: when O(role=client) and O(kind=python) start
+  type: str
+  version_added: 0.2.0
 keepalive_time:
   description: The per-socket keepalive idle time and interval curl sets (O(kind=curl)).
   returned: when O(kind=curl)

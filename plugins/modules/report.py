@@ -111,6 +111,17 @@ options:
         description: Remarks to add to the report.
         type: list
         elements: str
+      fault:
+        description:
+          - The fault of the experiment - C(kind) V(drop) (the default, the DROP rule) or V(idle_timeout) with
+            C(seconds) (the middlebox's idle timeout), C(action) (V(drop) or V(reset)), C(middlebox) (its inventory
+            hostname) and C(preset) (or null).
+          - With V(idle_timeout) the verdict is the prediction (keepalive C(time) below C(seconds) survives, else the
+            client fails with C(ETIMEDOUT) after a drop or C(ECONNRESET) after a reset) against the client's outcome
+            (V(answered) when its request after the idle time came back), and C(report.json) gains C(fault),
+            C(prediction) and C(observed.survived).
+        type: dict
+        version_added: 0.2.0
 requirements:
   - matplotlib on the controller (for C(timeline.png))
 '''
@@ -147,11 +158,21 @@ report:
       description:
         - C(connection_found), C(end) (how the connection ended - C(by) V(RST) or V(FIN), C(from) V(client) or
           V(server), C(endpoint), C(after_start) seconds - or null while open), C(answered_probes),
-          C(unanswered_probes), C(first_probe_idle_s), C(probe_interval_s), C(rst).
+          C(unanswered_probes), C(first_probe_idle_s), C(probe_interval_s), C(rst); with an idle-timeout fault also
+          C(survived) (the request after the idle time was answered).
       type: dict
     client:
-      description: C(errno), C(exit_code), C(seconds).
+      description: C(errno), C(exit_code), C(seconds) (and with an idle-timeout fault C(connected_at), C(requested_at),
+        C(answered_at), C(failed_at)).
       type: dict
+    fault:
+      description: The fault (C(kind), C(seconds), C(action), C(middlebox), C(preset)); with an idle-timeout fault only.
+      type: dict
+      returned: with an idle-timeout fault (O(data.fault))
+    prediction:
+      description: C(survives) (a boolean) and C(client_errno) (how the client is predicted to fail, or null).
+      type: dict
+      returned: with an idle-timeout fault (O(data.fault))
 markdown:
   description: The content of C(report.md).
   returned: always
@@ -193,6 +214,7 @@ def main():
                 error=dict(type='str'),
                 cleanup_errors=dict(type='list', elements='str'),
                 notes=dict(type='list', elements='str'),
+                fault=dict(type='dict'),
             )),
         ),
         supports_check_mode=False,
