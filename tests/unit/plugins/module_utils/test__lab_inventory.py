@@ -79,6 +79,8 @@ def test_vm_host_variables(tmp_path, template):
         'ansible_ssh_common_args': VM_SSH_ARGS,
         # the VM's system Python, not the controller's virtual environment of the group
         'ansible_python_interpreter': '/usr/bin/python3',
+        # an emulated VM on a busy controller answers ssh and sudo slower than Ansible's default 10 s
+        'ansible_timeout': 60,
         'lab_address': '198.18.0.12',
         'lab_kind': 'vm',
         'lab_release': 'trixie',
