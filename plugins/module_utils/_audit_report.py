@@ -32,6 +32,8 @@ FILES = ('audit.json', 'audit.csv', 'audit.junit.xml', 'audit.html')
 PROM_FILE = 'audit.prom'
 SLICE_FILE = 'audit.slice.json'
 SLICE_FORMAT = 'tcplab.keepalive.audit-slice/1'
+# connections read exactly (pidfd_getfd) that a host entry of the report shows, per namespace
+MAX_CONNECTION_EXAMPLES = 20
 # the collection's version (galaxy.yml; a unit test keeps them equal), recorded in each slice file
 COLLECTION_VERSION = '0.1.0'
 # histogram bins of the detection time (seconds): edges chosen around the usual idle timeouts
@@ -180,13 +182,25 @@ def host_entry(result, reachable=True):
                         'overrides': sockets.get('overrides', 0),
                         'top_processes': sockets.get('top_processes') or [],
                         'override_examples': sockets.get('override_examples') or [],
-                        'owners_complete': sockets.get('owners_complete', True)},
+                        'owners_complete': sockets.get('owners_complete', True),
+                        'exact': bool(sockets.get('exact')),
+                        'connection_examples': connection_examples(sockets.get('connections') or [])},
         })
     return {'status': 'ok', 'compliant': bool(result.get('compliant')), 'message': None,
             'namespaces': namespaces, 'findings': result.get('findings') or [],
             'drift': result.get('drift') or [], 'persisted': result.get('persisted'),
             'boot_netns_inode': result.get('boot_netns_inode'),
             'notes': result.get('notes') or []}
+
+
+def connection_examples(connections, limit=MAX_CONNECTION_EXAMPLES):
+    """The connections read exactly that matter to a policy (their own settings override the sysctls, or keepalive
+    is off), slowest to detect a dead peer first (keepalive off: never), at most limit."""
+    keys = ('pid', 'comm', 'local', 'remote', 'accepted', 'keepalive', 'idle', 'intvl', 'cnt', 'user_timeout_ms',
+            'override', 'detection_seconds')
+    chosen = [c for c in connections if c.get('override') or not c.get('keepalive')]
+    chosen.sort(key=lambda c: (c.get('keepalive', False), -(c.get('detection_seconds') or 0)))
+    return [dict((key, c.get(key)) for key in keys) for c in chosen[:limit]]
 
 
 def _empty_summary():

@@ -211,3 +211,16 @@ def test_the_collection_version_is_galaxy_yml_s():
 def test_the_policy_hash_ignores_key_order():
     assert _audit_report.policy_hash({'a': 1, 'b': {'c': 2, 'd': 3}}) == _audit_report.policy_hash({'b': {'d': 3, 'c': 2}, 'a': 1})
     assert _audit_report.policy_hash({}) == _audit_report.policy_hash(None) != _audit_report.policy_hash({'preset': 'x'})
+
+
+def test_connection_examples_keep_what_matters_slowest_first():
+    from ansible_collections.tcplab.keepalive.plugins.module_utils._audit_report import connection_examples
+    conns = [
+        {'pid': 1, 'comm': 'a', 'keepalive': True, 'override': False, 'detection_seconds': 210},
+        {'pid': 2, 'comm': 'b', 'keepalive': True, 'override': True, 'detection_seconds': 600},
+        {'pid': 3, 'comm': 'c', 'keepalive': False, 'override': False, 'detection_seconds': None, 'accepted': True},
+        {'pid': 4, 'comm': 'd', 'keepalive': True, 'override': True, 'detection_seconds': 60},
+    ]
+    assert [c['pid'] for c in connection_examples(conns)] == [3, 2, 4]
+    assert [c['pid'] for c in connection_examples(conns, limit=1)] == [3]
+    assert connection_examples([]) == []
