@@ -523,7 +523,8 @@ def picture(pcap, report, lines, client_port, capture_start=None, connection_sta
         report['run_id'], report['expected']['time'], report['expected']['intvl'], report['expected']['probes'],
         report['verdict']))
     ax.grid(True, axis='x', alpha=0.3)
-    ax.legend(loc='upper left', fontsize=8, ncol=3)
+    if ax.get_legend_handles_labels()[0]:   # a picture without packets (no connection found) has no legend
+        ax.legend(loc='upper left', fontsize=8, ncol=3)
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format='png')
