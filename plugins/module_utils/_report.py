@@ -460,7 +460,8 @@ def markdown(report, lines):
         '## Observed',
         '',
         '- connection: %s' % _connection_line(obs),
-        '- answered probes before the DROP: %s' % obs['answered_probes'],
+        '- answered probes %s: %s' % ('before the DROP' if report.get('fault', {}).get('kind', 'drop') == 'drop'
+                                      else 'while the middlebox kept the flow', obs['answered_probes']),
         '- unanswered probes: %s' % obs['unanswered_probes'],
         '- idle time before the first probe: %s s' % _fmt(obs['first_probe_idle_s']),
         '- spacing of the unanswered probes: %s' % (', '.join('%.3f s' % g for g in obs['probe_interval_s']) or '-'),

@@ -74,11 +74,13 @@ def test_report_md_says_why_it_died(tmp_path, action, client, said):
     report, text = write_experiment(str(tmp_path), data(settings=ka(10), expected=ka(10), client=client, fault=fault))
     assert report['verdict'] == 'pass' and report['observed']['survived'] is False
     assert said in text and 'preset aws-nlb' in text
+    assert '- answered probes while the middlebox kept the flow:' in text and 'before the DROP' not in text
 
 
 def test_the_drop_fault_report_is_unchanged(tmp_path):
-    report, dummy = write_experiment(str(tmp_path), data(fault=None, client=TIMEDOUT))
+    report, text = write_experiment(str(tmp_path), data(fault=None, client=TIMEDOUT))
     assert 'fault' not in report and 'prediction' not in report and 'survived' not in report['observed']
+    assert '- answered probes before the DROP:' in text
 
 
 @pytest.mark.parametrize('fault', [
