@@ -20,7 +20,7 @@ PY=${ANSIBLE_TEST_PYTHON_INTERPRETER:-python3}
 
 N=${AUDIT_SLICES_HOSTS:-44}
 FORKS=${AUDIT_SLICES_FORKS:-10}
-STATE=/run/tcplab-helper-fs
+STATE=/run/tcplab-keepalive/it-slices
 LAB_DIR=$STATE/it-slices-lab
 INV=$LAB_DIR/inventory.yml
 HOSTS=$(seq -f 's%02g' 1 "$N")

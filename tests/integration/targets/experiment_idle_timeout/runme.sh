@@ -11,7 +11,7 @@
 # controller's process group mid-run, rollback.yml puts all three back.
 set -eux
 
-LAB_DIR=/run/tcplab-helper-it/idle-timeout
+LAB_DIR=/run/tcplab-keepalive/it-idle-timeout
 LAB_VARS="{\"lab_hosts\": [\"client\", \"middlebox\", \"server\"], \"lab_state_dir\": \"$LAB_DIR\", \"lab_bridge\": \"tkitbr0\", \"lab_netns_prefix\": \"tkit-\", \"lab_network\": \"198.19.170.0/24\"}"
 INV="$LAB_DIR/inventory.yml"
 REPORTS=$(mktemp -d)
@@ -32,6 +32,7 @@ ansible-playbook tcplab.keepalive.lab -e "$LAB_VARS" "$@"
 # conntrack and keepalive sysctls, routes, rules, and no experiment process.
 one_state() {
   local ns=tkit-$1 pid
+  # shellcheck disable=SC2016  # the inner shell expands $f, not this one
   ip netns exec "$ns" sh -c 'for f in /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/*/forwarding \
     /proc/sys/net/ipv4/conf/*/send_redirects /proc/sys/net/ipv4/conf/*/accept_redirects \
     /proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established /proc/sys/net/netfilter/nf_conntrack_tcp_loose \
