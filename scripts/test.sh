@@ -34,10 +34,19 @@ rootns_state() {
   done
   echo "# iptables -S"; iptables -w 10 -S
   echo "# ip6tables -S"; ip6tables -w 10 -S
-  echo "# named network namespaces of this project"
+}
+# Named network namespaces of this project. One left by an earlier,
+# interrupted run is removed by the target that journalled it: that is the
+# recovery working, not a leak. A namespace the run leaves behind is a leak.
+project_netns() {
   find /run/netns -mindepth 1 -maxdepth 1 \( -name 'tcplab*' -o -name 'tk*' \) -printf '%f\n' 2>/dev/null | sort
 }
 rootns_state > "$OUT/rootns.before"
+project_netns > "$OUT/netns.before"
+if [ -s "$OUT/netns.before" ]; then
+  echo "namespaces left by an earlier run (the targets that journalled them recover them):"
+  sed 's/^/  /' "$OUT/netns.before"
+fi
 
 # A copy of this collection in ~/.ansible/collections (molecule's prerun
 # makes one when it is on) would shadow the checkout in ansible-lint.
@@ -230,12 +239,21 @@ done
 
 printf '\n######## stage rootns ########\n'
 rootns_state > "$OUT/rootns.after"
-if diff -u "$OUT/rootns.before" "$OUT/rootns.after"; then
-  RESULT[rootns]=ok
-  SUMMARY[rootns]="keepalive sysctls, iptables -S, ip6tables -S of the root namespace unchanged"
-else
+project_netns > "$OUT/netns.after"
+LEAKED=$(comm -13 "$OUT/netns.before" "$OUT/netns.after")
+RECOVERED=$(comm -23 "$OUT/netns.before" "$OUT/netns.after")
+if [ -n "$RECOVERED" ]; then
+  echo "namespaces of an earlier run, recovered: $(tr "\n" " " <<< "$RECOVERED")"
+fi
+if ! diff -u "$OUT/rootns.before" "$OUT/rootns.after"; then
   RESULT[rootns]=FAILED; FAILED=1
   SUMMARY[rootns]="the root namespace changed (diff above)"
+elif [ -n "$LEAKED" ]; then
+  RESULT[rootns]=FAILED; FAILED=1
+  SUMMARY[rootns]="namespaces left behind: $(tr "\n" " " <<< "$LEAKED")"
+else
+  RESULT[rootns]=ok
+  SUMMARY[rootns]="keepalive sysctls, iptables -S, ip6tables -S of the root namespace unchanged; no namespace left behind"
 fi
 
 printf '\n######## summary ########\n'
