@@ -117,7 +117,7 @@ sliced() {
 }
 
 declare -A PER_HOST
-declare -a SLICE_LINES
+SLICE_LINES=()
 printf '%-6s %-9s %-9s %-9s %-14s %-14s %-12s\n' hosts audit_s ping_s naive_s audit/ping naive/audit audit_ms/host
 for n in $SIZES; do
   ansible-playbook tcplab.keepalive.lab -e "$(lab_vars "$n")" >/dev/null
