@@ -53,8 +53,8 @@ def log(line):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     parser.add_argument('--release', default='bookworm')
-    parser.add_argument('--cache-dir', default='/var/cache/tcplab-keepalive-helper-vm')
-    parser.add_argument('--state-dir', default='/run/tcplab-helper-vm/smoke')
+    parser.add_argument('--cache-dir', default='/var/cache/tcplab-keepalive-test-vm')
+    parser.add_argument('--state-dir', default='/run/tcplab-test-vm/smoke')
     parser.add_argument('--bridge', default='tkvm0')
     parser.add_argument('--bridge-address', default='198.19.90.1/24')
     parser.add_argument('--address', default='198.19.90.10/24')
@@ -114,7 +114,7 @@ def smoke(args):
         result['proxy'] = proxy.start()
         log('apt proxy at %s (pid %s)' % (proxy.url, result['proxy']['pid']))
         vm = Vm(run, 'smoke1', os.path.join(args.state_dir, 'vms', 'smoke1'), image, args.bridge, args.address,
-                'helper-vm', key, apt_proxy=proxy.url, accel=args.accel, tap_prefix=args.tap_prefix, log=log)
+                'unit-vm', key, apt_proxy=proxy.url, accel=args.accel, tap_prefix=args.tap_prefix, log=log)
         started = vm.start()
         result['vm'] = {k: started[k] for k in ('accel', 'boot_seconds', 'ssh_seconds', 'notes', 'tap', 'mac', 'address')}
         log('VM up (%s): ssh login %.1f s after the QEMU start that booted, %.1f s in all' % (

@@ -11,7 +11,7 @@ set -eux
 ansible-playbook -i "${INVENTORY_PATH}" main.yml "$@"
 
 NS=tkau-it-remediate
-WORK=/tmp/tcplab-helper-audit/it-remediate
+WORK=/tmp/tcplab-test-audit/it-remediate
 cleanup() {
   ip netns del "$NS" 2>/dev/null || true
   rm -rf "$WORK"
@@ -23,7 +23,7 @@ ansible-playbook -i "${INVENTORY_PATH}" -i remediate_inventory.yml remediate.yml
 
 # Exact per-connection keepalive settings (issue 13): a lab host holding a connection with its own settings.
 PS_NS=tkps-it-sockets
-PS_WORK=/run/tcplab-helper-ps/it-sockets
+PS_WORK=/run/tcplab-test-ps/it-sockets
 PS_PID=
 ps_cleanup() {
   # the holder is ours when its command line is this target's sockets_holder.py

@@ -17,14 +17,14 @@ ansible-playbook -i "${INVENTORY_PATH}" all.yml "$@"
 # A play killed (SIGKILL) right after the change, then state: restored from a
 # fresh controller (no facts, only the journal on the host) restores everything.
 NS=tksy-it-killed
-JOURNAL=/run/tcplab-helper-sysctl/it-sysctl-killed
-HANG=/run/tcplab-helper-sysctl/it-sysctl-killed.hang
+JOURNAL=/run/tcplab-test-sysctl/it-sysctl-killed
+HANG=/run/tcplab-test-sysctl/it-sysctl-killed.hang
 cleanup() {
   if [ -n "${PLAY_PID:-}" ]; then kill -9 -- "-${PLAY_PID}" 2>/dev/null || true; fi
   rm -f "$HANG"
   ip netns del "$NS" 2>/dev/null || true
   rm -rf "$JOURNAL"
-  rmdir /run/tcplab-helper-sysctl 2>/dev/null || true
+  rmdir /run/tcplab-test-sysctl 2>/dev/null || true
 }
 trap cleanup EXIT
 ip netns add "$NS"

@@ -18,6 +18,7 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._audit import (
     AuditError, container_id_from_cgroup, decode_address, detection_seconds, drift_findings, label_of, matches,
     parse_sysctl_text, read_in_netns, read_namespace, read_persisted, remediation_target, run_audit, scan_tcp,
     socket_owners, sysctl_files, top_processes, validate_policy, value_findings)
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.netns_child import audit_in_netns
 
 DEFAULTS = {'time': 7200, 'intvl': 75, 'probes': 9}
 KNOWN = 'preset, max_detection_seconds, target, time, intvl, probes, accepted_without_keepalive'
@@ -572,35 +573,6 @@ def test_unknown_boot_namespace_checks_drift_and_says_so(tmp_path):
     assert result['namespaces'][0]['boot_netns'] is None and result['boot_netns_inode'] is None
     assert [f['id'] for f in result['findings']] == ['KA004']
     assert result['notes'] == [_audit.NOTE_BOOT_UNKNOWN % ('cannot read %s/1/ns/net: No such file or directory' % proc)]
-
-
-def audit_in_netns(path, params):
-    """run_audit with the real /proc in a forked child that entered the namespace at path."""
-    import json
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(rfd)
-            fd = os.open(path, os.O_RDONLY)
-            _audit._setns(fd)
-            try:
-                data = run_audit(params)
-            except AuditError as exc:
-                data = {'error': str(exc)}
-            os.write(wfd, json.dumps(data).encode('utf-8'))
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    chunks = []
-    while True:
-        chunk = os.read(rfd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(rfd)
-    os.waitpid(pid, 0)
-    return json.loads(b''.join(chunks).decode('utf-8'))
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which('ip') is None, reason='needs root and iproute2')

@@ -6,7 +6,7 @@
 Each daemon runs in a lab network namespace of this test (tkps-d-srv-PID),
 joined to a client namespace (tkps-d-cli-PID) by a veth pair with addresses
 from 198.19.190.0/24, with its own configuration and state directory under
-/run/tcplab-helper-ps/; the test starts it, opens connections from the client
+/run/tcplab-test-ps/; the test starts it, opens connections from the client
 namespace, audits the server namespace exactly as the module does there
 (run_audit in a process inside it) and stops the daemon by the handle it
 started (nothing in the root namespace is started, read-only there). A daemon
@@ -26,11 +26,10 @@ import time
 
 import pytest
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils import _audit
-from ansible_collections.tcplab.keepalive.plugins.module_utils._audit import run_audit
 from ansible_collections.tcplab.keepalive.plugins.module_utils._audit_sockets import Pidfd
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.netns_child import audit_in_netns
 
-STATE = '/run/tcplab-helper-ps'
+STATE = '/run/tcplab-test-ps'
 SERVER, CLIENT = '198.19.190.1', '198.19.190.2'
 SYSCTLS = (120, 15, 6)   # 210 s: within azure-lb's 239 s, so every finding below is the connection's own
 PGBIN = '/usr/lib/postgresql/15/bin'
@@ -134,7 +133,7 @@ class Lab:
         return proc
 
     def audit(self, policy):
-        return audit_in(self.srv, {'policy': policy, 'root': self.path(), 'namespaces': 'host'})
+        return audit_in_netns(self.srv, {'policy': policy, 'root': self.path(), 'namespaces': 'host'})
 
     def down(self):
         for proc in self.clients:
@@ -162,33 +161,6 @@ class Lab:
 def _starttime(pid):
     with open('/proc/%d/stat' % pid) as handle:
         return int(handle.read().rsplit(')', 1)[1].split()[19])
-
-
-def audit_in(name, params):
-    """run_audit in a forked child that entered the namespace (as the module runs on a lab host)."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            fd = os.open('/run/netns/%s' % name, os.O_RDONLY)
-            _audit._setns(fd)
-            data = json.dumps(run_audit(params)).encode()
-            while data:
-                data = data[os.write(wfd, data):]
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    chunks = []
-    while True:
-        chunk = os.read(rfd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(rfd)
-    os.waitpid(pid, 0)
-    return json.loads(b''.join(chunks).decode())
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils import _audit, _a
 from ansible_collections.tcplab.keepalive.plugins.module_utils._audit import run_audit, validate_policy
 from ansible_collections.tcplab.keepalive.plugins.module_utils._audit_sockets import (
     Budget, Pidfd, connection_detection, is_accepted, kernel_version, read_entry, read_socket, socket_holders)
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.netns_child import audit_in_netns
 
 HOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'holder_sockets.py')
 ROOT = os.geteuid() == 0
@@ -232,33 +233,6 @@ def test_without_permission_the_connection_is_counted_refused(holder):
 
 
 # -- the whole audit in a lab namespace -----------------------------------------------
-
-def audit_in_netns(name, params):
-    """run_audit with the real /proc in a forked child that entered the lab namespace (as the module does there)."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            fd = os.open('/run/netns/%s' % name, os.O_RDONLY)
-            _audit._setns(fd)
-            data = json.dumps(run_audit(params)).encode()
-            while data:
-                data = data[os.write(wfd, data):]
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    chunks = []
-    while True:
-        chunk = os.read(rfd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(rfd)
-    os.waitpid(pid, 0)
-    return json.loads(b''.join(chunks).decode())
-
 
 def set_sysctls(name, time, intvl, probes):
     subprocess.check_call(['ip', 'netns', 'exec', name, 'sysctl', '-q', '-w', 'net.ipv4.tcp_keepalive_time=%d' % time,

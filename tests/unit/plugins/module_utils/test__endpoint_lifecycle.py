@@ -20,7 +20,7 @@ import pytest
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _endpoint, _proc
 from ansible_collections.tcplab.keepalive.plugins.module_utils._endpoint import EndpointError, Endpoints, validate
 
-STATE_ROOT = '/run/tcplab-helper-endpoint'
+STATE_ROOT = '/run/tcplab-test-endpoint'
 TAG = 'tcplab-keepalive-endpoint:'
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason='needs root for ip netns')
 

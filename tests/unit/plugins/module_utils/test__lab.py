@@ -154,7 +154,7 @@ class FakeRunner:
         raise AssertionError('no command expected, got %r' % (argv,))
 
 
-PARAMS = {'bridge': 'tknsbr1', 'netns_prefix': 'tkns-u-', 'state_dir': '/run/tcplab-helper-ns/unit-lab',
+PARAMS = {'bridge': 'tknsbr1', 'netns_prefix': 'tkns-u-', 'state_dir': '/run/tcplab-test-ns/unit-lab',
           'netns_dir': '/nonexistent'}
 
 

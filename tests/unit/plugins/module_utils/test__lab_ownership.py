@@ -1,6 +1,6 @@
 # The lab changes and removes only what it made (issue 10: items 2, 3, 8, 16), on the real kernel:
 # real namespaces, bridges, dummy interfaces, users, sudo. Everything here is named tkla-*/tkla0/tkla1/
-# tkladum0/tklau*, on 198.19.10.0/24 and 198.19.11.0/24, with state under /run/tcplab-helper-lab.
+# tkladum0/tklau*, on 198.19.10.0/24 and 198.19.11.0/24, with state under /run/tcplab-test-lab.
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._common import Ru
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('ip'), reason='needs root and iproute2')
 
-BASE = '/run/tcplab-helper-lab'
+BASE = '/run/tcplab-test-lab'
 USERS = ('tklau1', 'tklau2')
 BINARIES = {name: shutil.which(name) or shutil.which(name, path='/usr/sbin:/sbin')
             for name in ('ip', 'nsenter', 'sshd', 'ssh-keygen', 'sudo', 'useradd', 'userdel', 'visudo')}
@@ -79,7 +79,7 @@ def ours_left():
 
 
 def cleanup():
-    """Remove everything these tests may have made (all of it carries this helper's names)."""
+    """Remove everything these tests may have made (all of it carries this file's names)."""
     for pid in [p for p in os.listdir('/proc') if p.isdigit()]:
         try:
             with open('/proc/%s/cmdline' % pid, 'rb') as handle:

@@ -519,11 +519,11 @@ PLAYBOOK = '''
         lab_bridge: tkvi0
         lab_netns_prefix: tkvi-
         lab_network: 198.19.91.0/24
-        lab_state_dir: /run/tcplab-helper-vmi/lab
-        lab_inventory: /run/tcplab-helper-vmi/lab/inventory.ini
-        lab_vm_image_cache: /var/cache/tcplab-keepalive-helper-vm
+        lab_state_dir: /run/tcplab-test-vmi/lab
+        lab_inventory: /run/tcplab-test-vmi/lab/inventory.ini
+        lab_vm_image_cache: /var/cache/tcplab-keepalive-test-vm
 '''
-STATE = '/run/tcplab-helper-vmi/lab'
+STATE = '/run/tcplab-test-vmi/lab'
 IDENT = lab_id(STATE)
 
 
@@ -648,4 +648,4 @@ def test_real_lab_with_a_namespace_and_a_vm(tmp_path):
         assert not os.path.exists(STATE) and 'tkvi-ns1' not in os.listdir('/run/netns')
     finally:
         playbook(book, '-e', 'lab_state=absent')
-        shutil.rmtree('/run/tcplab-helper-vmi', ignore_errors=True)
+        shutil.rmtree('/run/tcplab-test-vmi', ignore_errors=True)

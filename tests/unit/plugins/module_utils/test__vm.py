@@ -81,7 +81,7 @@ def key(tmp_path):
 def make_vm(tmp_path, image, key, run=None, **kwargs):
     kwargs.setdefault('tap_prefix', 'tkvmt')
     return Vm(run or FakeRun(), kwargs.pop('name', 'vm1'), str(tmp_path / 'state' / 'vm1'), image, 'tkvm0',
-              kwargs.pop('address', '198.19.90.10/24'), 'helper-vm', key, **kwargs)
+              kwargs.pop('address', '198.19.90.10/24'), 'unit-vm', key, **kwargs)
 
 
 # -- naming and seed ------------------------------------------------------
@@ -197,7 +197,7 @@ def test_qemu_argv(tmp_path, image, key):
     vm = make_vm(tmp_path, image, key)
     argv = qemu_argv('qemu-system-x86_64', vm.mark, 'tcg', image, vm.files, vm.tap, vm.mac)
     text = ' '.join(argv)
-    assert argv[:3] == ['qemu-system-x86_64', '-name', 'tcplab-vm:helper-vm:vm1']
+    assert argv[:3] == ['qemu-system-x86_64', '-name', 'tcplab-vm:unit-vm:vm1']
     assert '-accel tcg' in text and '-display none' in text and '-nodefaults' in text
     assert '-serial file:%s' % vm.files['console'] in text
     assert '-qmp unix:%s,server=on,wait=off' % vm.files['qmp'] in text
@@ -246,7 +246,7 @@ def test_prepare_without_boot(tmp_path, image, key):
         ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'tcplab-vm-vm1', '-f', vm.files['host_key']],
         ['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', image['disk'], '-F', 'raw', vm.files['overlay']],
         ['ip', 'tuntap', 'add', 'dev', vm.tap, 'mode', 'tap'],
-        ['ip', 'link', 'set', 'dev', vm.tap, 'alias', 'tcplab-vm:helper-vm:vm1'],
+        ['ip', 'link', 'set', 'dev', vm.tap, 'alias', 'tcplab-vm:unit-vm:vm1'],
         ['ip', 'link', 'set', 'dev', vm.tap, 'master', 'tkvm0'],
         ['ip', 'link', 'set', 'dev', vm.tap, 'up'],
     ]
@@ -274,7 +274,7 @@ def test_overlay_is_remade_when_the_base_changes(tmp_path, image, key):
 
 
 def test_foreign_tap_is_refused_and_kept(tmp_path, image, key):
-    tap = tap_name('tkvmt', 'helper-vm', 'vm1')
+    tap = tap_name('tkvmt', 'unit-vm', 'vm1')
     run = FakeRun({'tkvm0': {'ifname': 'tkvm0', 'linkinfo': {'info_kind': 'bridge'}},
                    tap: {'ifname': tap, 'ifindex': 12, 'linkinfo': {'info_kind': 'tun'}}})
     vm = make_vm(tmp_path, image, key, run=run)
@@ -464,7 +464,7 @@ def test_pid_file_proves_ownership_only_with_the_marker(tmp_path, image, key):
     vm = make_vm(tmp_path, image, key)
     os.makedirs(vm.state_dir)
     proc = stand_in(vm)
-    other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', '-name', 'tcplab-vm:helper-vm:vm2'])
+    other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', '-name', 'tcplab-vm:unit-vm:vm2'])
     try:
         wait_for_argv(proc.pid)
         wait_for_argv(other.pid)
@@ -477,8 +477,8 @@ def test_pid_file_proves_ownership_only_with_the_marker(tmp_path, image, key):
         assert vm.owned_pid({'name': 'vm1', 'pid': None}) == proc.pid
         # a record with a pid that is not (or no longer) QEMU's: the pid file does not count
         assert vm.owned_pid({'pid': other.pid, 'starttime': starttime(other.pid)}) is None
-        assert sorted(find_orphans('helper-vm', [proc.pid, other.pid, os.getpid()])) == sorted([proc.pid, other.pid])
-        assert find_orphans('helper', [proc.pid, other.pid]) == []
+        assert sorted(find_orphans('unit-vm', [proc.pid, other.pid, os.getpid()])) == sorted([proc.pid, other.pid])
+        assert find_orphans('unit', [proc.pid, other.pid]) == []
     finally:
         for p in (proc, other):
             p.kill()
@@ -561,4 +561,4 @@ def test_real_vm_smoke():
     assert result['stop']['stopped'] == 'acpi'
     assert result['tap_left'] is False and result['overlay_left'] is False and result['base_unchanged'] is True
     assert result['proxy_stop'] == {'changed': True, 'stopped': True}
-    assert not os.path.exists('/run/tcplab-helper-vm/smoke')
+    assert not os.path.exists('/run/tcplab-test-vm/smoke')

@@ -38,7 +38,7 @@ Enabled: no
 '''
 ENTRIES = parse_deb822(SOURCES)
 REAL = os.environ.get('TCPLAB_VM_TESTS') == '1'
-REAL_CACHE = os.environ.get('TCPLAB_VM_CACHE', '/var/cache/tcplab-keepalive-helper-vm')
+REAL_CACHE = os.environ.get('TCPLAB_VM_CACHE', '/var/cache/tcplab-keepalive-test-vm')
 
 
 def test_parse_deb822():

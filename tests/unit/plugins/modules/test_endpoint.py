@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='needs root for ip net
 @pytest.fixture
 def netns(tmp_path):
     name = 'tken-%s' % secrets.token_hex(3)
-    state = '/run/tcplab-helper-endpoint/%s' % name
+    state = '/run/tcplab-test-endpoint/%s' % name
     subprocess.run(['ip', 'netns', 'add', name], check=True)
     try:
         subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)

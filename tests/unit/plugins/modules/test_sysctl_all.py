@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """`netns: all` with `state: restored`, run for real: `ansible localhost -m tcplab.keepalive.sysctl` against
-network namespaces made here (tkns-*), with journals under /run/tcplab-helper-ns; the kernel's values are read
+network namespaces made here (tkns-*), with journals under /run/tcplab-test-ns; the kernel's values are read
 back. Nothing touches the root namespace's values (the journal used here never lists it)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 ANSIBLE = Path(sys.executable).parent / 'ansible'
-RUN_DIR = Path('/run/tcplab-helper-ns')
+RUN_DIR = Path('/run/tcplab-test-ns')
 ORIGINALS = [7200, 75, 9]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which('ip') is None,

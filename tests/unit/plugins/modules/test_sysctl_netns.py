@@ -4,7 +4,7 @@
 """The sysctl module run for real: `ansible localhost -m tcplab.keepalive.sysctl -a 'k=v ...'` against
 network namespaces made here (tksy-*), reading the kernel's values back: k=v strings (issue 10 item 14),
 persist refused outside the boot namespace (item 4), the lease (item 7) and path options naming a file
-(item 17). Journals live under /run/tcplab-helper-sysctl; nothing touches the root namespace's values."""
+(item 17). Journals live under /run/tcplab-test-sysctl; nothing touches the root namespace's values."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 ANSIBLE = Path(sys.executable).parent / 'ansible'
-RUN_DIR = Path('/run/tcplab-helper-sysctl')
+RUN_DIR = Path('/run/tcplab-test-sysctl')
 ORIGINALS = [7200, 75, 9]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which('ip') is None,
