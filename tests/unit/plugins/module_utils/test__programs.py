@@ -107,6 +107,14 @@ def read_json(path):
     return _detached.load_record(str(path))
 
 
+def accepted(ns, port):
+    """True once a process owns the server's side of an established connection on port: the server has
+    accept()ed it (killed before that, its kernel answers with a RST, not a FIN)."""
+    out = subprocess.run(['ip', 'netns', 'exec', ns, 'ss', '-Htnp', 'state', 'established', 'sport', '=', ':%d' % port],
+                         capture_output=True, text=True, check=False).stdout
+    return 'pid=' in out
+
+
 PEER = textwrap.dedent('''
     import socket, sys, time
     for _ in range(200):
@@ -165,6 +173,7 @@ def test_the_client_records_its_connection_and_how_it_ended(netns, tmp_path):
             until(lambda: (read_json(outcome) or {}).get('state') == 'connected')
         connected = read_json(outcome)
         assert set(connected) == {'state', 'connected_at'}
+        until(lambda: accepted(netns, 41311))
         server.kill()  # the kernel closes its connection: the client sees the end
         server.wait()
         assert client.wait(10) == 0
