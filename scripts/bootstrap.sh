@@ -5,6 +5,8 @@
 #   - a virtual environment (.venv) with the pinned requirements-dev.txt;
 #   - a second one (.venv-galaxy) with the release checks of the build stage
 #     (galaxy-importer, ansible-builder: requirements-dev-galaxy.txt);
+#   - a third one (.venv-docs) with the docs stage's tools (antsibull-docs,
+#     Sphinx, sphinx-ansible-theme: requirements-docs.txt);
 #   - this checkout where Ansible finds it by FQCN:
 #     .build/collections/ansible_collections/tcplab/keepalive -> the checkout.
 # Each step is skipped when already done, so re-running is cheap.
@@ -22,7 +24,7 @@ fi
 TCPLAB_APT_PACKAGES=(
   iproute2 iptables tcpdump tshark openssh-server openssh-client util-linux procps
   netcat-openbsd curl bc sudo python3 python3-venv python3-pip git ca-certificates
-  chromium fonts-dejavu-core shellcheck
+  chromium fonts-dejavu-core shellcheck pandoc
   mmdebstrap qemu-system-x86 qemu-utils apt-cacher-ng e2fsprogs
   redis-server nginx-light postgresql
 )
@@ -80,6 +82,7 @@ tcplab_collection() {
 tcplab_apt
 tcplab_venv
 tcplab_venv .venv-galaxy requirements-dev-galaxy.txt
+tcplab_venv .venv-docs requirements-docs.txt
 tcplab_collection
 
 # Let Python cache bytecode: every ansible run imports hundreds of modules,

@@ -9,6 +9,9 @@
 #   build        ansible-galaxy collection build; galaxy-importer on the tarball (no error, no warning) and
 #                flake8 with Galaxy's settings; ansible-builder introspect and create; install into a fresh
 #                path + ansible-doc of every plugin
+#   docs         the documentation site (scripts/stage_docs.sh): antsibull-docs lint-collection-docs and
+#                sphinx-init + Sphinx with the guides of docs/ (no finding, no warning), no page loads anything
+#                from another host, a headless-Chromium screenshot of the audit module's page
 #   integration  ansible-test integration --local (targets: destructive, needs/root)
 #   molecule     molecule test --all
 #   rootns       the root namespace's keepalive sysctls and iptables rules are as before the run
@@ -17,8 +20,10 @@
 set -uo pipefail
 # shellcheck source=scripts/bootstrap.sh
 . "$(dirname "$0")/bootstrap.sh" || exit 1
+# shellcheck source=scripts/stage_docs.sh
+. "$(dirname "$0")/stage_docs.sh" || exit 1
 
-ALL_STAGES="unit sanity lint build integration molecule"
+ALL_STAGES="unit sanity lint build docs integration molecule"
 STAGES=${STAGES:-$ALL_STAGES}
 OUT="$TCPLAB_ROOT/.build/test"
 rm -rf "$OUT"
@@ -167,7 +172,7 @@ stage_build() {
   local dist="$OUT/dist" inst="$OUT/installed" tarball docs=0 kind file name rc=0
   ansible-galaxy collection build --force --output-path "$dist" . || return 1
   tarball=$(ls "$dist"/tcplab-keepalive-*.tar.gz)
-  if tar tzf "$tarball" | grep -qE '^((tests/unit|benchmarks|\.ci|scripts|molecule)/|\.venv|requirements-dev|docs/development\.md)'; then
+  if tar tzf "$tarball" | grep -qE '^((tests/unit|benchmarks|\.ci|scripts|molecule)/|\.venv|requirements-d(ev|ocs)|requirements-matrix/|docs/development\.md)'; then
     echo "build: tests, benchmarks, scripts, CI or developer files leaked into $tarball"; return 1
   fi
   ansible-galaxy collection install --force -p "$inst" "$tarball" || return 1
