@@ -224,7 +224,7 @@ def generate(path, packets, seed, make=conversation, group=400):
 
 
 CHILD = r'''
-import json, os, resource, sys, tempfile, time
+import json, os, resource, shutil, sys, tempfile, time
 root, path = sys.argv[1], sys.argv[2]
 link = tempfile.mkdtemp(prefix='tcplab-bench-import-')
 os.makedirs(os.path.join(link, 'ansible_collections', 'tcplab'))
@@ -241,6 +241,7 @@ else:
     result = analyse(path, return_frames=True)
 elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
 os.unlink(os.path.join(link, 'ansible_collections', 'tcplab', 'keepalive'))
+shutil.rmtree(link)   # (only empty directories are left)
 json.dump({'seconds': elapsed, 'cpu': cpu, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
            'summary': result['summary'], 'ka': result['keepalive_frames'], 'kaack': result['keepalive_ack_frames']},
           sys.stdout)
@@ -316,6 +317,8 @@ def run_case(name, path, packets, seed, root, tshark):
     print('cpu time    ours %.2f s, tshark %.2f s: %.1fx (less sensitive to a busy machine than the wall times)'
           % (ours['cpu'], theirs['cpu'], theirs['cpu'] / ours['cpu']))
     print('peak memory %.1f MB (ru_maxrss of the analysing process)' % (ours['maxrss_kb'] / 1024.0))
+    print('load        %.2f %.2f %.2f (1, 5 and 15 min averages: above the number of cores, the CPU times are '
+          'inflated too, and unevenly)' % os.getloadavg())
     return same
 
 

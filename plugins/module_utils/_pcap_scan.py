@@ -27,6 +27,7 @@ import struct
 
 M32 = 0xFFFFFFFF
 HALF = 0x80000000
+NEG_HALF = -HALF   # (a constant: -HALF in a comparison would be computed each time)
 # Wireshark's TCP_MAX_UNACKED_SEGMENTS: a SYN/FIN only advances the next
 # expected sequence number when the segment could be put on the unacked list.
 MAX_UNACKED = 10000
@@ -37,9 +38,10 @@ IPV6_EXT = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
 NULL_IPV6 = frozenset((10, 24, 28, 30))
 
 TCP_HDR = struct.Struct('!4xIIBBH')
-# Ethernet type + IPv4 version/IHL + TOS, total length, flags/fragment offset + TTL + protocol, addresses and ports
-# (the connection's key); TCP seq, ack, data offset, flags, window
-ETH_FAST = struct.Struct('!12xIH2xI2x12sIIBBH')
+# Ethernet type (two bytes), IPv4 version/IHL, total length, flags/fragment offset (two bytes), protocol, addresses
+# and ports (the connection's key); TCP seq, ack, data offset, flags, window. Bytes, not words, where a byte is enough:
+# an int below 256 is a cached object, and comparing it costs less than a shift or mask
+ETH_FAST = struct.Struct('!12xBBBxH2xBBxB2x12sIIBBH')
 IP4_HDR = struct.Struct('!BxHxxHxB')
 # IPv4 (without options) and TCP header bytes by the TCP data offset byte
 HEADERS = tuple(20 + (offb >> 4) * 4 for offb in range(256))
@@ -48,6 +50,10 @@ PORTS = struct.Struct('!HH')
 # what a segment is, for the timeline (the last-flags of a direction hold KA or ZWP)
 KA, KAACK, ZWP = 1, 2, 3
 KINDS = {KA: 'keepalive', KAACK: 'keepalive_ack', ZWP: 'zero_window_probe'}
+# what Scan.parse() returns for a frame without a TCP segment (its length -1), and what the walk reads as a record
+# header where no complete one is left (a caplen no record can have)
+NO_SEGMENT = (None, 0, 0, 0, 0, -1, False)
+END = (0, 0, 1 << 62, 0)
 
 
 class Flow:
@@ -106,9 +112,9 @@ class Conn:
     rst: (frame, time, flags, sender flow, its unanswered probes before it, time of its last probe or None);
     fin: (frame, time, flags, sender flow); packets: [(time, sender flow, kind)] when the scan keeps them."""
 
-    __slots__ = ('a', 'b', 'syn_from', 'first_ts', 'first_frame', 'rst', 'fin', 'reused', 'seq_no', 'packets')
+    __slots__ = ('a', 'b', 'syn_from', 'first_ts', 'first_frame', 'rst', 'fin', 'reused', 'packets')
 
-    def __init__(self, a, b, ts, frame, seq_no):
+    def __init__(self, a, b, ts, frame):
         self.a = a
         self.b = b
         self.syn_from = None
@@ -117,7 +123,6 @@ class Conn:
         self.rst = None
         self.fin = None
         self.reused = False
-        self.seq_no = seq_no
         self.packets = None
 
 
@@ -137,14 +142,14 @@ def segment(f, r, seq, ack, flags, win, seglen, nxt):
         kind, nseq = 0, (seq if not seglen else (seq + 1 if seq != M32 else 0))
     if seglen or flags & 3:   # sent before the next expected seq: a retransmission; one more unacked
         d = nxt - seq
-        if nxt and not kind and (0 < d < HALF or d <= -HALF):
+        if nxt and not kind and (0 < d < HALF or d <= NEG_HALF):
             f.retx += 1
         if len(f.unacked) < MAX_UNACKED:
             nseq = (nseq + 1) & M32 if flags & 3 else nseq
             f.unacked.append(nseq)
     if kind != ZWP:
         d = nseq - nxt
-        if d and (0 < d < HALF or d <= -HALF or not nxt):   # GT_SEQ(nextseq of this segment, nextseq)
+        if d and (0 < d < HALF or d <= NEG_HALF or not nxt):   # GT_SEQ(nextseq of this segment, nextseq)
             f.nxt = nseq
         if seq == f.maxs or not f.maxs:
             f.maxs = f.nxt
@@ -154,7 +159,7 @@ def segment(f, r, seq, ack, flags, win, seglen, nxt):
 def _maxs_acked(r, ack):
     """An ack beyond r's highest sequence number to be acked: it is all acked (GT_SEQ(ack, maxseqtobeacked))."""
     d = ack - r.maxs
-    if r.maxs and (0 < d < HALF or d <= -HALF):
+    if r.maxs and (0 < d < HALF or d <= NEG_HALF):
         r.maxs = r.nxt
 
 
@@ -162,7 +167,7 @@ def _acked(r, ru, ack):
     """Drop from r's unacked list the segments ack acknowledges: those whose end is not GT_SEQ(end, ack)."""
     if len(ru) == 1:
         d = ru[0] - ack
-        if not (0 < d < HALF or d <= -HALF):
+        if not (0 < d < HALF or d <= NEG_HALF):
             ru.clear()
     else:
         ru[:] = [x for x in ru if (ack - x) & M32 >= HALF]
@@ -302,14 +307,13 @@ class Scan:
         self.focus = focus
         self.keep_packets = packets
         self.conns = {}
-        self.finished = []
+        self.all_conns = []   # every connection, in order of its first frame
         self.ka_frames = []
         self.kaack_frames = []
         self.keepalive = self.keepalive_ack = 0
         self.packets = self.tcp = self.not_tcp = self.fragments = self.short = self.duplicates = 0
         self.first_ts = None
-        self.skip = Conn(None, None, 0.0, 0, -1)   # shared marker of connections outside the focus
-        self.conn_no = 0
+        self.skip = Conn(None, None, 0.0, 0)   # shared marker of connections outside the focus
         self.prev_out = None
         self.dup = False
 
@@ -325,14 +329,8 @@ class Scan:
 
     def connections(self):
         """Every connection, in order of its first frame."""
-        seen = set(id(c) for c in self.finished)
-        for conn, _f, _r in self.conns.values():
-            if conn is not self.skip and id(conn) not in seen:
-                seen.add(id(conn))
-                self.finished.append(conn)
         self.conns = {}
-        self.finished.sort(key=lambda c: c.seq_no)
-        return self.finished
+        return self.all_conns
 
     def run(self, chunks):
         """Walk the chunks of a Reader (see walk())."""
@@ -355,9 +353,7 @@ class Scan:
         eth_fast, conns, skip, ka_frame, hdr = ETH_FAST.unpack_from, self.conns, self.skip, self.ka_frames.append, HEADERS
         keep, dup = self.keep_packets and self.focus is not None, False   # (a chunk has one link type: dup is SLL's)
         while True:   # not `while <condition>`: CPython 3.11 only specialises a loop that ends in a plain jump back
-            if pos + hlen > n:
-                return pos, frame
-            sec, frac, caplen, origlen = rec(buf, pos)
+            sec, frac, caplen, origlen = rec(buf, pos) if pos + hlen <= n else END
             off = pos + hlen
             if caplen > limit or off + caplen > n:
                 return pos, frame
@@ -365,18 +361,15 @@ class Scan:
             frame += 1
             total = -1
             if lt == 1 and caplen >= 54:   # Ethernet, IPv4 without options, not a fragment, TCP
-                etb0, total, fragproto, key, seq, ack, offb, flags, win = eth_fast(buf, off)
-                if etb0 >> 8 != 0x080045 or fragproto & 0x3FFF00FF != 6:
-                    total = -1
+                et0, et1, vihl, total, frag0, frag1, proto, key, seq, ack, offb, flags, win = eth_fast(buf, off)
+                if et0 != 8 or et1 or vihl != 0x45 or proto != 6 or frag1 or frag0 != 0x40 and frag0:
+                    total = -1   # (a fragment offset, the MF bit or the reserved bit: the general path)
                 elif total == 0 or total > origlen - 14:
                     total = origlen - 14
                 seglen = total - hdr[offb]
             if total < 36:
-                seg = self.parse(buf, off, caplen, origlen, lt, total)
-                if seg is None:
-                    continue
-                key, seq, ack, flags, win, seglen, dup = seg
-            if seglen < 0:
+                key, seq, ack, flags, win, seglen, dup = self.parse(buf, off, caplen, origlen, lt, total)
+            if seglen < 0:   # (or no TCP segment at all: see parse())
                 continue
             try:
                 conn, f, r = conns[key]
@@ -384,12 +377,13 @@ class Scan:
                 conn, f, r = self.new_conn(key, sec + frac * scale, frame)
             if conn is skip:
                 continue
-            if flags & 2 or f.fresh:
+            rare = flags & 7   # SYN, FIN or RST (one bit operation per segment: they cost more than compares)
+            if rare and flags & 2 or f.fresh:
                 conn, f, r = self.bases(conn, f, r, key, seq, ack, flags, sec + frac * scale, frame)
             nxt = f.nxt
             if r.maxs > r.nxt and flags & 16:
                 _maxs_acked(r, ack)
-            if seq == nxt and seglen != 1 and not flags & 7:   # in order (or the ACK of a Keep-Alive): the common case
+            if seq == nxt and seglen != 1 and not rare:   # in order (or the ACK of a Keep-Alive): the common case
                 kind = KAACK if not seglen and r.lfl == KA and win and win == f.win and ack == f.lack else 0
                 if seglen:   # data: the next expected seq moves on, one more unacked segment
                     nseq = seq + seglen if seq + seglen <= M32 else seq + seglen - 0x100000000
@@ -398,7 +392,7 @@ class Scan:
                     f.nxt = nseq
                 if seq == f.maxs or not f.maxs:
                     f.maxs = f.nxt
-            elif seq + 1 == nxt and seglen < 2 and not flags & 7:   # segment()'s Keep-Alive, inline (many in some captures)
+            elif seq + 1 == nxt and seglen < 2 and not rare:   # segment()'s Keep-Alive, inline (many in some captures)
                 kind = KA
                 if seglen and len(f.unacked) < MAX_UNACKED:   # its one byte: unacked, ends at nxt, which stays
                     f.unacked.append(nxt)
@@ -410,7 +404,7 @@ class Scan:
             ru = r.unacked
             if ru and (ack != r.scan_ack or len(ru) != r.scan_len):
                 d = ru[0] - ack
-                if len(ru) == 1 and not (0 < d < HALF or d <= -HALF):   # it acknowledges the one unacked segment
+                if len(ru) == 1 and not (0 < d < HALF or d <= NEG_HALF):   # it acknowledges the one unacked segment
                     ru.clear()
                     r.scan_len = 0
                 else:
@@ -421,8 +415,8 @@ class Scan:
                 self.count(kind, frame, f)
             if dup:
                 continue
-            ts = sec + frac * scale
-            if keep or flags & 5 or conn.rst is not None:   # the rare cases, and every segment of a followed connection
+            ts = scale * frac + sec   # (= sec + frac * scale, to the bit: the float operations first are cheaper)
+            if keep or rare and flags & 5 or conn.rst is not None:   # the rare cases, and every segment of a followed connection
                 timeline(conn, f, r, frame, ts, seq, seglen, flags, kind)
             else:   # the common cases of timeline(), here for speed
                 if r.awaiting is not None:   # answers the peer's probe
@@ -438,7 +432,8 @@ class Scan:
 
     def parse(self, buf, off, caplen, origlen, lt, total):
         """(key, seq, ack, flags, window, segment length, loopback duplicate) of a frame that is not the common one
-        (or too short for it: total >= 0), or None; counts the short frames and those without a TCP header."""
+        (or too short for it: total >= 0), or NO_SEGMENT (length -1); counts the short frames and those without a TCP
+        header."""
         seg = None
         if total >= 0:
             self.short += 1
@@ -446,13 +441,12 @@ class Scan:
             seg = parse_frame(buf, off, caplen, origlen, lt, self)
         if seg is None:
             self.not_tcp += 1
-            return None
+            return NO_SEGMENT
         key, seq, ack, offb, flags, win, tcplen = seg
         return key, seq, ack, flags, win, tcplen - (offb >> 4) * 4, self.dup
 
     def new_conn(self, key, ts, frame):
         """Register a connection under both directional keys; its flows keep the key and their side (0: source)."""
-        self.conn_no += 1
         n = len(key) - 4
         alen = n >> 1
         rkey = key[alen:n] + key[:alen] + key[n + 2:] + key[n:n + 2]
@@ -463,7 +457,8 @@ class Scan:
                 self.conns[key] = self.conns[rkey] = entry
                 return entry
         a, b = Flow(key, 0), Flow(key, 1)
-        conn = Conn(a, b, ts, frame, self.conn_no)
+        conn = Conn(a, b, ts, frame)
+        self.all_conns.append(conn)
         if self.keep_packets and self.focus is not None:
             conn.packets = []
         entry = (conn, a, b)
@@ -481,7 +476,6 @@ class Scan:
             if not flags & TH_ACK:
                 if f.base is not None:
                     if seq != f.base:
-                        self.finished.append(conn)
                         del self.conns[key]
                         conn, f, r = self.new_conn(key, ts, frame)
                         conn.reused = True
