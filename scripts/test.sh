@@ -14,6 +14,9 @@
 #                from another host, a headless-Chromium screenshot of the audit module's page
 #   integration  ansible-test integration --local (targets: destructive, needs/root)
 #   molecule     molecule test --all
+#   matrix       (not in the default list yet: STAGES=matrix) ansible-core 2.16, 2.17, 2.18 each in its own pinned
+#                environment (scripts/stage_matrix.sh): unit, sanity, ansible-doc of every plugin and role, the
+#                loopback experiment; 2.19 is the stages above
 #   rootns       the root namespace's keepalive sysctls and iptables rules are as before the run
 #
 # STAGES="unit lint" runs only those stages.
@@ -22,6 +25,8 @@ set -uo pipefail
 . "$(dirname "$0")/bootstrap.sh" || exit 1
 # shellcheck source=scripts/stage_docs.sh
 . "$(dirname "$0")/stage_docs.sh" || exit 1
+# shellcheck source=scripts/stage_matrix.sh
+. "$(dirname "$0")/stage_matrix.sh" || exit 1
 
 ALL_STAGES="unit sanity lint build docs integration molecule"
 STAGES=${STAGES:-$ALL_STAGES}

@@ -35,7 +35,10 @@ def _module_side(request):
     imported controller code, ansible-core marks the process as the controller
     and module warnings go to the display instead of the result; undo that for
     tests of modules."""
-    from ansible.module_utils import _internal  # pylint: disable=import-outside-toplevel
+    try:
+        from ansible.module_utils import _internal  # pylint: disable=import-outside-toplevel
+    except ImportError:  # ansible-core before 2.19 has no controller mark
+        _internal = None
     if '/plugins/modules/' not in str(request.node.fspath) or not hasattr(_internal, 'is_controller'):
         yield
         return

@@ -78,7 +78,16 @@ def run(args, check_mode=False):
 RUNNER = textwrap.dedent('''
     import contextlib, io, json, sys
     sys.path.insert(0, sys.argv[1])
-    from ansible.module_utils.testing import patch_module_args
+    try:
+        from ansible.module_utils.testing import patch_module_args
+    except ImportError:  # ansible-core before 2.19
+        from unittest import mock
+        from ansible.module_utils import basic
+
+        @contextlib.contextmanager
+        def patch_module_args(args):
+            with mock.patch.object(basic, '_ANSIBLE_ARGS', json.dumps({'ANSIBLE_MODULE_ARGS': args}).encode()):
+                yield
     from ansible_collections.tcplab.keepalive.plugins.modules import capture
     out = io.StringIO()
     with patch_module_args(json.loads(sys.argv[2])), contextlib.redirect_stdout(out):
