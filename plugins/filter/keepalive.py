@@ -16,6 +16,7 @@ import math
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import BOUNDS, KEYS, detection_seconds
+from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive_rules import DEFAULT_HZ, next_probe
 from ansible_collections.tcplab.keepalive.plugins.module_utils._middlebox import MiddleboxError, idle_timeout
 
 # A few more seconds on top of the whole timeline before the kernel's own clocks stop what a lost
@@ -160,19 +161,30 @@ def idle_timeout_plan(idle, expect, margin=0):
     }
 
 
-def keepalive_eta(expect, phase, number):
-    """When event number of phase is due: answered probes from the connect, the rest from the last answered segment.
+def keepalive_eta(expect, phase, number, answered=0):
+    """When event number of phase is due by the kernel's timer rules (_keepalive_rules), answers taken as instant:
+    answered probes from the connect, the rest from the last answered segment.
 
-    Answered probe k comes k x time after the connect; unanswered probe k at time + (k - 1) x intvl after the
-    last answered segment, and the RST (number probes + 1) one intvl after the last probe.
+    Answered probe 1 comes time after the connect, each later one max(time, intvl) after the one before (the timer
+    is re-armed with intvl when a probe leaves, and the answer restarts the idle time). Unanswered probe 1 comes
+    time after the last answered segment, or max(time, intvl) when `answered` probes came before; each later one
+    and the RST (number probes + 1) one intvl after the one before.
     """
     values = _values(expect, 'the expected keepalive values')
     if phase not in PHASES:
         raise AnsibleFilterError(MSG_PHASE % (phase,))
     k = _whole('the probe number', number, 1, 1000000)
+    before = _whole('the answered probes before the silence', answered, 0, 1000000)
     if phase == 'answered':
-        return values['time'] * k
-    return values['time'] + values['intvl'] * (k - 1)
+        # from the first answered probe on, every next one comes as unanswered probe 1 does after an answered probe
+        return values['time'] + _first_after(values, True) * (k - 1)
+    return _first_after(values, before > 0) + values['intvl'] * (k - 1)
+
+
+def _first_after(values, answered):
+    """Seconds from the last segment from the peer (at 0, the answer to a probe sent at 0 when `answered`) to the
+    next probe."""
+    return int(next_probe(values, 0.0, 0.0 if answered else None, answered, hz=DEFAULT_HZ).due)
 
 
 def poll_retries(seconds, every=5):

@@ -31,7 +31,9 @@ import ipaddress
 import math
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import (
-    BOUNDS, DEFAULT_TOLERANCE, KEYS, TOLERANCE_RANGE, allowed, fits)
+    BOUNDS, DEFAULT_TOLERANCE, KEYS, TOLERANCE_RANGE, allowed)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive_rules import (
+    ANSWERED_IDLE, ANSWERED_INTVL, IDLE, RETRY, lateness, next_probe, rst as rst_prediction)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_reader import (  # noqa: F401 pylint: disable=unused-import
     MSG_BAD_BLOCK, MSG_BAD_BOM, MSG_BAD_PACKET, MSG_BAD_RECORD, MSG_BAD_TRAILER, MSG_LIMIT_IDB, MSG_LIMIT_MAX,
     MSG_LIMIT_SNAPLEN, MSG_LINKTYPE, MSG_MISSING, MSG_NO_IDB, MSG_NOT_FILE, MSG_NOT_PCAP, MSG_SHORT_HEADER,
@@ -52,6 +54,10 @@ MSG_NOT_LISTED = ('%d more connections with keepalive activity are counted and j
 MSG_MORE_FAILED = '%d connections failed in all; select one with the connection option to see its report'
 MSG_CLOSED_BY_FIN = ('%s closed the connection with a FIN at %s s (its program closed the socket or exited): keepalive '
                      'did not end it')
+# a probe or the RST outside the window of its predicted time (_keepalive_rules): the observed and the expected
+# seconds since what the rule counts from, the window, the rule and the predicted time since the capture started
+MSG_PROBE_TIMING = 'probe %d came %s s after %s, expected %s s %s (%s; due at %s s)'
+MSG_RST_TIMING = 'RST came %s s after probe %d, expected %s s %s (%s; due at %s s): a TCP_USER_TIMEOUT-style ending'
 MSG_ABORTED = ('%s reset the connection at %s s without unanswered probes before it (its program aborted the connection '
                'or exited with unread data): keepalive did not end it')
 # a module result is not the place for tens of thousands of connection reports
@@ -206,16 +212,22 @@ def _num(value):
     return text.rstrip('0').rstrip('.') if '.' in text else text
 
 
+def _fits_timer(value, seconds, tol):
+    """Whether an observed interval counts as a timer of `seconds`: within the tolerance early, within the timer
+    wheel's lateness (_keepalive_rules.lateness: 30 s -> up to ~32 s at HZ 250) or the tolerance late."""
+    early = allowed(seconds, tol)
+    return -early <= value - seconds <= max(lateness(seconds) + tol['seconds'], early)
+
+
 def _override(values, expected, tol):
     """The whole number of seconds all values fit when it is not the expected one, else None."""
-    if not values or all(fits(v, expected, tol) for v in values):
-        # values within tolerance of the expected one are the expected one
-        # (long timers come late by the timer wheel's granularity: 30 s -> ~31.2 s)
+    if not values or all(_fits_timer(v, expected, tol) for v in values):
+        # values that fit the expected timer are the expected one
         return None
     guess = int(round(sorted(values)[len(values) // 2]))
     if guess < 1 or guess == expected:
         return None
-    if all(fits(v, guess, tol) for v in values):
+    if all(_fits_timer(v, guess, tol) for v in values):
         return guess
     return None
 
@@ -278,7 +290,7 @@ def _judge_conn(conn, t0, expect, tol, zwp, retx, in_flight, focused, listed, co
     counts['not_listed'] += 1
     if not expect:
         return None, [], None
-    verdict, why = _conn_verdict(conn, expect, tol, focused)
+    verdict, why = _conn_verdict(conn, t0, expect, tol, focused)
     return verdict, why, None
 
 
@@ -345,7 +357,7 @@ def _idle_spacing(probes):
     return idle, spacing
 
 
-def _conn_verdict(conn, expect, tol, focused):
+def _conn_verdict(conn, t0, expect, tol, focused):
     """(verdict, reasons) of a connection that is not listed: the same judgement without the report."""
     first, second = _order(conn)
     verdict = None
@@ -353,8 +365,7 @@ def _conn_verdict(conn, expect, tol, focused):
     for f in (first, second) if second is not first else (first,):
         if f.probes:
             verdict = verdict or 'pass'
-            idle, spacing = _idle_spacing(f.probes)
-            why = _judge(conn, f, idle, spacing, expect, tol, {'notes': []})
+            why = _judge(conn, f, expect, tol, {'notes': []}, _predictions(f.probes, expect), t0)
             if why:
                 verdict = 'fail'
                 reasons.extend('%s: %s' % (f.endpoint(), reason) for reason in why)
@@ -452,12 +463,16 @@ def _conn_report(conn, t0, expect, tol, zwp, retx, in_flight, focused):
 def _prober_report(conn, f, r, t0, expect, tol):
     probes = f.probes
     idle, spacing = _idle_spacing(probes)
+    preds = _predictions(probes, expect) if expect else [None] * len(probes)
     report = {
         'endpoint': f.endpoint(),
         'peer': r.endpoint(),
         'probes': [{'number': index, 'frame': p.frame, 'time': round(p.ts - t0, 6), 'seq': p.seq, 'length': p.length,
                     'answered': p.answered, 'answer_frame': p.answer_frame, 'kind': p.kind,
-                    'after': None if p.after is None else round(p.after, 6)} for index, p in enumerate(probes, 1)],
+                    'after': None if p.after is None else round(p.after, 6),
+                    'expected': None if pred is None else round(pred.due - t0, 6),
+                    'rule': None if pred is None else pred.rule}
+                   for index, (p, pred) in enumerate(zip(probes, preds), 1)],
         'count': len(probes),
         'answered': sum(1 for p in probes if p.answered),
         'unanswered': sum(1 for p in probes if not p.answered),
@@ -475,39 +490,67 @@ def _prober_report(conn, f, r, t0, expect, tol):
         report['notes'].append('no segment from %s before probe 1 in the capture: the idle time before it is unknown'
                                % report['peer'])
     if expect:
-        report['reasons'] = _judge(conn, f, idle, spacing, expect, tol, report)
+        report['reasons'] = _judge(conn, f, expect, tol, report, preds, t0)
         report['verdict'] = 'fail' if report['reasons'] else 'pass'
     return report
 
 
-def _judge_timing(probes, idle, spacing, expect, tol):
-    """Reasons about the idle time before the first probes and the spacing of the retries."""
+def _predictions(probes, expect):
+    """The prediction (_keepalive_rules.Prediction) of every probe from the ones before it, None where there is none:
+    the last segment from the peer before an idle probe is `after` before it, a retry has the same one."""
+    preds = []
+    last_rx = None
+    previous = None
+    for p in probes:
+        if p.kind == 'idle':
+            last_rx = None if p.after is None else p.ts - p.after
+        preds.append(next_probe(expect, last_rx, None if previous is None else previous.ts,
+                                previous is not None and previous.answered))
+        previous = p
+    return preds
+
+
+def _window(pred, tol):
+    """(earliest, latest, text) of the observed times that count as pred: '± 0.35 s' or '-0.25/+0.284 s'."""
+    early = allowed(pred.interval, tol)
+    low, high = pred.window(early, tol['seconds'])
+    late = high - pred.due
+    if abs(late - early) < 5e-4:
+        return low, high, '± %s s' % _num(early)
+    return low, high, '-%s/+%s s' % (_num(early), _num(late))
+
+
+def _judge_timing(probes, preds, expect, tol, t0):
+    """Reasons about the probes that came outside the window of their predicted time, and about idle times or
+    spacings that all fit a per-socket override."""
     reasons = []
-    for key, kind, values, text in (
-            ('time', 'idle', idle, "idle time fits a per-socket TCP_KEEPIDLE of %d s, not the sysctl's %d s"),
-            ('intvl', 'retry', spacing, "spacing fits a per-socket TCP_KEEPINTVL of %d s, not the sysctl's %d s")):
+    idle = [p.after for p, pred in zip(probes, preds) if pred is not None and pred.rule in (IDLE, ANSWERED_IDLE)]
+    spacing = [p.ts - q.ts for q, p, pred in zip(probes, probes[1:], preds[1:])
+               if pred is not None and pred.rule in (RETRY, ANSWERED_INTVL)]
+    for key, values, text in (
+            ('time', idle, "idle time fits a per-socket TCP_KEEPIDLE of %d s, not the sysctl's %d s"),
+            ('intvl', spacing, "spacing fits a per-socket TCP_KEEPINTVL of %d s, not the sysctl's %d s")):
         want = expect.get(key)
-        if want is None or not values:
-            continue
-        override = _override(values, want, tol)
+        override = None if want is None else _override(values, want, tol)
         if override is not None:
             reasons.append(text % (override, want))
-        for index, p in enumerate(probes, 1):
-            if p.kind != kind or p.after is None or fits(p.after, want, tol):
-                continue
-            if kind == 'idle':
-                reasons.append('probe %d came %s s after the last segment from the peer, expected time %d s ± %s s'
-                               % (index, _num(p.after), want, _num(allowed(want, tol))))
-            else:
-                reasons.append('probe %d came %s s after probe %d, expected %d s ± %s s'
-                               % (index, _num(p.after), index - 1, want, _num(allowed(want, tol))))
+    for index, (p, pred) in enumerate(zip(probes, preds), 1):
+        if pred is None:
+            continue
+        low, high, window = _window(pred, tol)
+        if low <= p.ts <= high:
+            continue
+        since, ref = ('the last segment from the peer', pred.due - pred.interval) if pred.rule in (IDLE, ANSWERED_IDLE) \
+            else ('probe %d' % (index - 1), probes[index - 2].ts)
+        reasons.append(MSG_PROBE_TIMING % (index, _num(p.ts - ref), since, _num(pred.due - ref), window, pred.rule,
+                                           _num(pred.due - t0)))
     return reasons
 
 
-def _judge(conn, f, idle, spacing, expect, tol, report):
+def _judge(conn, f, expect, tol, report, preds, t0):
     """Why the probes of f do not follow expect (empty: they do); notes that do not fail go to report['notes']."""
     probes = f.probes
-    reasons = _judge_timing(probes, idle, spacing, expect, tol)
+    reasons = _judge_timing(probes, preds, expect, tol, t0)
     want_intvl = expect.get('intvl')
     want_probes = expect.get('probes')
     rst = conn.rst
@@ -520,9 +563,11 @@ def _judge(conn, f, idle, spacing, expect, tol, report):
         elif want_probes is not None and run > want_probes:
             reasons.append('RST after %d unanswered probes, expected %d: fits a per-socket TCP_KEEPCNT of %d'
                            % (run, want_probes, run))
-        if want_intvl is not None and not fits(after, want_intvl, tol):
-            reasons.append('RST came %s s after probe %d, expected %d s ± %s s (a TCP_USER_TIMEOUT-style ending)'
-                           % (_num(after), len(probes), want_intvl, _num(allowed(want_intvl, tol))))
+        pred = None if want_intvl is None else rst_prediction(expect, rst[5])
+        low, high, window = (None, None, None) if pred is None else _window(pred, tol)
+        if pred is not None and not low <= rst[1] <= high:
+            reasons.append(MSG_RST_TIMING % (_num(after), len(probes), _num(want_intvl), window, pred.rule,
+                                             _num(pred.due - t0)))
     elif want_probes is not None:
         run = f.run
         if run > want_probes:

@@ -444,6 +444,15 @@ connections:
             after:
               description: Seconds since the last received segment (idle) or the previous probe (retry).
               type: float
+            expected:
+              description:
+                - Seconds since the first packet of the capture when the kernel's timer rules had the probe due
+                  (docs/architecture.md, "The kernel's keepalive timer rules"); null without O(expect).
+              type: float
+            rule:
+              description:
+                - "The rule that gave the expected time, for example C(retry: previous probe + intvl); null without O(expect)."
+              type: str
         verdict:
           description: V(pass) or V(fail) with O(expect), else null.
           type: str
@@ -547,7 +556,9 @@ keepalive_ack_frames:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._capture import DEFAULT_STATE_DIR, liveness
+# from _capture_record, not _capture: a wait runs once a second or so, and on a lab VM under software
+# emulation every module_utils file it imports is compiled again on each run (AnsiballZ ships sources)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_record import DEFAULT_STATE_DIR, liveness
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_wait import wait_for
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse, truncation_note
 
