@@ -43,6 +43,8 @@ MARKER = 'tcplab-keepalive-endpoint'
 NAME_RE = re.compile(r'^[A-Za-z0-9_-]{1,48}$')
 CURL_DEFAULT_KEEPALIVE = 60
 TIMEOUT_MAX = 3600
+REQUEST_TIMEOUT_MAX = 86400
+USER_TIMEOUT_MAX = 2147483647
 TERM_WAIT = 3.0  # seconds each of SIGTERM and SIGKILL gets to end an endpoint
 EXIT_WAIT = 2.0  # seconds status waits for the supervisor to record a program that has just ended
 PACKAGES = {'nc': 'netcat-openbsd', 'curl': 'curl'}
@@ -52,6 +54,10 @@ MSG_ADDRESS = 'address must be an IP address, got %r'
 MSG_KIND = 'kind %r is not a %s kind: use %s'
 MSG_KEEPALIVE_TIME = ('keepalive_time must be an integer 1..32767 seconds and applies to kind: curl only '
                       '(the python client sets no per-socket options), got %r')
+MSG_USER_TIMEOUT = ('user_timeout_ms must be an integer 0..2147483647 milliseconds (TCP_USER_TIMEOUT; 0 leaves it off) '
+                    'and applies to kind: python clients only, got %r')
+MSG_REQUEST_TIMEOUT = ('request_timeout must be a number of seconds greater than 0 and at most %d and applies to kind: '
+                       'python clients only, got %r')
 MSG_NAME = 'name must be 1 to 48 letters, digits, "-" or "_", got %r'
 MSG_TIMEOUT = 'timeout must be a number of seconds greater than 0 and at most %d, got %r'
 MSG_PROGRAM = 'kind %s needs %s, but %r is not an executable file: install it (Debian/Ubuntu: apt-get install %s)'
@@ -95,6 +101,24 @@ def _timeout(value):
     return float(value)
 
 
+def _in_flight_options(params, kind):
+    """The python client's user_timeout_ms (TCP_USER_TIMEOUT) and request_timeout (how long it waits for the answer to
+    its request: the in-flight experiment lets the kernel end the connection first)."""
+    out = {}
+    user = params.get('user_timeout_ms')
+    if user is not None:
+        if kind != 'python' or isinstance(user, bool) or not isinstance(user, int) or not 0 <= user <= USER_TIMEOUT_MAX:
+            raise EndpointError(MSG_USER_TIMEOUT % (user,))
+        out['user_timeout_ms'] = user
+    wait = params.get('request_timeout')
+    if wait is not None:
+        if kind != 'python' or isinstance(wait, bool) or not isinstance(wait, (int, float)) or math.isnan(wait) \
+                or not 0 < wait <= REQUEST_TIMEOUT_MAX:
+            raise EndpointError(MSG_REQUEST_TIMEOUT % (REQUEST_TIMEOUT_MAX, wait))
+        out['request_timeout'] = float(wait)
+    return out
+
+
 def validate(params):
     role = params['role']
     kinds = ('python', 'nc') if role == 'server' else ('python', 'curl')
@@ -116,6 +140,7 @@ def validate(params):
                     or not 1 <= keepalive <= 32767:
                 raise EndpointError(MSG_KEEPALIVE_TIME % (keepalive,))
         cfg['keepalive_time'] = keepalive
+        cfg.update(_in_flight_options(params, kind))
     name = params.get('name') or '%s-%d' % (role, cfg['port'])
     if not NAME_RE.match(name):
         raise EndpointError(MSG_NAME % (name,))
@@ -147,6 +172,9 @@ def program_argv(cfg, python, binaries, outcome, tag, request=None):
     args = {'address': cfg['address'], 'port': cfg['port'], 'local_port': cfg.get('local_port'), 'outcome': outcome}
     if request:
         args['request'] = request
+    for key in ('user_timeout_ms', 'request_timeout'):
+        if cfg.get(key):
+            args[key] = cfg[key]
     return source_argv(python, _program_client, tag, args)
 
 

@@ -6,8 +6,11 @@
 
 Run as ``[python, -c, <this file's source>, TAG, json-args]`` with args
 {"address", "port", "local_port", "outcome"} and optionally "request" (a
-path) and "request_timeout" (seconds, default 10). The socket has SO_KEEPALIVE
-and no per-socket keepalive options: the namespace's sysctls govern. It
+path), "request_timeout" (seconds, default 10) and "user_timeout_ms". The socket
+has SO_KEEPALIVE and no per-socket keepalive options: the namespace's sysctls
+govern; with "user_timeout_ms" it also sets TCP_USER_TIMEOUT (the in-flight
+experiment: unacknowledged data then ends the connection that much after the
+first timeout retransmission, whatever tcp_retries2 says). It
 waits in recv() until the connection ends and records its outcome (state,
 errno, seconds from connect to failure) atomically in the outcome file.
 With "request", once that file appears (the experiment creates it after the
@@ -30,6 +33,7 @@ import sys
 import time
 
 REQUEST = b'tcplab-keepalive request\n'
+TCP_USER_TIMEOUT = getattr(socket, 'TCP_USER_TIMEOUT', 18)   # linux/tcp.h
 POLL = 0.5
 
 
@@ -46,6 +50,7 @@ class Client:
     def __init__(self, cfg):
         self.cfg = cfg
         self.connected = None
+        self.asked = None
 
     def record(self, data):
         tmp = self.cfg['outcome'] + '.tmp'
@@ -65,6 +70,8 @@ class Client:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self.cfg.get('user_timeout_ms'):
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(self.cfg['user_timeout_ms']))
         if self.cfg.get('local_port'):
             try:
                 sock.bind(('::' if family == socket.AF_INET6 else '0.0.0.0', self.cfg['local_port']))
@@ -103,12 +110,13 @@ class Client:
     def failed(self, number, text):
         now = time.time()
         self.record({'state': 'failed', 'errno': errno.errorcode.get(number, str(number)), 'error': text,
-                     'connected_at': self.connected, 'failed_at': now, 'seconds': now - self.connected})
+                     'connected_at': self.connected, 'requested_at': self.asked, 'failed_at': now,
+                     'seconds': now - self.connected})
 
     def ask(self, sock):
         """Send REQUEST and wait for it to come back (OSError goes to hold())."""
         timeout = self.cfg.get('request_timeout') or 10
-        asked = time.time()
+        self.asked = asked = time.time()
         sock.sendall(REQUEST)
         got = b''
         while len(got) < len(REQUEST):

@@ -26,6 +26,9 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._common import at
 from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import DEFAULT_TOLERANCE, TOLERANCE_RANGE, allowed
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse, check_file, client_connection
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_wait import HINT_GAVE_UP, HINTS, connection_end
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _kernel_evidence as kernel_ev
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _report_marks as marks
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _in_flight as in_flight
 
 MSG_MISSING_KEY = 'data.%s is missing: give %s'
 MSG_BAD_VALUE = 'data.%s must be %s, got %r'
@@ -55,7 +58,7 @@ REQUIRED = {
     'client_port': "the keepalive client's local port (an integer 1..65535)",
 }
 OPTIONAL = ('governs', 'client_kind', 'server_kind', 'hosts', 'idle_probes', 'tolerance', 'analysis', 'client', 'drop_at',
-            'pcaps', 'error', 'cleanup_errors', 'notes', 'capture_backend', 'fault')
+            'pcaps', 'error', 'cleanup_errors', 'notes', 'capture_backend', 'fault', 'kernel', 'in_flight')
 FAULT = ('a dict with kind drop, or kind idle_timeout with seconds (an integer >= 1), action (drop or reset), '
          'middlebox (its inventory hostname) and preset (or null)')
 # how a client dies when the middlebox has forgotten its flow, by the middlebox's action
@@ -159,6 +162,12 @@ def validate(data):
     for key in ('governs', 'client_kind', 'server_kind', 'error', 'capture_backend'):
         out[key] = _optional(data, key, str, 'a string', None)
     out['fault'] = _fault(data.get('fault'))
+    out['in_flight'] = in_flight.validate(data.get('in_flight'), ReportError)
+    try:
+        out['kernel'] = kernel_ev.check_kernel(data.get('kernel'))
+    except kernel_ev.KernelEvidenceError as exc:
+        raise ReportError(str(exc))
+    out['conntrack'] = marks.watch_of(data.get('fault'))
     if not all(isinstance(p, str) and p for p in out['pcaps']):
         raise ReportError(MSG_BAD_VALUE % ('pcaps', 'a list of paths of local pcap files', data.get('pcaps')))
     return out
@@ -394,10 +403,13 @@ def timeline(observed, client, drop_at, capture_start, expect):
         t = probe['time'] - base
         if probe.get('answered'):
             answered_seen += 1
-            lines.append((t, 'client > server', 'keepalive probe (idle %s s), answered' % _fmt(probe.get('after'))))
+            what = 'keepalive probe (idle %s s), answered' % _fmt(probe.get('after'))
         else:
             k = index - (len(probes) - n_unanswered) + 1
-            lines.append((t, 'client > server', 'keepalive probe %d/%d  unanswered' % (k, expect['probes'])))
+            what = 'keepalive probe %d/%d  unanswered' % (k, expect['probes'])
+        if probe.get('expected') is not None:   # when the kernel's timer rules had it due (_keepalive_rules)
+            what += '; due +%.3f s (%s)' % (probe['expected'] - base, probe.get('rule'))
+        lines.append((t, 'client > server', what))
     if drop_at and capture_start is not None:
         lines.append((drop_at - capture_start - base, 'server', 'DROP rule inserted (iptables -I INPUT ... -j DROP)'))
     rst = observed.get('rst')
@@ -470,6 +482,7 @@ def markdown(report, lines):
         '- client: %s' % ', '.join('%s=%s' % (k, report['client'].get(k)) for k in ('errno', 'exit_code', 'seconds')),
         '',
     ]
+    out += kernel_ev.markdown_line((report.get('evidence') or {}).get('kernel')) + ([''] if report.get('evidence') else [])
     if report.get('notes'):
         out += ['## Notes', ''] + ['- %s' % note for note in report['notes']] + ['']
     out += ['Captures: %s' % ', '.join(os.path.basename(p) for p in report.get('pcaps') or []) or '-', '']
@@ -506,6 +519,10 @@ def picture(pcap, report, lines, client_port, capture_start=None, connection_sta
         ax.scatter([t - base], [direction], marker=marker, color=color, s=60 if style != 'other' else 25,
                    label=None if style in seen else label, zorder=3)
         seen.add(style)
+    due = [p['expected'] - connection_start for p in (report.get('observed') or {}).get('probes') or []
+           if p.get('expected') is not None and capture_start is not None]
+    if due:   # when the kernel's timer rules had each probe due (_keepalive_rules)
+        ax.scatter(due, [1] * len(due), marker='|', color='#7f7f7f', s=300, label='due (kernel timer rules)', zorder=2)
     for t, who, what in lines:
         if what.startswith('DROP'):
             ax.axvline(t, color='#ff7f0e', linestyle='--', label='DROP')
@@ -516,6 +533,9 @@ def picture(pcap, report, lines, client_port, capture_start=None, connection_sta
             ax.axvline(t, color='#9467bd', linestyle='-.', label='FIN')
         elif 'unanswered' in what:
             ax.annotate(what.split()[2], (t, 1.15), ha='center', fontsize=8, color='#d62728')
+        elif what.startswith(in_flight.MARKS):
+            in_flight.mark(ax, t, what)
+    marks.draw_marks(ax, report)
     ax.set_yticks([0, 1])
     ax.set_yticklabels(['server > client', 'client > server'])
     ax.set_ylim(-0.6, 1.6)
@@ -564,6 +584,10 @@ def write_experiment(dest, data):
         verdict, reasons, prediction = judge_idle(expect, data['fault'], client, data['error'])
     else:
         verdict, reasons = judge(expect, observed, client, data['idle_probes'], data['tolerance'], data['error'])
+        kernel, kernel_reasons = kernel_ev.evidence(data['kernel'], analysis, observed, client,
+                                                    str((data['hosts'] or {}).get('loopback')).lower() in ('true', '1', 'yes'), client_port)
+        reasons += kernel_reasons
+        verdict = 'fail' if reasons else verdict
     report = {
         'run_id': data['run_id'],
         'verdict': verdict,
@@ -585,17 +609,28 @@ def write_experiment(dest, data):
         'notes': observed['notes'] + analysis_notes + pcap_notes + data['notes'],
         'pcaps': data['pcaps'],
     }
+    if data['fault']['kind'] != 'idle_timeout' and kernel:
+        report['evidence'] = {'kernel': kernel}
+        report['notes'] += kernel['notes']
     if data['fault']['kind'] == 'idle_timeout':
         report['fault'] = data['fault']
         report['prediction'] = prediction
         report['observed']['survived'] = client.get('state') == 'answered'
         for key in ('connected_at', 'requested_at', 'answered_at', 'failed_at'):
             report['client'][key] = client.get(key)
-    lines = timeline(observed, client, data['drop_at'], analysis.get('start'), expect)
+        base = marks.base_of(analysis.get('start'), observed.get('connection_start'), client)
+        report['observed'].update(marks.observed(data['conntrack'], base))
+        report['notes'] += marks.notes(data['conntrack'], base)
+    extra = in_flight.apply(report, data['in_flight'], pcaps[0] if pcaps else None, client_port, data['drop_at'], client,
+                            data['tolerance']['seconds']) if data['in_flight'] else []
+    lines = marks.with_forgetting(timeline(observed, client, data['drop_at'], analysis.get('start'), expect), report)
+    lines = in_flight.merge(lines, extra, analysis.get('start'), observed.get('connection_start'))
     report['timeline'] = [{'t': round(t, 3), 'who': who, 'what': what} for t, who, what in lines]
     text = markdown(report, lines)
     if data['fault']['kind'] == 'idle_timeout':
         text += '\n## Idle timeout\n\n' + ' '.join(idle_sentences(report)) + '\n'
+    if data['in_flight']:
+        text += in_flight.markdown(report)
     png = picture(pcaps[0] if pcaps else None, report, lines, client_port, analysis.get('start'),
                   observed.get('connection_start') or 0.0)
     files = (('report.md', text), ('timeline.png', png),

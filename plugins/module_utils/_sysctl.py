@@ -2,7 +2,8 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The three TCP keepalive sysctls: validation, reading and writing them in a
+"""The three TCP keepalive sysctls (and net.ipv4.tcp_retries2, which the in-flight
+experiment sets with them): validation, reading and writing them in a
 network namespace, the journal of original values that makes every change
 reversible, and the lease that lets one experiment at a time own a
 namespace's values.
@@ -25,7 +26,9 @@ import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _netns
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write, file_kind
-from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import BOUNDS, KEYS, PROC, SYSCTL, UNITS
+from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import (
+    BOUNDS as KEEPALIVE_BOUNDS, KEYS as KEEPALIVE_KEYS, PROC as KEEPALIVE_PROC, SYSCTL as KEEPALIVE_SYSCTL, UNITS as KEEPALIVE_UNITS)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._retransmit import RETRIES2, RETRIES2_BOUNDS
 # boot_netns, name_of and the name check live in _netns; these names stay importable from here
 from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import (  # noqa: F401 pylint: disable=unused-import
     NETNS_DIR, NAME_RE as NETNS_NAME_RE, NetnsError, boot_netns, name_of)
@@ -36,8 +39,16 @@ LEASE_TTL_BOUNDS = (1, 604800)
 LEASE_TEXT_MAX = 200
 ISO = '%Y-%m-%dT%H:%M:%SZ'
 
-MSG_VALUE = 'tcp_keepalive_%s must be an integer %d..%d%s, got %r'
-MSG_NOTHING = 'give at least one of time, intvl, probes (or state: restored)'
+# The keepalive trio, and net.ipv4.tcp_retries2 (the in-flight experiment): journalled and restored alike. An entry or
+# a result carries retries2 only once it was asked for, so the trio's journal and results stay as they were.
+KEYS = KEEPALIVE_KEYS + ('retries2',)
+BOUNDS = dict(KEEPALIVE_BOUNDS, retries2=RETRIES2_BOUNDS)
+UNITS = dict(KEEPALIVE_UNITS, retries2=' (timeout retransmissions before an established connection is given up)')
+NAMES = dict([(key, KEEPALIVE_SYSCTL % key) for key in KEEPALIVE_KEYS] + [('retries2', RETRIES2)])
+PATHS = dict([(key, KEEPALIVE_PROC % key) for key in KEEPALIVE_KEYS] + [('retries2', '/proc/sys/net/ipv4/tcp_retries2')])
+
+MSG_VALUE = '%s must be an integer %d..%d%s, got %r'
+MSG_NOTHING = 'give at least one of time, intvl, probes, retries2 (or state: restored)'
 MSG_NETNS_NAME = _netns.MSG_NAME_OR_PID
 MSG_NETNS_MISSING = _netns.MSG_MISSING
 MSG_NETNS_PID = _netns.MSG_PID
@@ -114,7 +125,7 @@ def validate_value(key, value):
     low, high = BOUNDS[key]
     number = as_int(value)
     if number is None or not low <= number <= high:
-        raise SysctlError(MSG_VALUE % (key, low, high, UNITS[key], value))
+        raise SysctlError(MSG_VALUE % (NAMES[key].split('.')[-1], low, high, UNITS[key], value))
     return number
 
 
@@ -125,7 +136,7 @@ def validate_values(params):
 
 def render(values):
     """sysctl.conf text of values (also used for diffs)."""
-    return ''.join('%s = %s\n' % (SYSCTL % key, values[key]) for key in KEYS if key in values)
+    return ''.join('%s = %s\n' % (NAMES[key], values[key]) for key in KEYS if key in values)
 
 
 # -- paths --------------------------------------------------------------------
@@ -236,25 +247,25 @@ def check_persist(ns, persist_path, boot):
                           persist_refused=True, netns=ns.as_dict(), boot_netns_inode=inode)
 
 
-def read_proc():
-    """The three values of the calling process's network namespace, from /proc/sys."""
+def read_proc(keys=KEEPALIVE_KEYS):
+    """The values (the keepalive trio, or keys) of the calling process's network namespace, from /proc/sys."""
     values = {}
-    for key in KEYS:
-        with open(PROC % key) as handle:
+    for key in keys:
+        with open(PATHS[key]) as handle:
             values[key] = int(handle.read().strip())
     return values
 
 
 def write_proc(key, value):
-    with open(PROC % key, 'w') as handle:
+    with open(PATHS[key], 'w') as handle:
         handle.write('%d\n' % value)
 
 
 class ProcAccess:
     """Reads and writes /proc/sys of the module's own network namespace."""
 
-    def read(self):
-        return read_proc()
+    def read(self, keys=KEEPALIVE_KEYS):
+        return read_proc(keys)
 
     def write(self, key, value):
         write_proc(key, value)
@@ -279,9 +290,9 @@ class NetnsAccess:
         self.inode = inode
         self.run_in = run_in
 
-    def read(self):
+    def read(self, keys=KEEPALIVE_KEYS):
         try:
-            return self.run_in(self.path, _in_namespace, (self.inode, read_proc))
+            return self.run_in(self.path, _in_namespace, (self.inode, read_proc, keys))
         except NetnsError as exc:
             raise SysctlError(MSG_NETNS_READ % (self.path, exc))
 
@@ -538,10 +549,10 @@ def apply_values(access, current, wanted):
             for done in reversed(written):
                 try:
                     access.write(done, current[done])
-                    undone.append('%s=%d' % (SYSCTL % done, current[done]))
+                    undone.append('%s=%d' % (NAMES[done], current[done]))
                 except Exception:  # pylint: disable=broad-except
-                    failed.append(SYSCTL % done)
-            msg = 'setting %s to %d failed: %s' % (SYSCTL % key, wanted[key], exc)
+                    failed.append(NAMES[done])
+            msg = 'setting %s to %d failed: %s' % (NAMES[key], wanted[key], exc)
             if undone:
                 msg += '; put back %s' % ', '.join(undone)
             if failed:
@@ -587,7 +598,7 @@ class KeepaliveSysctl:
             'changed': changed,
             'previous': previous,
             'current': current,
-            'changed_keys': [SYSCTL % key for key in changed_keys],
+            'changed_keys': [NAMES[key] for key in changed_keys],
             'netns': self.ns.as_dict(),
             'msg': msg,
             'lease': lease,
@@ -612,8 +623,13 @@ class KeepaliveSysctl:
             notes.append(MSG_LEASE_TAKE % (verb, record['holder'], record['expires']))
         return notes
 
+    def _read(self, keys):
+        """The current values of keys (the trio through the plain read(), which every access has)."""
+        return self.access.read() if tuple(keys) == KEEPALIVE_KEYS else self.access.read(tuple(keys))
+
     def present(self, wanted, persist_path=None, lease=None):
-        previous = self.access.read()
+        keys = KEYS if 'retries2' in wanted else KEEPALIVE_KEYS
+        previous = self._read(keys)
         changes = [key for key in KEYS if key in wanted and previous[key] != wanted[key]]
         target = dict(previous, **wanted)
         file_before = read_file(persist_path) if persist_path else None
@@ -634,7 +650,7 @@ class KeepaliveSysctl:
             cleared = held if taken else None
             changed = bool(changes or file_changes or taken)
             if self.check_mode:
-                msg = ('would set %s' % ', '.join('%s=%d' % (SYSCTL % k, wanted[k]) for k in changes)
+                msg = ('would set %s' % ', '.join('%s=%d' % (NAMES[k], wanted[k]) for k in changes)
                        if changes else 'already set')
                 if file_changes:
                     msg += '; would write %s' % persist_path
@@ -646,6 +662,10 @@ class KeepaliveSysctl:
             if entry is None and (changes or file_changes or record is not None):
                 entry = new_entry(self.ns, previous)
                 data[key] = entry
+            elif entry is not None and isinstance(entry.get('originals'), dict):
+                # a key journalled for the first time now (retries2 after the trio): the first originals win
+                for name, value in previous.items():
+                    entry['originals'].setdefault(name, value)
             if record is not None:
                 entry['lease'] = record
             if dirty or entry != before:
@@ -653,21 +673,21 @@ class KeepaliveSysctl:
             try:
                 apply_values(self.access, previous, wanted)
             except SysctlError:
-                if self.access.read() == previous and data.get(key) != before:
+                if self._read(keys) == previous and data.get(key) != before:
                     if before is None:
                         del data[key]
                     else:
                         data[key] = before
                     self.journal.save(data)
                 raise
-        current = self.access.read()
+        current = self._read(keys)
         wrong = [key for key in wanted if current[key] != wanted[key]]
         if wrong:
             raise SysctlError('read back %s after writing it; the kernel did not keep the value'
-                              % ', '.join('%s=%d (wanted %d)' % (SYSCTL % k, current[k], wanted[k]) for k in wrong))
+                              % ', '.join('%s=%d (wanted %d)' % (NAMES[k], current[k], wanted[k]) for k in wrong))
         if file_changes:
             self._persist(persist_path, file_before, file_after)
-        msg = ('set %s' % ', '.join('%s=%d' % (SYSCTL % k, wanted[k]) for k in changes)) if changes else 'already set'
+        msg = ('set %s' % ', '.join('%s=%d' % (NAMES[k], wanted[k]) for k in changes)) if changes else 'already set'
         if file_changes:
             msg += '; wrote %s' % persist_path
         return self._result(changed, previous, current, changes, entry, '; '.join([msg] + notes),
@@ -715,29 +735,31 @@ class KeepaliveSysctl:
                                     MSG_NOTHING_TO_RESTORE % (self.ns.inode, self.ns.name),
                                     render(current), render(current))
             originals = originals or {}
+            if set(originals) - set(current):
+                current = self._read(KEYS)   # retries2 was journalled too
             changes = [k for k in KEYS if k in originals and current[k] != originals[k]]
             target = dict(current, **originals)
             file_now = read_file(persist_path) if file_entry is not None else None
             file_changes = file_entry is not None and file_now != file_entry.get('previous')
             notes = [_cleared_note(held, lease, self.check_mode)] if held is not None else []
             if self.check_mode:
-                msg = 'would restore %s' % ', '.join('%s=%d' % (SYSCTL % k, originals[k]) for k in changes)
+                msg = 'would restore %s' % ', '.join('%s=%d' % (NAMES[k], originals[k]) for k in changes)
                 if file_changes:
                     msg += '; would put back %s' % persist_path
                 return self._result(bool(changes or file_changes or entry), current, target, changes, entry,
                                     '; '.join([msg] + notes), render(current), render(target), lease_cleared=held)
             apply_values(self.access, current, originals)
-            after = self.access.read()
+            after = self._read(tuple(current))
             wrong = [k for k in originals if after[k] != originals[k]]
             if wrong:
                 raise SysctlError('restore did not take: %s; the journal is kept, try again'
-                                  % ', '.join('%s=%d (wanted %d)' % (SYSCTL % k, after[k], originals[k]) for k in wrong))
+                                  % ', '.join('%s=%d (wanted %d)' % (NAMES[k], after[k], originals[k]) for k in wrong))
             if file_entry is not None:
                 self._put_back(persist_path, file_entry)
             if key in data:
                 del data[key]
                 self.journal.save(data)
-        msg = ('restored %s' % ', '.join('%s=%d' % (SYSCTL % k, originals[k]) for k in changes)) if changes \
+        msg = ('restored %s' % ', '.join('%s=%d' % (NAMES[k], originals[k]) for k in changes)) if changes \
             else 'values were already the originals'
         if file_changes:
             msg += '; put back %s' % persist_path

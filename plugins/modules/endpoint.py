@@ -71,6 +71,20 @@ options:
       - C(curl --keepalive-time) (seconds, 1..32767); O(kind=curl) only. When not set, curl's own 60 s applies
         and the result says so.
     type: int
+  user_timeout_ms:
+    description:
+      - TCP_USER_TIMEOUT on the client's socket, milliseconds (0..2147483647, 0 leaves it off); O(kind=python)
+        clients only. With unacknowledged data the kernel then ends the connection that long after its first timeout
+        retransmission, instead of after C(net.ipv4.tcp_retries2) (docs/in_flight.md).
+    type: int
+    version_added: 0.2.0
+  request_timeout:
+    description:
+      - Seconds the python client waits for the answer to its request (sent when its RV(request_file) appears),
+        greater than 0 and at most 86400; 10 when not set. The in-flight experiment sets it past the kernel's own end
+        of the connection.
+    type: float
+    version_added: 0.2.0
   state:
     description:
       - V(started), V(stopped) or V(status) of one endpoint; V(purged) stops every endpoint whose state record
@@ -262,6 +276,8 @@ def main():
             port=dict(type='int', default=12345),
             local_port=dict(type='int'),
             keepalive_time=dict(type='int'),
+            user_timeout_ms=dict(type='int'),
+            request_timeout=dict(type='float'),
             state=dict(type='str', choices=['started', 'stopped', 'status', 'purged'], default='started'),
             name=dict(type='str'),
             state_dir=dict(type='path', default='/run/tcplab-keepalive/endpoint'),

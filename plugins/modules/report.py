@@ -122,6 +122,29 @@ options:
             C(prediction) and C(observed.survived).
         type: dict
         version_added: 0.2.0
+      kernel:
+        description:
+          - The kernel's own evidence from the client's namespace (drop fault) - C(server_port), C(start) (a
+            C(tcplab.keepalive.kernel_counters) result taken before the client connected), C(end) (one taken after it
+            failed, or null) and C(samples) (those taken while waiting).
+          - C(report.json) gains C(evidence.kernel) - the deltas C(tcp_keepalive), C(tcp_abort_on_timeout) and
+            C(tcp_timeouts), the timer samples, the other connections that could move the counters, and C(agree).
+            The verdict fails when the capture's probes (the client's, plus the server's on loopback) differ from the
+            C(TCPKeepAlive) delta, or the client's abort from the C(TCPAbortOnTimeout) delta; with other connections
+            that could move the counters, or without an end sample, the agreement is not judged and a note says why.
+        type: dict
+        version_added: 0.2.0
+      in_flight:
+        description:
+          - The in-flight experiment (the client wrote after the DROP, so retransmissions decide, not keepalive) -
+            C(rto_ms) (the RTO measured on the client's socket before the DROP), C(retries2)
+            (C(net.ipv4.tcp_retries2) in the client's namespace), C(user_timeout_ms) (TCP_USER_TIMEOUT, 0 for none),
+            and optionally C(tail_loss_probe) (default true) and C(hz) (the kernel's CONFIG_HZ, default 250).
+          - The verdict is the retransmission model's prediction (docs/in_flight.md) against the client's data
+            segments after the DROP in the capture and its failure; C(report.json) gains C(in_flight),
+            C(prediction), C(observed.ended_by) and C(observed.retransmissions).
+        type: dict
+        version_added: 0.2.0
 requirements:
   - matplotlib on the controller (for C(timeline.png))
 '''
@@ -159,7 +182,9 @@ report:
         - C(connection_found), C(end) (how the connection ended - C(by) V(RST) or V(FIN), C(from) V(client) or
           V(server), C(endpoint), C(after_start) seconds - or null while open), C(answered_probes),
           C(unanswered_probes), C(first_probe_idle_s), C(probe_interval_s), C(rst); with an idle-timeout fault also
-          C(survived) (the request after the idle time was answered).
+          C(survived) (the request after the idle time was answered); with O(data.in_flight) also C(ended_by)
+          (V(keepalive), V(retransmissions), V(user_timeout), or null), C(retransmissions) (C(at_ms) after the write,
+          C(what)) and C(in_flight) (C(write_at), C(sent_ms), C(end_ms)).
       type: dict
     client:
       description: C(errno), C(exit_code), C(seconds) (and with an idle-timeout fault C(connected_at), C(requested_at),
@@ -170,9 +195,23 @@ report:
       type: dict
       returned: with an idle-timeout fault (O(data.fault))
     prediction:
-      description: C(survives) (a boolean) and C(client_errno) (how the client is predicted to fail, or null).
+      description:
+        - With an idle-timeout fault C(survives) (a boolean) and C(client_errno) (how the client is predicted to fail,
+          or null).
+        - With O(data.in_flight) the retransmission model's timeline - C(events) (C(at_ms), C(latest_ms), C(what)),
+          C(end_ms), C(end_latest_ms), C(ended_by), C(timeout_ms), C(clock_start_ms), C(retransmissions),
+          C(early_end) and C(rule).
       type: dict
-      returned: with an idle-timeout fault (O(data.fault))
+      returned: with an idle-timeout fault (O(data.fault)) or O(data.in_flight)
+    in_flight:
+      description: The in-flight settings the prediction used (see O(data.in_flight)).
+      type: dict
+      returned: with O(data.in_flight)
+    evidence:
+      description: C(kernel) - the kernel's evidence (see O(data.kernel)); C(agree) is true, false or null (not
+        judged, C(notes) say why).
+      type: dict
+      returned: with O(data.kernel) and the drop fault
 markdown:
   description: The content of C(report.md).
   returned: always
@@ -215,6 +254,8 @@ def main():
                 cleanup_errors=dict(type='list', elements='str'),
                 notes=dict(type='list', elements='str'),
                 fault=dict(type='dict'),
+                kernel=dict(type='dict'),
+                in_flight=dict(type='dict'),
             )),
         ),
         supports_check_mode=False,

@@ -25,6 +25,9 @@ description:
   - O(netns=all) with O(state=restored) restores every network namespace the journal on the host lists
     (the one the module runs in, and those changed from it with O(netns)), skipping and reporting those
     that are gone - see O(netns).
+  - O(retries2) sets C(net.ipv4.tcp_retries2) the same way - journalled with the keepalive trio, restored with it (also
+    by O(netns=all) and the rollback playbook). It decides when a connection with unacknowledged data gives up, where
+    keepalive does not help (docs/in_flight.md). Results and the journal carry it only once it was asked for.
   - All values are validated before any is written; if a write fails part-way the keys already
     written are put back before the module fails.
   - Values are read and written through C(/proc/sys); in another namespace by a child process that enters
@@ -63,6 +66,14 @@ options:
       - C(net.ipv4.tcp_keepalive_probes), unanswered probes before the connection is dropped, 1 to 127.
       - An integer or the text of one, as for O(time).
     type: raw
+  retries2:
+    description:
+      - C(net.ipv4.tcp_retries2), 0 to 255 (the kernel's bounds) - how long the kernel retransmits unacknowledged data
+        before it gives up on an established connection, as the time such retransmissions would take from 200 ms,
+        doubling, capped at 120 s (the default 15 is about 924.6 s).
+      - An integer or the text of one, as for O(time).
+    type: raw
+    version_added: 0.2.0
   state:
     description:
       - V(present) sets the values given. V(restored) puts the original values back.
@@ -183,6 +194,11 @@ EXAMPLES = r'''
   ansible.builtin.debug:
     msg: "{{ rollback.namespaces | selectattr('status', 'eq', 'gone') | map(attribute='msg') | list }}"
 
+- name: Give up on unacknowledged data after about 3 s instead of 15 minutes (journalled with the keepalive trio)
+  tcplab.keepalive.sysctl:
+    netns: tcplab-client
+    retries2: 3
+
 - name: Take the client namespace for one experiment run
   tcplab.keepalive.sysctl:
     netns: tcplab-client
@@ -223,6 +239,10 @@ previous:
       description: net.ipv4.tcp_keepalive_probes
       type: int
       sample: 9
+    retries2:
+      description: net.ipv4.tcp_retries2, only when O(retries2) was given
+      type: int
+      sample: 15
 current:
   description: The values after this task (in check mode, the values it would set).
   returned: always but with O(netns=all)
@@ -238,6 +258,10 @@ current:
       sample: 3
     probes:
       description: net.ipv4.tcp_keepalive_probes
+      type: int
+      sample: 3
+    retries2:
+      description: net.ipv4.tcp_retries2, only when O(retries2) was given
       type: int
       sample: 3
 changed_keys:
@@ -385,7 +409,7 @@ ansible_facts:
           description: Its name under O(netns_dir) when it had one, else V(null) (how O(netns=all) proves it is still there).
           type: str
         originals:
-          description: The original values, keys C(time), C(intvl), C(probes).
+          description: The original values, keys C(time), C(intvl), C(probes), and C(retries2) once it was set.
           type: dict
         saved_at:
           description: When the originals were journalled (UTC).
@@ -431,6 +455,7 @@ def main():
             time=dict(type='raw'),
             intvl=dict(type='raw'),
             probes=dict(type='raw'),
+            retries2=dict(type='raw'),
             state=dict(type='str', choices=['present', 'restored'], default='present'),
             saved=dict(type='dict'),
             netns=dict(type='str'),

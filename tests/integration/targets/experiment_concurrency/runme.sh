@@ -9,7 +9,12 @@
 #   B. two experiments on the same host (loopback, other ports): the host's
 #      keepalive sysctls are leased to one run at a time, so the second fails
 #      at once naming the holder (experiment_lease_wait 0) while the first
-#      passes, or waits its turn (experiment_lease_wait > 0) and passes too.
+#      passes, or waits its turn (experiment_lease_wait > 0) and passes too;
+#   C. one run with 4 s between probes: the play samples the client's keepalive
+#      timer while it waits (evidence.kernel.timer_samples, the progress line).
+# Every passed report carries evidence.kernel: the client namespace's TCPKeepAlive and
+# TCPAbortOnTimeout deltas agree with the capture and equal those read here from
+# /proc/net/netstat; the same run judged with a forged end sample fails with both numbers.
 # Every host ends as before.
 set -eux
 
@@ -49,7 +54,17 @@ start() {  # start LOG ARGS...: an experiment in the background, in its own proc
   LAST=$!
 }
 
+# The client namespaces' own counters, read here around the runs (the reports' evidence.kernel must be these deltas).
+netstat_of() { ip netns exec "tcplab-itc-$1" cat /proc/net/netstat > "$LOGS/$1.$2"; }
+report_of() {  # report_of HOST: the passed report.json whose client is HOST (the only one per host in A and B1)
+  python -c 'import json, sys
+for p in sys.argv[2:]:
+    r = json.load(open(p))
+    if r["hosts"]["client"] == sys.argv[1] and r["verdict"] == "pass": print(p)' "$1" "$REPORTS"/*/report.json
+}
+
 # A. two pairs, started together
+netstat_of c1 before; netstat_of c2 before
 start a1.log -e experiment_client=c1 -e experiment_server=s1 "$@"; A1=$LAST
 start a2.log -e experiment_client=c2 -e experiment_server=s2 "$@"; A2=$LAST
 rc1=0; wait "$A1" || rc1=$?
@@ -61,9 +76,18 @@ for report in "$REPORTS"/*/report.json; do
   python -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(r["verdict"] != "pass")' "$report"
 done
 [ "$(all_state)" = "$BEFORE" ] || { echo "A: the hosts are not as before"; exit 1; }
+# A's evidence.kernel: capture and kernel agree, and the deltas are the kernel's, read here independently
+netstat_of c1 after; netstat_of c2 after
+for host in c1 c2; do python kernel_evidence.py check "$(report_of $host)" "$LOGS/$host.before" "$LOGS/$host.after"; done
+# a disagreement fails: the same run's pcap judged with an end sample that counts one probe more than the kernel did
+FORGED=$(python kernel_evidence.py forge "$(dirname "$(report_of c1)")" "$LOGS/forged.json" "$LOGS/forged")
+ansible localhost -c local -i localhost, -m tcplab.keepalive.report -a "$(cat "$LOGS/forged.json")" \
+  -e 'ansible_python_interpreter={{ ansible_playbook_python }}' > "$LOGS/forged.log"
+python kernel_evidence.py forged "$LOGS/forged/report.json" "$FORGED"
 
 # B1. the same host, no waiting: the second run fails at once naming the holder
 sysctl_set() { [ "$(ip netns exec tcplab-itc-solo cat /proc/sys/net/ipv4/tcp_keepalive_time)" = 2 ]; }
+netstat_of solo before
 start b1.log -e experiment_client=solo "$@"; B1=$LAST
 for _ in $(seq 1 600); do sysctl_set && break; sleep 0.1; done
 sysctl_set
@@ -76,6 +100,9 @@ grep -q 'are leased to run' "$LOGS/b2.log" || { echo "B1: the failure must name 
 rc=0; wait "$B1" || rc=$?
 cat "$LOGS/b1.log"
 [ "$rc" = 0 ] || { echo "B1: the first run on the host was disturbed by the second"; exit 1; }
+# loopback: client and server share the namespace (the python server sends no probes); the failed run started nothing
+netstat_of solo after
+python kernel_evidence.py check "$(report_of solo)" "$LOGS/solo.before" "$LOGS/solo.after"
 [ "$(all_state)" = "$BEFORE" ] || { echo "B1: the hosts are not as before"; exit 1; }
 
 # B2. the same host, waiting: both pass, one after the other
@@ -88,3 +115,16 @@ cat "$LOGS/b3.log" "$LOGS/b4.log"
 if [ "$rc3" != 0 ] || [ "$rc4" != 0 ]; then echo "B2: two waiting runs on one host (rc $rc3, $rc4)"; exit 1; fi
 cat "$LOGS/b3.log" "$LOGS/b4.log" | grep -q 'RETRYING: .*Take the lease' || { echo "B2: no progress line while waiting"; exit 1; }
 [ "$(all_state)" = "$BEFORE" ] || { echo "B2: the hosts are not as before"; exit 1; }
+
+# C. the kernel's timer while the play waits: 4 s between probes leave the play time to sample the client's
+#    socket before the next one; a sample counts the unanswered probes, and the next progress line says so.
+netstat_of c1 before
+start c.log -e experiment_client=c1 -e experiment_server=s1 -e '{"experiment_keepalive": {"time": 4, "intvl": 4, "probes": 2}}' \
+  -e "experiment_report_dir=$LOGS/c" "$@"
+rc=0; wait "$LAST" || rc=$?
+cat "$LOGS/c.log"
+[ "$rc" = 0 ] || { echo "C: the run with 4 s intervals failed"; exit 1; }
+netstat_of c1 after
+python kernel_evidence.py timers "$LOGS"/c/*/report.json "$LOGS/c1.before" "$LOGS/c1.after"
+grep -q 'probe 1/2 unanswered (kernel)' "$LOGS/c.log" || { echo "C: no progress line with the kernel's count"; exit 1; }
+[ "$(all_state)" = "$BEFORE" ] || { echo "C: the hosts are not as before"; exit 1; }
