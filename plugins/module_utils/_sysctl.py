@@ -29,6 +29,7 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._common import at
 from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import (
     BOUNDS as KEEPALIVE_BOUNDS, KEYS as KEEPALIVE_KEYS, PROC as KEEPALIVE_PROC, SYSCTL as KEEPALIVE_SYSCTL, UNITS as KEEPALIVE_UNITS)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._retransmit import RETRIES2, RETRIES2_BOUNDS
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import netns_inode
 # boot_netns, name_of and the name check live in _netns; these names stay importable from here
 from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import (  # noqa: F401 pylint: disable=unused-import
     NETNS_DIR, NAME_RE as NETNS_NAME_RE, NetnsError, boot_netns, name_of)
@@ -394,8 +395,11 @@ def now_iso(epoch=None):
 
 
 def new_entry(ns, originals):
+    # from_netns_inode: the namespace this module ran in. Lab hosts that are namespaces of one machine share its
+    # journal; netns: all restores only what was journalled from the caller's own namespace.
     return {
         'netns_inode': ns.inode,
+        'from_netns_inode': netns_inode(OWN_NETNS),
         'netns': ns.label,
         'netns_name': getattr(ns, 'netns_name', None),
         'originals': dict(originals),

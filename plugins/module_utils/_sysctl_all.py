@@ -40,6 +40,9 @@ MSG_REPLACED = 'gone: its name %s now points at another namespace (inode %d, jou
 MSG_FAILED = 'restoring %d of %d journalled network namespaces failed: %s'
 MSG_SUMMARY = '%s %d journalled network namespace(s), %d gone, %d left alone (leased to another run)'
 MSG_NONE = 'nothing to restore: the journal lists no network namespace'
+MSG_OTHER = ('left alone: journalled by a run from another network namespace (inode %d: another lab host of this '
+             'machine, whose own rollback restores it)')
+MSG_OTHERS = '%d journalled from another network namespace left alone'
 
 
 def check_all(params):
@@ -92,6 +95,20 @@ def journalled(journal, persist_journal, persist_path):
     return sorted(found.items())
 
 
+def from_elsewhere(entry, own):
+    """The inode of the namespace another run journalled entry from, or None when it is this caller's to restore:
+    made from the caller's namespace, for the caller's namespace itself, or by a release that did not record it."""
+    origin = entry.get('from_netns_inode')
+    if not isinstance(origin, int) or own is None or origin == own or entry.get('netns_inode') == own:
+        return None
+    return origin
+
+
+def _other(inode, entry, origin):
+    return {'netns': {'inode': inode, 'path': None, 'label': entry.get('netns'), 'boot': None},
+            'status': 'other', 'changed': False, 'msg': MSG_OTHER % origin}
+
+
 def _status(result):
     if result.get('lease_busy'):
         return 'busy'
@@ -124,15 +141,19 @@ def restore_all(journal, persist_journal, netns_dir, check_mode=False, persist_p
     live = _netns.live_inodes(netns_dir)
     journals = (journal, persist_journal, lambda: _netns.live_inodes(netns_dir))
     results = []
+    own = netns_inode(OWN_NETNS)
     for inode, entry in journalled(journal, persist_journal, persist_path):
-        path, why = locate(inode, entry, netns_dir, live)
-        if path is None:
+        origin = from_elsewhere(entry, own)
+        path, why = (None, None) if origin is not None else locate(inode, entry, netns_dir, live)
+        if origin is not None:
+            results.append(_other(inode, entry, origin))
+        elif path is None:
             results.append(_gone(inode, entry, why))
         else:
             results.append(_restore_one(inode, entry, path, journals, check_mode, persist_path, lease))
     dropped = _drop_dead(journal, live, check_mode)
     counts = {status: sum(1 for r in results if r['status'] == status) for status in
-              ('restored', 'unchanged', 'busy', 'gone', 'failed')}
+              ('restored', 'unchanged', 'busy', 'gone', 'failed', 'other')}
     result = {'changed': bool(dropped) or any(r['changed'] for r in results), 'namespaces': results, 'counts': counts,
               'msg': _summary(results, counts, check_mode), 'diff': _diff(results)}
     if counts['failed']:
@@ -158,8 +179,10 @@ def _summary(results, counts, check_mode):
         return MSG_NONE
     verb = 'would restore' if check_mode else 'restored'
     head = MSG_SUMMARY % (verb, counts['restored'] + counts['unchanged'], counts['gone'], counts['busy'])
+    if counts['other']:
+        head += ', ' + MSG_OTHERS % counts['other']
     return '; '.join([head] + ['%s (inode %d): %s' % (r['netns']['label'], r['netns']['inode'], r['msg'])
-                               for r in results])
+                               for r in results if r['status'] != 'other'])
 
 
 def _diff(results):

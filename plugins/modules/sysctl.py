@@ -24,7 +24,9 @@ description:
     verifies them, and clears the journal.
   - O(netns=all) with O(state=restored) restores every network namespace the journal on the host lists
     (the one the module runs in, and those changed from it with O(netns)), skipping and reporting those
-    that are gone - see O(netns).
+    that are gone - see O(netns). Entries journalled by a run from another network namespace (lab hosts that
+    are namespaces of one machine share its journal) are left alone, with status V(other): each lab host's
+    own rollback restores its own.
   - O(retries2) sets C(net.ipv4.tcp_retries2) the same way - journalled with the keepalive trio, restored with it (also
     by O(netns=all) and the rollback playbook). It decides when a connection with unacknowledged data gives up, where
     keepalive does not help (docs/in_flight.md). Results and the journal carry it only once it was asked for.
@@ -362,7 +364,8 @@ namespaces:
     status:
       description:
         - V(restored) (values or journal changed), V(unchanged), V(busy) (another run's live lease, not touched),
-          V(gone) (not touched; RV(namespaces[].msg) says why) or V(failed).
+          V(gone) (not touched; RV(namespaces[].msg) says why), V(other) (journalled from another network
+          namespace of this machine, not touched) or V(failed).
       type: str
       sample: gone
     changed:
@@ -389,7 +392,7 @@ counts:
   description: With O(netns=all), how many namespaces got each status.
   returned: with O(netns=all)
   type: dict
-  sample: {restored: 1, unchanged: 0, busy: 0, gone: 1, failed: 0}
+  sample: {restored: 1, unchanged: 0, busy: 0, gone: 1, failed: 0, other: 0}
 ansible_facts:
   description: Facts for later tasks.
   returned: always but with O(netns=all)

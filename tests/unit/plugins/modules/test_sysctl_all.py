@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _sysctl_all
+
 REPO_ROOT = Path(__file__).resolve().parents[4]
 ANSIBLE = Path(sys.executable).parent / 'ansible'
 RUN_DIR = Path('/run/tcplab-test-ns')
@@ -76,13 +78,15 @@ def inode(ns):
     return os.stat('/run/netns/%s' % ns).st_ino
 
 
-def run_module(collections, tmp_path, args, extra=()):
+def run_module(collections, tmp_path, args, extra=(), inside=None):
     (tmp_path / 'ansible.cfg').write_text('[defaults]\n')
     env = dict(os.environ, ANSIBLE_CONFIG=str(tmp_path / 'ansible.cfg'), ANSIBLE_COLLECTIONS_PATH=str(collections),
                ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'), ANSIBLE_HOME=str(tmp_path / 'home'), ANSIBLE_NOCOLOR='1',
                ANSIBLE_CALLBACK_RESULT_FORMAT='json', LANG='C')
     cmd = [str(ANSIBLE), 'localhost', '-c', 'local', '-i', 'localhost,', '-m', 'tcplab.keepalive.sysctl',
            '-a', json.dumps(args), '-e', 'ansible_python_interpreter=%s' % sys.executable] + list(extra)
+    if inside is not None:  # the whole ansible run inside that namespace: a lab host that is a namespace
+        cmd = ['ip', 'netns', 'exec', inside] + cmd
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120, check=False)
     match = re.search(r'^localhost \| (SUCCESS|CHANGED|FAILED!) => ', proc.stdout, re.MULTILINE)
     assert match, proc.stdout + proc.stderr
@@ -117,7 +121,7 @@ def test_restore_all_restores_the_living_and_reports_the_gone(collections, tmp_p
         time=7200, intvl=75, probes=9)
     assert found[deleted]['status'] == 'gone' and found[deleted]['netns']['inode'] == gone_inode
     assert found[deleted]['changed'] is False
-    assert result['counts'] == {'restored': 1, 'unchanged': 0, 'busy': 0, 'gone': 1, 'failed': 0}
+    assert result['counts'] == {'restored': 1, 'unchanged': 0, 'busy': 0, 'gone': 1, 'failed': 0, 'other': 0}
     assert not (journal / 'journal.json').exists()
 
     status, again = run_module(collections, tmp_path, args)
@@ -162,3 +166,27 @@ def test_netns_all_refused(collections, tmp_path, journal, args, message):
     status, result = run_module(collections, tmp_path, dict(args, netns='all', journal_dir=str(journal)))
     assert status == 'FAILED!' and result['msg'].startswith(message), result
     assert not journal.exists()
+
+
+def test_restore_all_leaves_alone_what_a_run_from_another_namespace_journalled(collections, tmp_path, namespaces,
+                                                                              journal):
+    """Lab hosts that are namespaces of one machine share its journal: the rollback of one lab host (netns: all
+    run inside it) must not restore another's namespace, which a live run of another lab may be using."""
+    mine, theirs = namespaces(2)
+    for name, lab in ((mine, {'time': 2, 'intvl': 1, 'probes': 3}), (theirs, {'time': 5, 'intvl': 2, 'probes': 4})):
+        status, result = run_module(collections, tmp_path, dict(lab, journal_dir=str(journal)), inside=name)
+        assert status == 'CHANGED', result
+
+    args = {'netns': 'all', 'state': 'restored', 'journal_dir': str(journal)}
+    status, result = run_module(collections, tmp_path, args, inside=mine)
+    assert status == 'CHANGED', result
+    assert values(mine) == ORIGINALS and values(theirs) == [5, 2, 4]
+    found = {entry['netns']['inode']: entry for entry in result['namespaces']}
+    assert found[inode(theirs)]['status'] == 'other' and found[inode(theirs)]['changed'] is False
+    assert found[inode(theirs)]['msg'] == _sysctl_all.MSG_OTHER % inode(theirs)
+    assert result['counts']['other'] == 1 and result['counts']['restored'] == 1
+    assert ', 1 journalled from another network namespace left alone;' in result['msg']
+
+    status, result = run_module(collections, tmp_path, args, inside=theirs)
+    assert status == 'CHANGED' and values(theirs) == ORIGINALS, result
+    assert result['counts']['restored'] == 1 and result['counts']['other'] == 0
