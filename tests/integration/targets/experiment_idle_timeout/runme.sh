@@ -3,12 +3,11 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 # The idle-timeout fault in a lab of three netns hosts - client, middlebox,
-# server - at CI timings: the middlebox forgets flows idle for 6 s. Keepalive
-# every 2 s keeps the flow and the request after the idle time is answered;
-# keepalive after 10 s comes too late: the client dies half-open (ETIMEDOUT)
-# when the middlebox drops, at once (ECONNRESET) when it resets. After every
-# run all three hosts are exactly as before; and after a SIGKILL of the
-# controller's process group mid-run, rollback.yml puts all three back.
+# server - at CI timings: the middlebox forgets flows idle for 6 s. Check mode
+# and a bad preset change nothing; after a SIGKILL of the controller's process
+# group mid-run, rollback.yml puts all three hosts back. The three outcomes
+# (survive, die half-open, die with a reset) are the molecule scenario
+# idle_timeout's, verified there with testinfra.
 set -eux
 
 LAB_DIR=/run/tcplab-keepalive/it-idle-timeout
@@ -52,37 +51,10 @@ experiment() {  # experiment RUN_ID KEEPALIVE_TIME IDLE_TIMEOUT_JSON [ansible ar
     -e "experiment_report_dir=$REPORTS experiment_run_id=tkit-$id experiment_margin=3" "$@"
 }
 
-report() {  # report RUN_ID PYTHON-EXPRESSION-ON-r: true or exit 1
-  python3 -c "import json, sys; r = json.load(open('$REPORTS/tkit-$1/report.json')); sys.exit(0 if ($2) else 1)" \
-    || { cat "$REPORTS/tkit-$1/report.json"; echo "report $1: not ($2)"; exit 1; }
-}
-
 # check mode says what it would do and changes nothing
 experiment checkmode 2 '{"seconds": 6, "action": "drop"}' --check "$@" > "$REPORTS/check.log" 2>&1 || { cat "$REPORTS/check.log"; exit 1; }
 grep -q 'would insert 6 FORWARD rules' "$REPORTS/check.log"
 [ "$(host_state)" = "$BEFORE" ] || { echo "check mode changed a host"; exit 1; }
-
-# survives: keepalive 2 s < idle timeout 6 s
-experiment survive 2 '{"seconds": 6, "action": "drop"}' "$@"
-report survive "r['verdict'] == 'pass' and r['observed']['survived'] is True and r['client']['state'] == 'answered'"
-report survive "r['fault'] == {'kind': 'idle_timeout', 'seconds': 6, 'action': 'drop', 'middlebox': 'middlebox', 'preset': None}"
-report survive "r['client']['requested_at'] - r['client']['connected_at'] >= 18"
-report survive "'the middlebox dropped 0 packet(s) of flows it had forgotten' in r['notes']"
-[ "$(host_state)" = "$BEFORE" ] || { echo "the surviving run left a host changed"; exit 1; }
-
-# dies half-open: keepalive 10 s >= 6 s, the middlebox drops
-experiment halfopen 10 '{"seconds": 6, "action": "drop"}' "$@"
-report halfopen "r['verdict'] == 'pass' and r['observed']['survived'] is False and r['client']['errno'] == 'ETIMEDOUT'"
-report halfopen "any(n.startswith(\"the server's socket at the end: ESTABLISHED\") for n in r['notes'])"
-grep -q 'half-open' "$REPORTS/tkit-halfopen/report.md"
-report halfopen "any(n.startswith('the middlebox dropped ') and not n.startswith('the middlebox dropped 0 ') for n in r['notes'])"
-[ "$(host_state)" = "$BEFORE" ] || { echo "the half-open run left a host changed"; exit 1; }
-
-# dies with a reset
-experiment reset 10 '{"seconds": 6, "action": "reset"}' "$@"
-report reset "r['verdict'] == 'pass' and r['observed']['survived'] is False and r['client']['errno'] == 'ECONNRESET'"
-report reset "r['prediction'] == {'survives': False, 'client_errno': 'ECONNRESET'}"
-[ "$(host_state)" = "$BEFORE" ] || { echo "the reset run left a host changed"; exit 1; }
 
 # a bad preset is refused before anything changes
 if experiment badpreset 2 '{"preset": "haproxy"}' "$@" > "$REPORTS/badpreset.log" 2>&1; then
