@@ -25,7 +25,7 @@ description:
   - O(netns=all) with O(state=restored) restores every network namespace the journal on the host lists
     (the one the module runs in, and those changed from it with O(netns)), skipping and reporting those
     that are gone - see O(netns). Entries journalled by a run from another network namespace (lab hosts that
-    are namespaces of one machine share its journal) are left alone, with status V(other): each lab host's
+    are namespaces of one machine share its journal) are left alone, with status V(other) - each lab host's
     own rollback restores its own.
   - O(retries2) sets C(net.ipv4.tcp_retries2) the same way - journalled with the keepalive trio, restored with it (also
     by O(netns=all) and the rollback playbook). It decides when a connection with unacknowledged data gives up, where

@@ -168,8 +168,7 @@ def test_netns_all_refused(collections, tmp_path, journal, args, message):
     assert not journal.exists()
 
 
-def test_restore_all_leaves_alone_what_a_run_from_another_namespace_journalled(collections, tmp_path, namespaces,
-                                                                              journal):
+def test_restore_all_leaves_alone_what_another_namespace_journalled(collections, tmp_path, namespaces, journal):
     """Lab hosts that are namespaces of one machine share its journal: the rollback of one lab host (netns: all
     run inside it) must not restore another's namespace, which a live run of another lab may be using."""
     mine, theirs = namespaces(2)
