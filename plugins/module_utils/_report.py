@@ -404,9 +404,11 @@ def timeline(observed, client, drop_at, capture_start, expect):
         if probe.get('answered'):
             answered_seen += 1
             what = 'keepalive probe (idle %s s), answered' % _fmt(probe.get('after'))
-        else:
+        elif index >= len(probes) - n_unanswered:   # one of the final run of unanswered probes
             k = index - (len(probes) - n_unanswered) + 1
             what = 'keepalive probe %d/%d  unanswered' % (k, expect['probes'])
+        else:   # e.g. a probe the kernel sent twice: the second copy went before the answer to the first
+            what = 'keepalive probe (idle %s s), no answer before the next probe' % _fmt(probe.get('after'))
         if probe.get('expected') is not None:   # when the kernel's timer rules had it due (_keepalive_rules)
             what += '; due +%.3f s (%s)' % (probe['expected'] - base, probe.get('rule'))
         lines.append((t, 'client > server', what))

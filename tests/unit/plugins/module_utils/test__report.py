@@ -91,6 +91,19 @@ def test_timeline_lines():
     assert [t for t, who, what in lines] == sorted(t for t, who, what in lines)
 
 
+def test_timeline_of_a_probe_sent_twice_before_its_answer():
+    """Seen at real numbers (time 300): the kernel sent the third probe twice, 107 us apart, and the peer answered
+    after the second copy. The first copy is not one of a final run of unanswered probes: no 'probe -1/9'."""
+    def probe(t, answered, after):
+        return {'time': t, 'answered': answered, 'after': after, 'expected': None, 'rule': None}
+    observed = {'connection_found': True, 'connection_start': 0.0, 'unanswered_probes': 0, 'rst': None,
+                'probes': [probe(316.353, True, 316.353), probe(627.653, True, 311.3), probe(938.9449, False, 311.292),
+                           probe(938.945, True, 0.0)]}
+    text = [what for t, who, what in timeline(observed, CLIENT_OK, None, None, {'time': 300, 'intvl': 75, 'probes': 9})]
+    assert 'keepalive probe (idle 311.292 s), no answer before the next probe' in text
+    assert not any('/9' in what for what in text)
+
+
 def test_write_experiment(tmp_path):
     data = {'run_id': 'r1', 'settings': EXPECT, 'expected': EXPECT, 'governs': 'the sysctls', 'client_kind': 'python',
             'server_kind': 'python', 'hosts': {'client': 'demo', 'server': 'demo', 'loopback': True},
