@@ -7,8 +7,8 @@
 # ">=2.16.0"), each in its own virtual environment .build/matrix/<version>/venv (Python 3.11, the
 # pinned requirements-matrix/ansible-core-<version>.txt; docs/development.md):
 #   unit         pytest tests/unit, each version's suite in private network, mount (/run) and PID
-#                namespaces (unshare), so the suites run at the same time although their tests use
-#                fixed lab names (bridges, namespaces, /run/tcplab-helper-* directories)
+#                namespaces (scripts/unit_private.sh), so the suites run at the same time although
+#                their tests use fixed lab names (bridges, namespaces, /run/tcplab-test-* directories)
 #   sanity       ansible-test sanity --venv on a copy of the collection; tests/sanity/ignore-<version>.txt
 #                exists and is empty
 #   ansible-doc  of every plugin and role
@@ -25,6 +25,11 @@
 #   bash scripts/stage_matrix.sh --lock      re-resolve requirements-matrix/*.txt from their .in files
 #
 # Sourced (by scripts/test.sh) it only defines stage_matrix.
+
+# shellcheck source=scripts/unit_private.sh
+. "$(dirname "${BASH_SOURCE[0]}")/unit_private.sh" || return 1 2>/dev/null || exit 1
+# shellcheck source=scripts/collection_copy.sh
+. "$(dirname "${BASH_SOURCE[0]}")/collection_copy.sh" || return 1 2>/dev/null || exit 1
 
 MATRIX_ALL_VERSIONS="2.16 2.17 2.18"
 MATRIX_MAIN_VERSION=2.19
@@ -82,32 +87,13 @@ matrix_lock() {
   done
 }
 
-# pytest tests/unit with VERSION's environment, in private network, mount and PID namespaces: a
-# fresh loopback, /run and /sys of its own, /etc as an overlay (users, groups, sudoers) that ends
-# with the suite (the tests' fixed names meet nothing of the host's, of the other versions' suites
-# or of other test runs), /proc of its own PIDs. The inner bash stays
-# PID 1 (pytest is not PID 1, which the tests' pid checks reject) and the namespace's network is
-# the one PID 1 and 2 have: to the tests it is the boot namespace. Whatever a test left running
-# ends with PID 1.
+# pytest tests/unit with VERSION's environment in private namespaces (scripts/unit_private.sh), so
+# the versions' suites run side by side and beside the other stages.
 matrix_unit() {
   local version=$1 venv out
   venv=$(matrix_venv_dir "$version"); out="$MATRIX_DIR/$version"
-  rm -rf "/tmp/tkm-unit-$version"
-  # shellcheck disable=SC2016  # expanded by the inner bash
-  unshare --net --mount --pid --fork --mount-proc --propagation private \
-    env PATH="$venv/bin:$PATH" TKM_PYTHON="$venv/bin/python" TKM_OUT="$out" TKM_VERSION="$version" TKM_ARGS="${MATRIX_UNIT_ARGS:-tests/unit}" bash -c '
-      sleep infinity & # PID 2, as kthreadd on the host: a process of the boot namespace besides PID 1
-      ip link set lo up && mount -t tmpfs -o mode=0755 tkm-run /run && mount -t sysfs tkm-sys /sys || exit 1
-      mkdir -p /run/netns /run/lock /run/sshd /run/postgresql /run/tkm-etc/upper /run/tkm-etc/work
-      # users, groups and sudoers of the lab tests: written to an overlay of /etc that ends with the suite
-      mount -t overlay tkm-etc -o lowerdir=/etc,upperdir=/run/tkm-etc/upper,workdir=/run/tkm-etc/work /etc || exit 1
-      # shellcheck disable=SC2086  # TKM_ARGS: pytest arguments
-      "$TKM_PYTHON" -m pytest $TKM_ARGS -q -p no:cacheprovider --basetemp="/tmp/tkm-unit-$TKM_VERSION" \
-        --junitxml="$TKM_OUT/unit.junit.xml"
-      exit $?  # a second command: bash does not exec pytest in its place' > "$out/unit.log" 2>&1
-  local rc=$?
-  rm -rf "/tmp/tkm-unit-$version"
-  return "$rc"
+  # shellcheck disable=SC2086  # MATRIX_UNIT_ARGS: pytest arguments
+  unit_private "$venv/bin/python" "matrix-$version" "$out/unit.log" "$out/unit.junit.xml" ${MATRIX_UNIT_ARGS:-tests/unit}
 }
 
 # ansible-test bootstraps pip in its sanity environments with a script that it downloads: put our
@@ -122,23 +108,12 @@ print(get_venv_packages(Python())["pip"])') || return 1
   cp "$TCPLAB_ROOT/scripts/ansible_test_get_pip.py" ~/.ansible/test/cache/"get_pip_${pip//./_}.py"
 }
 
-# A copy of the collection (tracked and new, not ignored files) where ansible-test wants it.
-matrix_copy() {
-  local dest="$MATRIX_DIR/copy/ansible_collections/tcplab/keepalive"
-  if [ ! -d "$dest" ]; then
-    mkdir -p "$dest"
-    git ls-files -z -co --exclude-standard | xargs -0 -I{} cp --parents {} "$dest/" 2>/dev/null
-    (cd "$dest" && git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm copy)
-  fi
-  echo "$dest"
-}
-
 matrix_sanity() {
   local version=$1 venv out dir rc ignore
   venv=$(matrix_venv_dir "$version"); out="$MATRIX_DIR/$version"
   ignore="tests/sanity/ignore-$version.txt"
   matrix_seed_get_pip "$venv/bin/python" || return 1
-  dir=$(matrix_copy)
+  dir=$(collection_copy_to "$MATRIX_DIR/copy/ansible_collections/tcplab/keepalive")
   (cd "$dir" && PATH="$venv/bin:$PATH" "$venv/bin/ansible-test" sanity --venv --python 3.11 --color no) > "$out/sanity.log" 2>&1
   rc=$?
   if [ ! -f "$ignore" ] || [ -s "$ignore" ]; then

@@ -3,7 +3,8 @@
 # The whole test suite (README: "Test it"). Run as root on Debian 12.
 #
 # Stages (each runs even if an earlier one failed; the script fails if any did):
-#   unit         pytest tests/unit (real namespaces where the real thing can run)
+#   unit         pytest tests/unit (real namespaces where the real thing can run), in private network, mount
+#                and PID namespaces (scripts/unit_private.sh), so it runs beside the lab stages
 #   sanity       ansible-test sanity --venv on a copy of the collection
 #   lint         ansible-lint --profile production
 #   build        ansible-galaxy collection build; galaxy-importer on the tarball (no error, no warning) and
@@ -12,12 +13,19 @@
 #   docs         the documentation site (scripts/stage_docs.sh): antsibull-docs lint-collection-docs and
 #                sphinx-init + Sphinx with the guides of docs/ (no finding, no warning), no page loads anything
 #                from another host, a headless-Chromium screenshot of the audit module's page
+#   matrix       ansible-core 2.16, 2.17, 2.18 each in its own pinned environment (scripts/stage_matrix.sh):
+#                unit, sanity, ansible-doc of every plugin and role, the loopback experiment; 2.19 is the
+#                stages above
 #   integration  ansible-test integration --local (targets: destructive, needs/root)
-#   molecule     molecule test --all
-#   matrix       (not in the default list yet: STAGES=matrix) ansible-core 2.16, 2.17, 2.18 each in its own pinned
-#                environment (scripts/stage_matrix.sh): unit, sanity, ansible-doc of every plugin and role, the
-#                loopback experiment; 2.19 is the stages above
+#   molecule     molecule test on every scenario, MOLECULE_WORKERS (default 2) at a time (molecule's own
+#                --workers), the longest first
 #   rootns       the root namespace's keepalive sysctls and iptables rules are as before the run
+#
+# The stages run in lanes, side by side: LANES (default "unit sanity lint build docs matrix|integration
+# molecule") lists them, "|" between lanes; within a lane one stage after the other. Each lab stage
+# and test uses labs of its own (names, bridges, networks), which is what lets them meet on one
+# machine. A stage's output is printed in one piece when it ends (and kept in .build/test/<stage>.out).
+# LANES="unit sanity lint build docs matrix integration molecule" runs everything one after the other.
 #
 # STAGES="unit lint" runs only those stages.
 set -uo pipefail
@@ -27,9 +35,14 @@ set -uo pipefail
 . "$(dirname "$0")/stage_docs.sh" || exit 1
 # shellcheck source=scripts/stage_matrix.sh
 . "$(dirname "$0")/stage_matrix.sh" || exit 1
+# shellcheck source=scripts/unit_private.sh
+. "$(dirname "$0")/unit_private.sh" || exit 1
+# shellcheck source=scripts/collection_copy.sh
+. "$(dirname "$0")/collection_copy.sh" || exit 1
 
-ALL_STAGES="unit sanity lint build docs integration molecule"
+ALL_STAGES="unit sanity lint build docs matrix integration molecule"
 STAGES=${STAGES:-$ALL_STAGES}
+LANES=${LANES:-"unit sanity lint build docs matrix|integration molecule"}
 OUT="$TCPLAB_ROOT/.build/test"
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -66,22 +79,14 @@ if [ -e "$STALE" ] && [ ! "$STALE" -ef "$TCPLAB_ROOT" ]; then
   rm -rf "$STALE"
 fi
 
-# Copy of the collection (tracked and new, not ignored files) under
-# ansible_collections/tcplab/keepalive, where ansible-test wants to run.
-collection_copy() {
-  local dest="$OUT/copy/ansible_collections/tcplab/keepalive"
-  if [ ! -d "$dest" ]; then
-    mkdir -p "$dest"
-    git ls-files -z -co --exclude-standard | xargs -0 -I{} cp --parents {} "$dest/" 2>/dev/null
-    # ansible-test lists files through git when it finds a repository
-    (cd "$dest" && git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm copy)
-  fi
-  echo "$dest"
+collection_copy() {  # STAGE: a copy of its own (sanity and integration run ansible-test at the same time)
+  collection_copy_to "$OUT/copy-$1/ansible_collections/tcplab/keepalive"
 }
 
 stage_unit() {
-  python -m pytest tests/unit -q -p no:cacheprovider --junitxml="$OUT/unit.junit.xml" 2>&1 | tee "$OUT/unit.log"
-  local rc=${PIPESTATUS[0]}
+  unit_private "$(command -v python)" main "$OUT/unit.log" "$OUT/unit.junit.xml" tests/unit
+  local rc=$?
+  cat "$OUT/unit.log"
   SUMMARY[unit]=$(grep -E '^[0-9]+ (passed|failed).* in [0-9.]+s' "$OUT/unit.log" | tail -1)
   return "$rc"
 }
@@ -100,7 +105,7 @@ print(get_venv_packages(Python())["pip"])') || return 1
 
 stage_sanity() {
   local dir rc
-  dir=$(collection_copy)
+  dir=$(collection_copy sanity)
   seed_get_pip
   (cd "$dir" && ansible-test sanity --venv --python 3.11 --color no 2>&1) | tee "$OUT/sanity.log"
   rc=${PIPESTATUS[0]}
@@ -223,28 +228,98 @@ stage_integration() {
   if [ "$targets" -eq 0 ]; then
     SUMMARY[integration]="no targets yet"; return 0
   fi
-  dir=$(collection_copy)
+  dir=$(collection_copy integration)
   (cd "$dir" && ansible-test integration --local --python 3.11 --color no --allow-destructive --allow-root 2>&1) | tee "$OUT/integration.log"
   rc=${PIPESTATUS[0]}
   SUMMARY[integration]="$(grep -cE '^Running .* integration test (role|script)' "$OUT/integration.log") of $targets targets run"
   return "$rc"
 }
 
-stage_molecule() {
-  # scenarios live in molecule/ at the collection root (docs/architecture.md)
-  MOLECULE_GLOB='molecule/*/molecule.yml' NO_COLOR=1 molecule test --all 2>&1 | tee "$OUT/molecule.log"
-  local rc=${PIPESTATUS[0]}
-  local scenarios
-  scenarios=$(find molecule -mindepth 2 -maxdepth 2 -name molecule.yml -printf '%h\n' | sed 's|^molecule/||' | sort)
-  SUMMARY[molecule]="$(echo "$scenarios" | wc -l) scenarios: $(echo "$scenarios" | tr '\n' ' ')"
+# The scenarios, the long ones first (so the pool ends together); the rest in name order.
+MOLECULE_WORKERS=${MOLECULE_WORKERS:-2}
+MOLECULE_FIRST="vms idle_timeout in_flight audit"
+molecule_order() {
+  local all name
+  all=$(find molecule -mindepth 2 -maxdepth 2 -name molecule.yml -printf '%h\n' | sed 's|^molecule/||' | sort)
+  for name in $MOLECULE_FIRST; do grep -qx "$name" <<< "$all" && echo "$name"; done
+  grep -vxF -f <(tr ' ' '\n' <<< "$MOLECULE_FIRST") <<< "$all"
+}
+
+molecule_one() {  # NAME: `molecule test` of one scenario; its log and "ok|FAILED <seconds>" in .build/test
+  local name=$1 start rc
+  start=$(date +%s)
+  MOLECULE_GLOB='molecule/*/molecule.yml' NO_COLOR=1 molecule test -s "$name" > "$OUT/molecule-$name.log" 2>&1
+  rc=$?
+  echo "$([ "$rc" -eq 0 ] && echo ok || echo FAILED) $(( $(date +%s) - start ))" > "$OUT/molecule-$name.result"
   return "$rc"
 }
 
+# Every scenario through molecule's own CLI, MOLECULE_WORKERS at a time: each brings up and removes
+# a lab of its own (molecule/<scenario>/vars/lab.yml: prefix, bridge, network), so they run side
+# by side. (molecule's --workers runs the scenarios without their create and destroy steps, for
+# scenarios that share one infrastructure: ours each create their own.)
+stage_molecule() {
+  local names name rc=0 result figures=""
+  names=$(molecule_order)
+  for name in $names; do
+    while [ "$(jobs -rp | wc -l)" -ge "$MOLECULE_WORKERS" ]; do wait -n; done
+    echo "molecule: scenario $name started at $(date +%T)"
+    molecule_one "$name" &
+  done
+  wait
+  for name in $names; do
+    result=$(cat "$OUT/molecule-$name.result" 2>/dev/null || echo "FAILED 0")
+    printf '\n==== molecule scenario %s: %s s ====\n' "$name" "$result"
+    if [ "${result%% *}" = ok ]; then
+      sed -n '/^SCENARIO RECAP/,$p' "$OUT/molecule-$name.log"
+    else
+      rc=1; cat "$OUT/molecule-$name.log"
+    fi
+    figures="$figures $name ${result#* } s${result%% *}"
+  done
+  figures=$(sed 's/ sok/ s,/g; s/ sFAILED/ s FAILED,/g; s/,$//' <<< "$figures")
+  SUMMARY[molecule]="$(wc -w <<< "$names") scenarios, $MOLECULE_WORKERS at a time:$figures"
+  return "$rc"
+}
+
+# One lane: its stages one after the other, each stage's output kept in .build/test/<stage>.out and
+# printed in one piece when the stage ends (lanes print one at a time); its summary line and result
+# in .build/test/<stage>.summary and .result for the summary below.
+run_lane() {
+  local stage start rc
+  for stage in "$@"; do
+    start=$(date +%s)
+    echo "[$(date +%T)] stage $stage started" | flock "$OUT/.print" cat
+    "stage_$stage" > "$OUT/$stage.out" 2>&1
+    rc=$?
+    printf '%s' "${SUMMARY[$stage]:-}" > "$OUT/$stage.summary"
+    echo "$([ "$rc" -eq 0 ] && echo ok || echo FAILED) ($(( $(date +%s) - start )) s)" > "$OUT/$stage.result"
+    { printf '\n######## stage %s: %s, ended %s ########\n' "$stage" "$(cat "$OUT/$stage.result")" "$(date +%T)"
+      cat "$OUT/$stage.out"; } | flock "$OUT/.print" cat
+  done
+}
+
+# The lanes of LANES, each limited to the stages of STAGES, side by side.
+SUITE_START=$(date +%s)
+lane_pids=()
+IFS='|' read -ra lanes <<< "$LANES"
+for lane in "${lanes[@]}"; do
+  mine=()
+  for stage in $lane; do
+    [[ " $STAGES " == *" $stage "* ]] && mine+=("$stage")
+  done
+  [ "${#mine[@]}" -gt 0 ] || continue
+  echo "lane: ${mine[*]}"
+  run_lane "${mine[@]}" & lane_pids+=($!)
+done
 for stage in $STAGES; do
-  printf '\n######## stage %s ########\n' "$stage"
-  start=$(date +%s)
-  if "stage_$stage"; then RESULT[$stage]=ok; else RESULT[$stage]=FAILED; FAILED=1; fi
-  RESULT[$stage]="${RESULT[$stage]} ($(( $(date +%s) - start )) s)"
+  [[ " ${LANES//|/ } " == *" $stage "* ]] || { echo "stage $stage is in no lane of LANES ($LANES)"; FAILED=1; }
+done
+for pid in "${lane_pids[@]}"; do wait "$pid"; done
+for stage in $STAGES; do
+  RESULT[$stage]=$(cat "$OUT/$stage.result" 2>/dev/null || echo "FAILED (did not run)")
+  SUMMARY[$stage]=$(cat "$OUT/$stage.summary" 2>/dev/null)
+  [ "${RESULT[$stage]%% *}" = ok ] || FAILED=1
 done
 
 printf '\n######## stage rootns ########\n'
@@ -266,7 +341,7 @@ else
   SUMMARY[rootns]="keepalive sysctls, iptables -S, ip6tables -S of the root namespace unchanged; no namespace left behind"
 fi
 
-printf '\n######## summary ########\n'
+printf '\n######## summary (%s s) ########\n' "$(( $(date +%s) - SUITE_START ))"
 for stage in $STAGES rootns; do
   printf '%-12s %-16s %s\n' "$stage" "${RESULT[$stage]}" "${SUMMARY[$stage]:-}"
 done
