@@ -71,6 +71,11 @@ NOTE_UNAVAILABLE = ('exact per-connection keepalive settings not read (%s): per-
 NOTE_UNREAD = ('exact per-connection keepalive settings: %d of %d established connection(s) not read (%s); '
                'overrides among them are inferred from keepalive timers (KA005)')
 
+NOTE_SKIPPED = ('%d connection(s) not read because of the caps (max_connections %d, max_connections_per_process %d; '
+                'the reads go round the processes, one each per round, lowest pid first, each process\'s connections '
+                'in order of local and remote address): %s')
+NOTE_SKIPPED_TOP = 10
+
 # finding ids of the connections (the others are in _audit)
 F_OVERRIDE = 'KA005'
 F_CONNECTION = 'KA009'
@@ -271,23 +276,47 @@ def read_socket(fd, inode):
 # -- reading every namespace's connections ----------------------------------------------
 
 class Budget:
-    """The caps on exact reads: per process and in total (one audit run)."""
+    """The caps on exact reads: per process and in total (one audit run), and which connections they leave unread.
+
+    The choice is fair and deterministic, not the first rows in /proc order: every process with connections gets
+    one read per round, lowest pid first, until the total is used up or the process has max_connections_per_process
+    (so no process's connections crowd out another's, and a process with few connections has all of them read);
+    within a process its connections are taken in order of local and then remote address (/proc/net/tcp's hex)."""
 
     def __init__(self, total, per_process):
         self.total = total
         self.per_process = per_process
-        self.used = 0
-        self.by_pid = {}
+        self.skipped = {}   # {pid: connections left unread by the caps}
 
-    def take(self, pid):
-        """None when a read of pid's connection may go ahead (and counts it), else the unread reason."""
-        if self.by_pid.get(pid, 0) >= self.per_process:
-            return 'per_process_cap'
-        if self.used >= self.total:
-            return 'total_cap'
-        self.used += 1
-        self.by_pid[pid] = self.by_pid.get(pid, 0) + 1
-        return None
+    def plan(self, tables, holders):
+        """For each list of rows in tables, the unread reason of each row: None (read it), 'per_process_cap' or
+        'total_cap' ('no_owner' rows are left to the caller: None here, as they have no holder)."""
+        queues = {}
+        for t, rows in enumerate(tables):
+            for i, row in enumerate(rows):
+                holder = holders.get(row[0])
+                if holder is not None:
+                    queues.setdefault(holder[0], []).append((row[1], row[2], t, i))
+        reasons = [['per_process_cap' if holders.get(row[0]) is not None else None for row in rows] for rows in tables]
+        queues = [sorted(queues[pid]) for pid in sorted(queues)]
+        room = self.total
+        for depth in range(min(self.per_process, max([len(q) for q in queues] or [0]))):
+            if room <= 0:
+                break
+            queues = [q for q in queues if len(q) > depth]
+            for queue in queues[:room]:
+                reasons[queue[depth][2]][queue[depth][3]] = None
+            room -= min(room, len(queues))
+        for queue in queues:
+            for dummy_local, dummy_remote, t, i in queue[:self.per_process]:
+                if reasons[t][i] is not None:
+                    reasons[t][i] = 'total_cap'
+        for rows, why in zip(tables, reasons):
+            for row, reason in zip(rows, why):
+                if reason is not None:
+                    pid = holders[row[0]][0]
+                    self.skipped[pid] = self.skipped.get(pid, 0) + 1
+        return reasons
 
 
 def _comm(pid, proc, cache):
@@ -324,15 +353,18 @@ def connection_entry(row, holder, comm, settings, values, listeners):
     return conn
 
 
-def read_entry(sockets, values, holders, pidfd, budget, proc='/proc', comms=None):
-    """Read one namespace's connections exactly; fills sockets (connections, unread, overrides) in place."""
+def read_entry(sockets, values, holders, pidfd, budget, proc='/proc', comms=None, reasons=None):
+    """Read one namespace's connections exactly; fills sockets (connections, unread, overrides) in place.
+
+    reasons: the unread reason of each row by the caps (Budget.plan over every namespace), else planned here."""
     comms = {} if comms is None else comms
     rows, listeners = sockets.pop('rows', []), sockets.pop('listening', [])
+    reasons = budget.plan([rows], holders)[0] if reasons is None else reasons
     unread = dict((reason, 0) for reason in UNREAD)
     connections, inferred, max_inferred = [], 0, 0.0
-    for row in rows:
+    for row, capped in zip(rows, reasons):
         holder = holders.get(row[0])
-        reason = 'no_owner' if holder is None else budget.take(holder[0])
+        reason = 'no_owner' if holder is None else capped
         settings = None
         if reason is None:
             settings, reason = _read_one(row, holder, pidfd)
@@ -388,10 +420,11 @@ def read_connections(entries, holders, params, notes, pidfd=None, proc='/proc'):
         notes.append(NOTE_UNAVAILABLE % why)
         return
     budget, comms, unread, total = Budget(params['max_connections'], params['max_connections_per_process']), {}, {}, 0
+    plans = budget.plan([entry['sockets'].get('rows') or [] for entry in tables], holders)
     try:
-        for entry in tables:
+        for entry, reasons in zip(tables, plans):
             total += len(entry['sockets'].get('rows') or [])
-            sockets = read_entry(entry['sockets'], entry['values'], holders, pidfd, budget, proc, comms)
+            sockets = read_entry(entry['sockets'], entry['values'], holders, pidfd, budget, proc, comms, reasons)
             sockets['processes'] = processes(sockets['connections'], params['top_processes'])
             for reason, count in sockets['unread'].items():
                 unread[reason] = unread.get(reason, 0) + count
@@ -401,6 +434,19 @@ def read_connections(entries, holders, params, notes, pidfd=None, proc='/proc'):
     if missed:
         words = ', '.join('%d %s' % (unread[r], UNREAD_WORDS[r]) for r in UNREAD if unread.get(r))
         notes.append(NOTE_UNREAD % (missed, total, words))
+    if budget.skipped:
+        notes.append(skipped_note(budget, proc, comms))
+
+
+def skipped_note(budget, proc='/proc', comms=None):
+    """Which processes' connections the caps left unread, and how many (most first, at most NOTE_SKIPPED_TOP)."""
+    comms = {} if comms is None else comms
+    most = heapq.nsmallest(NOTE_SKIPPED_TOP, budget.skipped.items(), key=lambda item: (-item[1], item[0]))
+    named = ', '.join('%d of %s (pid %d)' % (count, _comm(pid, proc, comms) or '?', pid) for pid, count in most)
+    more = len(budget.skipped) - len(most)
+    if more:
+        named += ' and %d of %d more process(es)' % (sum(budget.skipped.values()) - sum(count for pid, count in most), more)
+    return NOTE_SKIPPED % (sum(budget.skipped.values()), budget.total, budget.per_process, named)
 
 
 # -- findings of the connections read ---------------------------------------------------

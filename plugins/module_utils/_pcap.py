@@ -38,7 +38,7 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_reader impo
     MSG_BAD_BLOCK, MSG_BAD_BOM, MSG_BAD_PACKET, MSG_BAD_RECORD, MSG_BAD_TRAILER, MSG_LIMIT_IDB, MSG_LIMIT_MAX,
     MSG_LIMIT_SNAPLEN, MSG_LINKTYPE, MSG_MISSING, MSG_NO_IDB, MSG_NOT_FILE, MSG_NOT_PCAP, MSG_SHORT_HEADER,
     MSG_TRUNCATED, MSG_UNREADABLE, PcapError, Reader, check_file, count_packets, open_capture, truncation_note)
-from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_scan import HALF, M32, Scan, flag_names
+from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_scan import COPY_WINDOW, HALF, M32, Scan, flag_names
 
 MSG_EXPECT = 'expect.%s must be an integer 1..%d (%s), got %r'
 MSG_EXPECT_KEYS = 'expect takes time, intvl and probes, got unknown key(s): %s'
@@ -49,6 +49,10 @@ MSG_CONNECTION_KEYS = 'connection takes address and port, got unknown key(s): %s
 MSG_DUPLICATES = ('%d frames are loopback duplicates (an outgoing frame seen again as incoming, Linux cooked capture): '
                   'they are classified like tshark does but left out of the probe timing')
 MSG_FRAGMENTS = '%d IP fragments were skipped (not reassembled)'
+MSG_COPIES = ('%d keepalive probe frame(s) are copies of the probe just before them (the same seq, ack, flags, window and '
+              'length within %s ms, no segment of that sender between: the capture saw one probe again, e.g. forwarded '
+              'back onto the captured link by a router on the same bridge, or on a second interface): they are '
+              'classified like tshark does, and each probe is numbered, timed and judged once (its copies counted)')
 MSG_NOT_LISTED = ('%d more connections with keepalive activity are counted and judged but not listed (only the first %d '
                   'are): select one with the connection option')
 MSG_MORE_FAILED = '%d connections failed in all; select one with the connection option to see its report'
@@ -180,7 +184,7 @@ def _result(path, reader, scan, expect, tol, focused, return_frames):
         'tolerance': tol,
     }
     result.update(_judge_all(scan, result['start'], expect, tol, focused))
-    result['summary']['notes'].extend(_capture_notes(scan, reader))
+    result['summary']['notes'].extend(_capture_notes(scan, reader, result['summary']['probe_copies']))
     if return_frames:
         result['keepalive_frames'] = scan.ka_frames
         result['keepalive_ack_frames'] = scan.kaack_frames
@@ -232,10 +236,12 @@ def _override(values, expected, tol):
     return None
 
 
-def _capture_notes(scan, reader):
+def _capture_notes(scan, reader, copies):
     notes = []
     if scan.duplicates:
         notes.append(MSG_DUPLICATES % scan.duplicates)
+    if copies:
+        notes.append(MSG_COPIES % (copies, _num(COPY_WINDOW * 1000)))
     if scan.fragments:
         notes.append(MSG_FRAGMENTS % scan.fragments)
     if reader.truncated:
@@ -246,7 +252,7 @@ def _capture_notes(scan, reader):
 def _judge_all(scan, t0, expect, tol, focused):
     """summary, connections, verdict and reasons of the whole capture."""
     counts = {'connections': 0, 'rst_after_probes': 0, 'zero_window_probes': 0, 'retransmissions': 0,
-              'not_listed': 0, 'judged': 0, 'failed': 0, 'reported': 0}
+              'not_listed': 0, 'judged': 0, 'failed': 0, 'reported': 0, 'probe_copies': 0}
     listed, reasons = [], []
     n_conns = rst_after_probes = zwp_total = retx_total = 0
     for conn in scan.connections():
@@ -260,6 +266,8 @@ def _judge_all(scan, t0, expect, tol, focused):
             zwp, retx, probing = a.zwp + b.zwp, a.retx + b.retx, a.probes is not None or b.probes is not None
         if not (probing or zwp or retx or focused):
             continue
+        if probing:
+            counts['probe_copies'] += a.copies if b is a else a.copies + b.copies
         zwp_total += zwp
         retx_total += retx
         in_flight = _in_flight(conn) if retx else {}
@@ -306,6 +314,7 @@ def _summary(scan, counts, n_listed):
         'retransmissions': counts['retransmissions'],
         'fragments_skipped': scan.fragments,
         'loopback_duplicates': scan.duplicates,
+        'probe_copies': counts['probe_copies'],
         'listed': n_listed,
         'not_listed': counts['not_listed'],
         'notes': [],
@@ -471,9 +480,10 @@ def _prober_report(conn, f, r, t0, expect, tol):
                     'answered': p.answered, 'answer_frame': p.answer_frame, 'kind': p.kind,
                     'after': None if p.after is None else round(p.after, 6),
                     'expected': None if pred is None else round(pred.due - t0, 6),
-                    'rule': None if pred is None else pred.rule}
+                    'rule': None if pred is None else pred.rule, 'copies': p.copies}
                    for index, (p, pred) in enumerate(zip(probes, preds), 1)],
         'count': len(probes),
+        'copies': sum(p.copies for p in probes),
         'answered': sum(1 for p in probes if p.answered),
         'unanswered': sum(1 for p in probes if not p.answered),
         'final_unanswered': f.run,

@@ -54,17 +54,25 @@ KINDS = {KA: 'keepalive', KAACK: 'keepalive_ack', ZWP: 'zero_window_probe'}
 # header where no complete one is left (a caplen no record can have)
 NO_SEGMENT = (None, 0, 0, 0, 0, -1, False)
 END = (0, 0, 1 << 62, 0)
+# A Keep-Alive the same as its sender's last probe (seq, ack, flags, window, length) this close to it in time, with no
+# other segment of that direction between, is the capture seeing that probe again, not a new probe: the kernel sends
+# the next probe of a socket intvl (>= 1 s) later, a zero-window probe TCP_RTO_MIN (200 ms) later at the soonest. The
+# copy is the packet forwarded back onto the captured link (a router on the same bridge, flooded there once the bridge
+# forgot the peer's MAC address after its ageing time, 300 s by default: TTL one less, the same IP ID) or captured on
+# two interfaces; microseconds after the original, milliseconds on a busy machine.
+COPY_WINDOW = 0.01
+NEG_COPY = -COPY_WINDOW   # (either side: the interfaces of a pcapng may be merged slightly out of order)
 
 
 class Flow:
     """One direction of a connection: Wireshark's per-direction sequence state and the sender's probe timeline."""
 
     __slots__ = ('nxt', 'lack', 'win', 'lfl', 'maxs', 'base', 'fresh', 'unacked', 'scan_ack', 'scan_len', 'last',
-                 'awaiting', 'run', 'probes', 'ka', 'kaack', 'zwp', 'retx', 'key', 'side', 'fin', 'name')
+                 'awaiting', 'run', 'probes', 'ka', 'kaack', 'zwp', 'retx', 'key', 'side', 'fin', 'name', 'copies')
 
     def __init__(self, key, side):
         self.nxt = self.lack = self.lfl = self.maxs = self.scan_len = self.run = 0
-        self.ka = self.kaack = self.zwp = self.retx = 0
+        self.ka = self.kaack = self.zwp = self.retx = self.copies = 0
         self.win = M32
         self.base = self.last = self.awaiting = self.probes = self.name = None
         self.fresh = True   # base (or the peer's) not known yet
@@ -73,6 +81,17 @@ class Flow:
         self.key = key      # the key of the direction the connection was first seen in
         self.side = side    # 0: the source of that key, 1: its destination
         self.fin = False
+
+    def copy(self, seq, flags, seglen):
+        """Whether a Keep-Alive of this direction within COPY_WINDOW of its last segment, with the same ack and window
+        (Scan.walk compares them), is a copy of its last probe: that probe was the last segment, and this is the same
+        segment; counted on the probe and the direction."""
+        p = self.probes[-1]
+        if p.ts != self.last or p.seq != seq or p.flags != flags or p.length != seglen:
+            return False
+        p.copies += 1
+        self.copies += 1
+        return True
 
     def endpoint(self):
         """'address:port' ('[address]:port' for IPv6) of the sender."""
@@ -91,11 +110,13 @@ class Flow:
 
 class Probe:
     """One keepalive probe: its frame and time, seq and length, whether (and by which frame) it was answered, its kind
-    (idle: after a segment of the peer, retry: after an unanswered probe) and the seconds since that."""
+    (idle: after a segment of the peer, retry: after an unanswered probe) and the seconds since that; its TCP flags,
+    and how many copies of it the capture holds (see COPY_WINDOW; its ack and window are its flow's until the flow's
+    next segment)."""
 
-    __slots__ = ('frame', 'ts', 'seq', 'length', 'answered', 'answer_frame', 'kind', 'after')
+    __slots__ = ('frame', 'ts', 'seq', 'length', 'answered', 'answer_frame', 'kind', 'after', 'flags', 'copies')
 
-    def __init__(self, frame, ts, seq, length, kind, after):
+    def __init__(self, frame, ts, seq, length, kind, after, flags):
         self.frame = frame
         self.ts = ts
         self.seq = seq
@@ -104,6 +125,8 @@ class Probe:
         self.answer_frame = None
         self.kind = kind
         self.after = after
+        self.flags = flags
+        self.copies = 0
 
 
 class Conn:
@@ -400,7 +423,6 @@ class Scan:
                     f.maxs = nxt
             else:
                 kind = segment(f, r, seq, ack, flags, win, seglen, nxt)
-            f.lfl, f.win, f.lack = kind, win, ack
             ru = r.unacked
             if ru and (ack != r.scan_ack or len(ru) != r.scan_len):
                 d = ru[0] - ack
@@ -409,13 +431,16 @@ class Scan:
                     r.scan_len = 0
                 else:
                     _acked(r, ru, ack)
+            ts = scale * frac + sec   # (= sec + frac * scale, to the bit: the float operations first are cheaper)
             if kind == KA:
                 ka_frame(frame)
+                if f.probes is not None and not dup and NEG_COPY < ts - f.last < COPY_WINDOW and ack == f.lack and win == f.win and f.copy(seq, flags, seglen):
+                    continue   # the sender's last probe seen again (Flow.copy counts it): no new probe, the same state
             elif kind:
                 self.count(kind, frame, f)
+            f.lfl, f.win, f.lack = kind, win, ack
             if dup:
                 continue
-            ts = scale * frac + sec   # (= sec + frac * scale, to the bit: the float operations first are cheaper)
             if keep or rare and flags & 5 or conn.rst is not None:   # the rare cases, and every segment of a followed connection
                 timeline(conn, f, r, frame, ts, seq, seglen, flags, kind)
             else:   # the common cases of timeline(), here for speed
@@ -423,8 +448,8 @@ class Scan:
                     r.awaiting.answered, r.awaiting.answer_frame, r.awaiting, r.run = True, frame, None, 0
                 if kind == KA:
                     f.ka, f.run, previous = f.ka + 1, f.run + 1, f.awaiting
-                    f.awaiting = Probe(frame, ts, seq, seglen, 'idle', None if r.last is None else ts - r.last) \
-                        if previous is None else Probe(frame, ts, seq, seglen, 'retry', ts - previous.ts)
+                    f.awaiting = Probe(frame, ts, seq, seglen, 'idle', None if r.last is None else ts - r.last, flags) \
+                        if previous is None else Probe(frame, ts, seq, seglen, 'retry', ts - previous.ts, flags)
                     if f.probes is None:
                         f.probes = []
                     f.probes.append(f.awaiting)
@@ -503,9 +528,9 @@ class Scan:
 
 
 def timeline(conn, f, r, frame, ts, seq, seglen, flags, kind):
-    """The keepalive timeline (loopback duplicates left out): a segment answers the peer's awaited probe, a
-    Keep-Alive is a probe, the first RST and FIN are kept. After a RST the rest is teardown: the peer's FIN or RST
-    then answers no probe."""
+    """The keepalive timeline (loopback duplicates and copies of a probe left out): a segment answers the peer's
+    awaited probe, a Keep-Alive is a probe, the first RST and FIN are kept. After a RST the rest is teardown: the
+    peer's FIN or RST then answers no probe."""
     answers = False
     if kind == KA:
         f.ka += 1
@@ -521,9 +546,9 @@ def timeline(conn, f, r, frame, ts, seq, seglen, flags, kind):
     if kind == KA:
         previous = f.awaiting
         if previous is not None:
-            probe = Probe(frame, ts, seq, seglen, 'retry', ts - previous.ts)
+            probe = Probe(frame, ts, seq, seglen, 'retry', ts - previous.ts, flags)
         else:
-            probe = Probe(frame, ts, seq, seglen, 'idle', None if r.last is None else ts - r.last)
+            probe = Probe(frame, ts, seq, seglen, 'idle', None if r.last is None else ts - r.last, flags)
         if f.probes is None:
             f.probes = []
         f.probes.append(probe)

@@ -152,6 +152,9 @@ options:
     description:
       - Read at most this many connections of one process (1..1000000), so that one busy server does not use up
         O(max_connections); the rest are counted in C(notes).
+      - Which connections are read when a cap is reached is fair and deterministic - one connection per process per
+        round, the lowest pid first, within a process by local then remote address - and C(notes) names the
+        processes whose connections were skipped and how many.
     type: int
     default: 100
 notes:

@@ -75,7 +75,9 @@ EXAMPLES = r'''
 
 RETURN = r'''
 summary:
-  description: The C(summary) of the merged C(audit.json) (as M(tcplab.keepalive.audit_report) returns it).
+  description:
+    - The C(summary) of the merged C(audit.json), computed again over all the slices' hosts.
+    - Its keys are those of RV(tcplab.keepalive.audit_report#module:summary), documented there once for both modules.
   returned: success
   type: dict
 lines:

@@ -121,7 +121,9 @@ EXAMPLES = r'''
 
 RETURN = r'''
 summary:
-  description: The C(summary) of C(audit.json).
+  description:
+    - The C(summary) of C(audit.json).
+    - M(tcplab.keepalive.audit_merge) returns the same structure for a merged report (RV(tcplab.keepalive.audit_merge#module:summary)).
   returned: success
   type: dict
   contains:

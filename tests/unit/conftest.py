@@ -29,6 +29,23 @@ if AnsibleCollectionConfig.collection_finder is None:
     _AnsibleCollectionFinder(paths=[_collections_root()], scan_sys_paths=False)._install()
 
 
+@pytest.fixture
+def netns_factory(request):
+    """make() -> the name of a new network namespace with lo up, NETNS_PREFIX of the test module (default 'tkut-')
+    and a random suffix. Afterwards every process left in it is killed and it is deleted - only while its inode is
+    still the one made here (ours only: never by the name alone). See plugins/module_utils/lab_netns.py."""
+    from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.lab_netns import (  # pylint: disable=import-outside-toplevel
+        namespaces)
+    with namespaces(getattr(request.module, 'NETNS_PREFIX', 'tkut-')) as make:
+        yield make
+
+
+@pytest.fixture
+def netns(netns_factory):
+    """One network namespace of this test (netns_factory)."""
+    return netns_factory()
+
+
 @pytest.fixture(autouse=True)
 def _module_side(request):
     """Module tests run modules in-process as a target would: once any test has

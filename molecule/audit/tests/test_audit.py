@@ -3,21 +3,21 @@ check mode changed nothing, and remediation made the fleet compliant."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from xml.etree import ElementTree
 
 import pytest
 import testinfra
 
-EPHEMERAL = os.environ['MOLECULE_EPHEMERAL_DIRECTORY']
-REPORTS = os.path.join(EPHEMERAL, 'reports')
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'resources', 'tests'))
+from scenario_files import INVENTORY, REPORTS, report  # noqa: E402 pylint: disable=wrong-import-position
+
 ROOTS = '/run/tcplab-keepalive/molecule-audit/roots'
-INVENTORY = os.path.join(EPHEMERAL, 'inventory')
 LAB = ['ok-netns', 'ok-ssh', 'default-netns', 'range-netns', 'drift-netns', 'extra-netns', 'sockets-netns']
 HOLDER = 'mola-holder (pid '
 SOCKETS_FINDINGS = [('KA005', 'host', 'sockets', 1, 0), ('KA010', 'host', 'connections', 1, 0)]
@@ -51,8 +51,7 @@ AFTER_VALUES = {
 
 
 def load(stage):
-    with open(os.path.join(REPORTS, stage, 'audit.json')) as handle:
-        return json.load(handle)
+    return report(stage, 'audit.json')
 
 
 def label(name):

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from testinfra.utils.ansible_runner import AnsibleRunner
 
-RUNNER = AnsibleRunner(os.path.join(os.environ['MOLECULE_EPHEMERAL_DIRECTORY'], 'inventory'))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'resources', 'tests'))
+from scenario_files import INVENTORY  # noqa: E402 pylint: disable=wrong-import-position
+
+RUNNER = AnsibleRunner(INVENTORY)
 
 
 def keepalive(host, key):

@@ -2,25 +2,25 @@
 by tshark, the client's ETIMEDOUT, and that every host was put back."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
+import sys
 
 import pytest
-import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # (pytest.ini's importlib mode adds no test directory)
+from scenario_files import REPORTS, report as run_report, scenario_vars  # noqa: E402 pylint: disable=wrong-import-position
 
 SCENARIO = os.environ['MOLECULE_SCENARIO_NAME']
-with open(os.path.join(os.environ['MOLECULE_SCENARIO_DIRECTORY'], 'vars', 'experiment.yml')) as handle:
-    VARS = yaml.safe_load(handle)
-REPORT_DIR = os.path.join(os.environ['MOLECULE_EPHEMERAL_DIRECTORY'], 'reports', SCENARIO)
+VARS = scenario_vars('experiment.yml')
+REPORT_DIR = os.path.join(REPORTS, SCENARIO)
 CLIENT_PORT = VARS.get('experiment_client_port', 22345)
 TOLERANCE = 0.25 + 0.1
 
 
 @pytest.fixture(scope='module')
 def report():
-    with open(os.path.join(REPORT_DIR, 'report.json')) as handle:
-        return json.load(handle)
+    return run_report(SCENARIO)
 
 
 def test_verdict_pass(report):

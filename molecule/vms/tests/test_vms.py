@@ -2,24 +2,21 @@
 inventory) and in the reports on the controller."""
 from __future__ import annotations
 
-import json
 import os
+import sys
 
 import pytest
-import yaml
 
-EPHEMERAL = os.environ['MOLECULE_EPHEMERAL_DIRECTORY']
-REPORTS = os.path.join(EPHEMERAL, 'reports')
-with open(os.path.join(os.environ['MOLECULE_SCENARIO_DIRECTORY'], 'vars', 'vms.yml')) as handle:
-    VARS = yaml.safe_load(handle)
-with open(os.path.join(os.environ['MOLECULE_SCENARIO_DIRECTORY'], 'vars', 'lab.yml')) as handle:
-    RELEASES = {entry['name']: entry['release'] for entry in yaml.safe_load(handle)['lab_hosts']}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'resources', 'tests'))
+from scenario_files import REPORTS, load_json, scenario_vars  # noqa: E402 pylint: disable=wrong-import-position
+
+VARS = scenario_vars('vms.yml')
+RELEASES = {entry['name']: entry['release'] for entry in scenario_vars('lab.yml')['lab_hosts']}
 PYTHONS = {'bullseye': '3.9', 'bookworm': '3.11', 'trixie': '3.13'}
 
 
 def load(*parts):
-    with open(os.path.join(REPORTS, *parts)) as handle:
-        return json.load(handle)
+    return load_json('reports', *parts)
 
 
 @pytest.mark.parametrize('run_id', ['vms-two-hosts', 'vms-loopback'])

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 
@@ -122,9 +123,39 @@ def test_kernel_version(release, expected):
     assert kernel_version(release) == expected
 
 
-def test_budget_caps_per_process_then_in_total():
-    budget = Budget(total=3, per_process=2)
-    assert [budget.take(pid) for pid in (1, 1, 1, 2, 3)] == [None, None, 'per_process_cap', None, 'total_cap']
+def test_budget_spreads_the_reads_across_processes_then_by_socket():
+    """Not the first rows in /proc order: a round over the processes (lowest pid first), each process's connections
+    in order of local and remote address, until max_connections; the rest per_process_cap or total_cap, counted by
+    process. Rows: [inode, local, remote, timer, seconds]; holders: {inode: (pid, fd)}."""
+    def row(inode, local):
+        return [str(inode), '0100007F:%04X' % local, '0100007F:3039', '00', 0.0]
+    # /proc order: pid 30's five connections first (the old choice read 3 of them and 1 of pid 10's, none of 20's)
+    ns1 = [row(1, 9), row(2, 5), row(3, 7), row(4, 1), row(5, 3), row(6, 8)]
+    ns2 = [row(7, 6), row(8, 2), row(9, 4), row(99, 1)]
+    holders = dict((str(i), (30, i)) for i in (1, 2, 3, 4, 5))
+    holders.update({'6': (10, 6), '7': (10, 7), '8': (20, 8), '9': (20, 9)})   # inode 99: no owner
+    budget = Budget(total=5, per_process=3)
+    reasons = budget.plan([ns1, ns2], holders)
+    # round 1: pid 10 (local 6), 20 (2), 30 (1); round 2: pid 10 (8), 20 (4); total reached before pid 30's 3 and 5
+    assert reasons == [['per_process_cap', 'total_cap', 'per_process_cap', None, 'total_cap', None],
+                       [None, None, None, None]]
+    assert budget.skipped == {30: 4}
+    assert Budget(total=100, per_process=2).plan([ns1, ns2], holders) == [
+        ['per_process_cap', 'per_process_cap', 'per_process_cap', None, None, None], [None, None, None, None]]
+    # the same rows in another /proc order: the same connections
+    shuffled = Budget(total=5, per_process=3).plan([ns2[::-1], ns1[::-1]], holders)
+    assert shuffled == [[None, None, None, None], reasons[0][::-1]]
+
+
+def test_the_skipped_note_names_the_processes_most_first():
+    budget = Budget(total=5, per_process=3)
+    budget.skipped = {30: 4, 10: 1, 7: 4}
+    comms = {30: 'nginx', 10: None, 7: 'redis-server'}
+    assert _audit_sockets.skipped_note(budget, comms=comms) == _audit_sockets.NOTE_SKIPPED % (
+        9, 5, 3, '4 of redis-server (pid 7), 4 of nginx (pid 30), 1 of ? (pid 10)')
+    budget.skipped = dict((pid, 1) for pid in range(1, 13))
+    note = _audit_sockets.skipped_note(budget, comms=dict((pid, 'p%d' % pid) for pid in range(1, 13)))
+    assert note.endswith('1 of p10 (pid 10) and 2 of 2 more process(es)')
 
 
 def test_why_not_on_an_unknown_machine_or_an_old_kernel():
@@ -316,6 +347,35 @@ def test_namespaces_all_reads_the_lab_namespace_from_outside_with_caps(holder, n
     note = [n for n in result['notes'] if n.startswith('exact per-connection keepalive settings: ')]
     assert len(note) == 1 and ' over max_connections_per_process' in note[0]
     assert [c['pid'] for c in sockets['connections']] == [held.info['pid']]
+
+
+@needs_pidfd
+@needs_root_ns
+def test_the_caps_spread_the_reads_over_the_processes(holder, netns, tmp_path):
+    """Four processes with two connections each (client and accepted), max_connections 4: one of each process's is
+    read - its lower by local and remote address - whatever /proc's order; the note says which were skipped."""
+    set_sysctls(netns, 120, 15, 6)
+    held = [holder({'keepalive': 1}, netns) for dummy in range(4)]
+    os.makedirs(str(tmp_path / 'etc'))
+    result = audit_in_netns(netns, {'policy': {'preset': 'azure-lb'}, 'root': str(tmp_path), 'max_connections': 4,
+                                    'max_connections_per_process': 2})
+    sockets = result['namespaces'][0]['sockets']
+    read = sorted((c['pid'], c['inode']) for c in sockets['connections'])
+    expected = []
+    for h in sorted(held, key=lambda h: h.info['pid']):
+        client = (_hex('127.0.0.1', h.info['client_port']), _hex('127.0.0.1', h.info['port']), h.info['client_inode'])
+        server = (_hex('127.0.0.1', h.info['port']), _hex('127.0.0.1', h.info['client_port']), h.info['server_inode'])
+        expected.append((h.info['pid'], min(client, server)[2]))
+    assert read == expected
+    assert sockets['unread']['total_cap'] == 4 and sockets['unread']['per_process_cap'] == 0
+    comm = open('/proc/%d/comm' % held[0].info['pid']).read().strip()
+    skipped = ', '.join('1 of %s (pid %d)' % (comm, pid) for pid in sorted(h.info['pid'] for h in held))
+    assert _audit_sockets.NOTE_SKIPPED % (4, 4, 2, skipped) in result['notes']
+
+
+def _hex(host, port):
+    """An address as /proc/net/tcp writes it (IPv4: the address's bytes in host order, here little-endian)."""
+    return '%08X:%04X' % (struct.unpack('<I', socket.inet_aton(host))[0], port)
 
 
 def test_fallback_without_pidfd_getfd_keeps_the_inference(tmp_path):

@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import stat
-import struct
 import subprocess
 import sys
 import textwrap
@@ -35,6 +33,10 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_record i
     MARKER, CaptureError, count_packets, death, liveness, make_handle, ownership, record_paths, resolve_target)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_start import capture_argv, child_args, error_message
 from ansible_collections.tcplab.keepalive.plugins.modules import capture as capture_module
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.pcap_files import pcap_bytes as _pcap_bytes, read_pcap
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.capture_traffic import KEEPALIVE, TRAFFIC
+
+NETNS_PREFIX = 'tkca-'   # the namespaces of the shared netns fixture (tests/unit/conftest.py)
 
 UNIT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -192,38 +194,6 @@ def test_resolve_target_errors(handle, path, message):
 def test_error_messages(kind, detail, expected):
     settings = validate({'filter': 'tcp prt 1'})
     assert error_message(kind, detail, settings, '/py') == expected
-
-
-def _pcap_bytes(frames, endian='<', magic=0xa1b2c3d4):
-    out = struct.pack(endian + 'IHHiIII', magic, 2, 4, 0, 0, 262144, 1)
-    for data in frames:
-        out += struct.pack(endian + 'IIII', 1, 2, len(data), len(data)) + data
-    return out
-
-
-@pytest.mark.parametrize('blob, expected', [
-    (b'', {'packets': 0, 'bytes': 0, 'complete': False, 'readable': False, 'linktype': None}),
-    (b'not a pcap file at all, no', {'packets': 0, 'bytes': 0, 'complete': True, 'readable': False, 'linktype': None}),
-    (_pcap_bytes([]), {'packets': 0, 'bytes': 24, 'complete': True, 'readable': True, 'linktype': 1}),
-    (_pcap_bytes([b'a' * 60, b'b' * 54]), {'packets': 2, 'bytes': 24 + 76 + 70, 'complete': True, 'readable': True,
-                                           'linktype': 1}),
-    (_pcap_bytes([b'a' * 60, b'b' * 54], '>'), {'packets': 2, 'bytes': 170, 'complete': True, 'readable': True,
-                                                'linktype': 1}),
-    (_pcap_bytes([b'a' * 60, b'b' * 54])[:-10], {'packets': 1, 'bytes': 100, 'complete': False, 'readable': True,
-                                                 'linktype': 1}),
-    (_pcap_bytes([b'a' * 60, b'b' * 54])[:108], {'packets': 1, 'bytes': 100, 'complete': False, 'readable': True,
-                                                 'linktype': 1}),
-    (_pcap_bytes([b'a' * 60], '<', 0xa1b23c4d), {'packets': 1, 'bytes': 100, 'complete': True, 'readable': True,
-                                                 'linktype': 1}),
-])
-def test_count_packets(tmp_path, blob, expected):
-    path = tmp_path / 'x.pcap'
-    path.write_bytes(blob)
-    assert count_packets(str(path)) == expected
-
-
-def test_count_packets_missing_file(tmp_path):
-    assert count_packets(str(tmp_path / 'none.pcap'))['readable'] is False
 
 
 def test_make_handle():
@@ -437,51 +407,9 @@ except ImportError:
 real = pytest.mark.skipif(os.geteuid() != 0 or not HAVE_TOOLS or not HAVE_SCAPY,
                           reason='needs root, iproute2, tcpdump, nsenter and scapy')
 
-# A Python server and client inside the namespace: connect, exchange messages
-# (one larger than the loopback MTU), close from both ends.
-TRAFFIC = textwrap.dedent('''
-    import socket, sys
-    port, rounds = int(sys.argv[1]), int(sys.argv[2])
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", port))
-    srv.listen()
-    cli = socket.create_connection(("127.0.0.1", port))
-    peer, _ = srv.accept()
-    for i in range(rounds):
-        cli.sendall(b"ping %d" % i)
-        peer.recv(100)
-        peer.sendall(b"pong %d" % i)
-        cli.recv(100)
-    cli.sendall(b"x" * 200000)
-    got = 0
-    while got < 200000:
-        got += len(peer.recv(1 << 20))
-    cli.close()
-    peer.close()
-    srv.close()
-''')
-
 
 def _ns(ns, *argv, **kw):
     return subprocess.run(['ip', 'netns', 'exec', ns] + [str(a) for a in argv], check=True, **kw)
-
-
-@pytest.fixture
-def netns():
-    name = 'tkca-%s' % secrets.token_hex(4)
-    subprocess.run(['ip', 'netns', 'add', name], check=True)
-    try:
-        subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)
-        yield name
-    finally:
-        pids = subprocess.run(['ip', 'netns', 'pids', name], capture_output=True, text=True, check=False).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(['ip', 'netns', 'del', name], check=True)
 
 
 def _traffic(ns, port, rounds=5):
@@ -506,19 +434,6 @@ class Tcpdump:
         return self.proc.communicate(timeout=10)[1].decode()
 
 
-def read_pcap(path):
-    """[(sec, usec, wirelen, data)] of a microsecond pcap (little or big endian)."""
-    with open(path, 'rb') as handle:
-        blob = handle.read()
-    endian = '<' if blob[:4] == b'\xd4\xc3\xb2\xa1' else '>'
-    frames, offset = [], 24
-    while offset + 16 <= len(blob):
-        sec, usec, caplen, wirelen = struct.unpack(endian + 'IIII', blob[offset:offset + 16])
-        frames.append((sec, usec, wirelen, blob[offset + 16:offset + 16 + caplen]))
-        offset += 16 + caplen
-    return frames
-
-
 @pytest.fixture
 def capture_dir(tmp_path):
     return str(tmp_path / 'captures')
@@ -537,7 +452,7 @@ def test_capture_equals_tcpdump(netns, capture_dir, tmp_path, snaplen, state_dir
     stopped = Capture(sys.executable, state_dir=state_dir).stopped(started['handle']['path'], started['handle'])
     assert re.search(r'^0 packets dropped by kernel$', tcpdump_says, re.M), tcpdump_says
 
-    ours, theirs = read_pcap(started['path']), read_pcap(reference.path)
+    ours, theirs = read_pcap(started['path'])[1], read_pcap(reference.path)[1]
     assert stopped['changed'] is True and stopped['stop_reason'] == 'stopped'
     assert stopped['packets'] == len(ours) == len(theirs) >= 20
     assert '%d packets captured' % len(theirs) in tcpdump_says
@@ -770,26 +685,6 @@ def test_limits_end_the_capture_by_itself(netns, capture_dir, state_dir):
     assert all(r['changed'] is False for r in results)
     assert results[0]['packets'] == 3
     assert results[2]['pcap']['bytes'] <= 1024 and results[2]['packets'] >= 1
-
-
-KEEPALIVE = textwrap.dedent('''
-    import socket, sys, time
-    port = int(sys.argv[1])
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", port))
-    srv.listen()
-    cli = socket.socket()
-    cli.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
-    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
-    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    cli.connect(("127.0.0.1", port))
-    peer, _ = srv.accept()
-    time.sleep(3.5)
-    cli.close()
-    peer.close()
-''')
 
 
 @real

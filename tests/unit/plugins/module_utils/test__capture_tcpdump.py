@@ -15,11 +15,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import stat
-import struct
 import subprocess
 import sys
 import textwrap
@@ -33,6 +31,10 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_record i
     MARKER, CaptureError, count_packets, ownership)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_start import capture_argv, child_args, error_message
 from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_tcpdump import BUFFER_KIB, parent_of, tcpdump_argv
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.capture_traffic import KEEPALIVE, TRAFFIC
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.pcap_files import read_pcap
+
+NETNS_PREFIX = 'tkct-'   # the namespaces of the shared netns fixture (tests/unit/conftest.py)
 
 TCPDUMP = shutil.which('tcpdump')
 NSENTER = shutil.which('nsenter')
@@ -255,69 +257,9 @@ def test_ownership_of_a_tcpdump_is_proven_by_its_monitor(tmp_path):
 
 # -- real captures in a network namespace ---------------------------------------------
 
-TRAFFIC = textwrap.dedent('''
-    import socket, sys
-    port, rounds = int(sys.argv[1]), int(sys.argv[2])
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", port))
-    srv.listen()
-    cli = socket.create_connection(("127.0.0.1", port))
-    peer, _ = srv.accept()
-    for i in range(rounds):
-        cli.sendall(b"ping %d" % i)
-        peer.recv(100)
-        peer.sendall(b"pong %d" % i)
-        cli.recv(100)
-    cli.sendall(b"x" * 200000)
-    got = 0
-    while got < 200000:
-        got += len(peer.recv(1 << 20))
-    cli.close()
-    peer.close()
-    srv.close()
-''')
-
-# keepalive 1/1/3 on the client; the server answers the probes; both close after 3.5 s
-KEEPALIVE = textwrap.dedent('''
-    import socket, sys, time
-    port = int(sys.argv[1])
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", port))
-    srv.listen()
-    cli = socket.socket()
-    cli.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
-    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
-    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    cli.connect(("127.0.0.1", port))
-    peer, _ = srv.accept()
-    time.sleep(3.5)
-    cli.close()
-    peer.close()
-''')
-
 
 def _ns(ns, *argv, **kw):
     return subprocess.run(['ip', 'netns', 'exec', ns] + [str(a) for a in argv], check=True, **kw)
-
-
-@pytest.fixture
-def netns():
-    name = 'tkct-%s' % secrets.token_hex(4)
-    subprocess.run(['ip', 'netns', 'add', name], check=True)
-    try:
-        subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)
-        yield name
-    finally:
-        pids = subprocess.run(['ip', 'netns', 'pids', name], capture_output=True, text=True, check=False).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(['ip', 'netns', 'del', name], check=True)
 
 
 @pytest.fixture
@@ -327,19 +269,6 @@ def capture_dir(tmp_path):
 
 def _make(state_dir, capture_dir, **kw):
     return Capture(sys.executable, state_dir=state_dir, nsenter=NSENTER, default_dir=capture_dir, tcpdump=TCPDUMP, **kw)
-
-
-def read_pcap(path):
-    """(header, [(sec, usec, wirelen, data)]) of a microsecond pcap (little or big endian)."""
-    with open(path, 'rb') as handle:
-        blob = handle.read()
-    endian = '<' if blob[:4] == b'\xd4\xc3\xb2\xa1' else '>'
-    frames, offset = [], 24
-    while offset + 16 <= len(blob):
-        sec, usec, caplen, wirelen = struct.unpack(endian + 'IIII', blob[offset:offset + 16])
-        frames.append((sec, usec, wirelen, blob[offset + 16:offset + 16 + caplen]))
-        offset += 16 + caplen
-    return blob[:24], frames
 
 
 def assert_same_analysis(one, other, where='analysis'):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import time
 import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import analyse
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.netns_lab import (
+    HOLDING_SERVER, LIVE, Namespaces, counters, run as _run)
 
 try:   # (so that this file runs, and fails, on the judge from before the rules too)
     from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive_rules import (
@@ -49,19 +50,7 @@ SERVER_PORT = 40100
 CLIENT_PORT = 40101
 TIGHT = {'seconds': 0.05, 'percent': 0}
 
-LIVE = pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in ('ip', 'tcpdump', 'iptables')),
-                          reason='needs root, iproute2, iptables and tcpdump (network namespaces, real captures)')
 
-SERVER_CODE = r'''
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], %d))
-s.listen()
-print("ready", flush=True)
-held = s.accept()[0]
-sys.stdin.read()
-''' % SERVER_PORT
 CLIENT_CODE = r'''
 import errno, socket, sys
 s = socket.socket()
@@ -85,39 +74,22 @@ def expected_seconds(t, i, answered, probes):
     return total
 
 
-def _run(argv, **kw):
-    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
-
-
-def counters(ns):
-    """TcpExt TCPKeepAlive and TCPAbortOnTimeout of a namespace (/proc/net/netstat read inside it)."""
-    lines = [line.split() for line in _run(['ip', 'netns', 'exec', ns, 'cat', '/proc/net/netstat']).stdout.splitlines()]
-    for names, values in zip(lines, lines[1:]):
-        if names[0] == 'TcpExt:' and values[0] == 'TcpExt:':
-            table = dict(zip(names[1:], (int(v) for v in values[1:])))
-            return table['TCPKeepAlive'], table['TCPAbortOnTimeout']
-    raise AssertionError('no TcpExt counters in %s' % ns)
-
-
-class Pair:
-    """A client and a server namespace joined by a veth pair; every namespace it made is journalled by its inode and
-    removed only while that inode is still the one it made."""
+class Pair(Namespaces):
+    """A client and a server namespace joined by a veth pair (netns_lab.Namespaces: journalled, removed only while
+    still ours)."""
 
     def __init__(self, tag, index, workdir):
+        super().__init__()
         self.client = 'tkjc-%s-%d' % (tag, index)
         self.server = 'tkjs-%s-%d' % (tag, index)
         self.veth = ('tkj%s%da' % (tag, index), 'tkj%s%db' % (tag, index))
         self.caddr = '198.19.60.%d' % (4 * index + 1)
         self.saddr = '198.19.60.%d' % (4 * index + 2)
         self.pcap = os.path.join(workdir, 'run%d.pcap' % index)
-        self.journal = {}
-        self.procs = []
 
     def up(self, values):
         for ns in (self.client, self.server):
-            _run(['ip', 'netns', 'add', ns])
-            self.journal[ns] = os.stat('/run/netns/' + ns).st_ino
-            _run(['ip', '-n', ns, 'link', 'set', 'lo', 'up'])
+            self.add(ns)
         _run(['ip', '-n', self.client, 'link', 'add', self.veth[0], 'type', 'veth', 'peer', 'name', self.veth[1],
               'netns', self.server])
         for ns, dev, addr in ((self.client, self.veth[0], self.caddr), (self.server, self.veth[1], self.saddr)):
@@ -125,24 +97,6 @@ class Pair:
             _run(['ip', '-n', ns, 'link', 'set', dev, 'up'])
         for key, value in zip(('time', 'intvl', 'probes'), values):
             _run(['ip', 'netns', 'exec', self.client, 'sysctl', '-qw', 'net.ipv4.tcp_keepalive_%s=%d' % (key, value)])
-
-    def start(self, argv, ns, first_line, stream='stdout'):
-        proc = subprocess.Popen(['ip', 'netns', 'exec', ns] + argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        self.procs.append(proc)
-        line = getattr(proc, stream).readline()
-        assert first_line in line, (argv, line, proc.stderr.read() if stream == 'stdout' else '')
-        return proc
-
-    def down(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        for ns, inode in self.journal.items():
-            path = '/run/netns/' + ns
-            if os.path.exists(path) and os.stat(path).st_ino == inode:   # still the namespace this run made
-                subprocess.run(['ip', 'netns', 'del', ns], check=False)
 
 
 def experiment(tag, index, combo, workdir):
@@ -153,7 +107,7 @@ def experiment(tag, index, combo, workdir):
         pair.up((t, i, probes))
         dump = pair.start(['tcpdump', '-i', pair.veth[0], '-n', '-U', '--immediate-mode', '-Z', 'root', '-w', pair.pcap,
                            'tcp port %d' % SERVER_PORT], pair.client, 'listening on', 'stderr')
-        pair.start([sys.executable, '-c', SERVER_CODE, pair.saddr], pair.server, 'ready')
+        pair.start([sys.executable, '-c', HOLDING_SERVER, pair.saddr, str(SERVER_PORT)], pair.server, 'ready')
         before = counters(pair.client)
         client = pair.start([sys.executable, '-c', CLIENT_CODE, pair.caddr, pair.saddr], pair.client, 'connected')
         deadline = time.monotonic() + expected_seconds(t, i, answered, probes) + 10

@@ -11,25 +11,15 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 
 import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _netns, _sysctl
 from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import NetnsError
 
+NETNS_PREFIX = 'tkns-'   # the namespaces of the shared netns fixture (tests/unit/conftest.py)
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which('ip') is None,
                                 reason='needs root and ip(8): the tests make network namespaces')
-
-
-@pytest.fixture
-def netns():
-    name = 'tkns-%s' % uuid.uuid4().hex[:10]
-    subprocess.run(['ip', 'netns', 'add', name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(['ip', 'netns', 'del', name], check=False, capture_output=True)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ tshark frame for frame.
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -24,8 +25,10 @@ from scapy.packet import Raw, raw
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _pcap
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse
+from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive_rules import ANSWERED_IDLE
 
 T0 = 1700000000.0
+DATA = Path(__file__).with_name('data')
 C4, S4 = '198.18.0.1', '198.18.0.2'
 C6, S6 = '2001:db8::1', '2001:db8::2'
 
@@ -90,6 +93,31 @@ def sc_basic(ipv6=False):
     c.seg(9.12, 'c', 'RA')
     return pkts, {'ka': [6, 8, 10, 11, 12], 'kaack': [7, 9], 'expect': {'time': 2, 'intvl': 1, 'probes': 3},
                   'verdict': 'pass', 'final_unanswered': 3, 'rst_from': 'c', 'spacing': [1.01, 1.01]}
+
+
+def forwarded(item, delay):
+    """(time, packet) of a packet again delay later, as a router on the captured link forwards it: the same IP ID,
+    TTL one less."""
+    pkt = item[1].copy()
+    pkt[IP].ttl -= 1
+    del pkt[IP].chksum
+    return item[0] + delay, pkt
+
+
+def sc_forwarded_copy():
+    """sc_basic with some probes seen twice, 0.1 ms apart (issue: a real run at time 300): the one-armed router between
+    the ends forwards them back onto the captured bridge, which floods them to every port once it has forgotten the
+    peer's MAC address. Each copy is one probe, not a retry 0.1 ms after it."""
+    pkts, facts = sc_basic()
+    # after sc_basic's frame: the delays of its copies - the first probe (before its answer), two of the silent ones
+    # (the second also seen on a second interface)
+    copies = {6: [0.0001], 10: [0.0001], 11: [0.0003, 0.0004]}
+    out = []
+    for frame, item in enumerate(pkts, 1):
+        out.append(item)
+        out.extend(forwarded(item, delay) for delay in copies.get(frame, []))
+    return out, {'ka': [6, 7, 9, 11, 12, 13, 14, 15, 16], 'kaack': [8, 10], 'expect': facts['expect'],
+                 'probe_frames': [6, 9, 11, 13, 16], 'copies': [1, 0, 1, 2, 0], 'spacing': facts['spacing']}
 
 
 def sc_both_directions():
@@ -350,6 +378,7 @@ SCENARIOS = {
     'basic': sc_basic,
     'basic_ipv6': lambda: sc_basic(ipv6=True),
     'both_directions': sc_both_directions,
+    'forwarded_copy': sc_forwarded_copy,
     'one_byte': sc_one_byte,
     'wraparound': sc_wraparound,
     'wrap_to_zero': sc_wrap_to_zero,
@@ -663,6 +692,63 @@ def test_loopback_duplicates_are_reported(tmp_path):
     assert len(result['keepalive_frames']) == 10          # both copies, like tshark
     prober = result['connections'][0]['probers'][0]
     assert prober['count'] == 5 and result['verdict'] == 'pass'   # timing from one copy
+
+
+def test_forwarded_copies_are_one_probe(tmp_path):
+    """A copy of a probe (the same segment within COPY_WINDOW) is classified like tshark does, but numbered, timed
+    and judged once, with its copies counted (before: 9 probes, the copies 'retry' probes 0.1 ms after the original,
+    due 1 s later: the verdict failed)."""
+    path, facts = build(tmp_path, 'forwarded_copy')
+    result = analyse(path, expect=facts['expect'], return_frames=True)
+    assert result['keepalive_frames'] == facts['ka'] and result['summary']['keepalive'] == 9
+    conn = result['connections'][0]
+    prober = conn['probers'][0]
+    assert [p['frame'] for p in prober['probes']] == facts['probe_frames']
+    assert [p['number'] for p in prober['probes']] == [1, 2, 3, 4, 5]
+    assert conn['keepalive'] == 5
+    assert [p['copies'] for p in prober['probes']] == facts['copies'] and prober['copies'] == 4
+    assert result['summary']['probe_copies'] == 4
+    assert result['summary']['notes'] == [_pcap.MSG_COPIES % (4, '10')]
+    assert [p['answered'] for p in prober['probes']] == [True, True, False, False, False]
+    assert prober['probes'][0]['answer_frame'] == 8
+    assert [p['kind'] for p in prober['probes']] == ['idle', 'idle', 'idle', 'retry', 'retry']
+    assert [round(s, 3) for s in prober['spacing']] == facts['spacing']
+    assert prober['final_unanswered'] == 3 and conn['rst']['after_probes'] == 3
+    assert result['verdict'] == 'pass', result['reasons']
+
+
+def test_a_probe_after_the_copy_window_is_a_new_probe(tmp_path):
+    """The same segment COPY_WINDOW or more after the probe is a probe of its own (here a retry far too early)."""
+    pkts = []
+    c = Conv(pkts)
+    c.handshake(0.0)
+    c.seg(0.01, 'c', 'PA', b'hello')
+    c.seg(0.011, 's', 'A')
+    c.probe(2.03)
+    pkts.append(forwarded(pkts[-1], getattr(_pcap, 'COPY_WINDOW', 0.01) + 0.001))
+    path = write_capture(tmp_path / 'late.pcap', pkts)
+    result = analyse(path, expect={'time': 2, 'intvl': 1, 'probes': 3})
+    prober = result['connections'][0]['probers'][0]
+    assert prober['count'] == 2 and result['verdict'] == 'fail'
+    assert prober['copies'] == 0 and result['summary']['probe_copies'] == 0
+
+
+def test_a_real_probe_seen_twice(tmp_path):
+    """The capture of the real run at time 300 (aws-nlb preset, three hosts on one bridge, the middlebox routing
+    between the ends): at +938.945 s the client's probe is there twice, 107 us apart - the second copy is the
+    middlebox's forwarded packet (the same IP ID, TTL 63, from the middlebox's MAC to the server's), flooded back to
+    the client's port by the bridge, which had forgotten the server's MAC (ageing time 300 s, 311 s idle). Before:
+    probe 4 'retry', due +1013.945 s, and probe 3 unanswered."""
+    path = str(DATA / 'time300-probe-copy.pcap')
+    result = analyse(path, expect={'time': 300, 'intvl': 75, 'probes': 9}, return_frames=True)
+    assert result['keepalive_frames'] == [4, 6, 8, 9]   # what tshark says too
+    prober = result['connections'][0]['probers'][0]
+    assert [(p['number'], p['frame'], p['answered']) for p in prober['probes']] == [(1, 4, True), (2, 6, True), (3, 8, True)]
+    assert [p['copies'] for p in prober['probes']] == [0, 0, 1]
+    assert prober['probes'][2]['answer_frame'] == 10 and prober['probes'][2]['expected'] == 927.65309
+    assert prober['probes'][2]['rule'] == ANSWERED_IDLE
+    assert prober['unanswered'] == 0 and prober['final_unanswered'] == 0 and prober['copies'] == 1
+    assert result['summary']['probe_copies'] == 1 and result['verdict'] == 'pass'
 
 
 def test_multiple_interfaces_pcapng(tmp_path):

@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 import importlib.util
-import struct
 from pathlib import Path
 
 import pytest
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils import _pcap, _pcap_wait, _report
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _capture_record, _pcap, _pcap_wait, _report
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.pcap_files import COUNT_CASES
 
 _spec = importlib.util.spec_from_file_location('tcplab_test__pcap_shape', str(Path(__file__).with_name('test__pcap.py')))
 gen = importlib.util.module_from_spec(_spec)
@@ -130,33 +130,18 @@ def test_judge_uses_the_shared_tolerance_rule():
     assert reasons == ['unanswered probe 3 came 1.400 s after the previous one, expected 1 s +- 0.35 s']
 
 
-def _pcap_bytes(frames, endian='<', magic=0xa1b2c3d4):
-    out = struct.pack(endian + 'IHHiIII', magic, 2, 4, 0, 0, 262144, 1)
-    for data in frames:
-        out += struct.pack(endian + 'IIII', 1, 2, len(data), len(data)) + data
-    return out
-
-
-@pytest.mark.parametrize('blob, expected', [
-    (b'', {'packets': 0, 'bytes': 0, 'complete': False, 'readable': False, 'linktype': None}),
-    (b'not a pcap file at all, no', {'packets': 0, 'bytes': 0, 'complete': True, 'readable': False, 'linktype': None}),
-    (_pcap_bytes([]), {'packets': 0, 'bytes': 24, 'complete': True, 'readable': True, 'linktype': 1}),
-    (_pcap_bytes([b'a' * 60, b'b' * 54]), {'packets': 2, 'bytes': 170, 'complete': True, 'readable': True,
-                                           'linktype': 1}),
-    (_pcap_bytes([b'a' * 60, b'b' * 54], '>'), {'packets': 2, 'bytes': 170, 'complete': True, 'readable': True,
-                                                'linktype': 1}),
-    (_pcap_bytes([b'a' * 60, b'b' * 54])[:-10], {'packets': 1, 'bytes': 100, 'complete': False, 'readable': True,
-                                                 'linktype': 1}),
-    (_pcap_bytes([b'a' * 60, b'b' * 54])[:108], {'packets': 1, 'bytes': 100, 'complete': False, 'readable': True,
-                                                 'linktype': 1}),
-    (_pcap_bytes([b'a' * 60], '<', 0xa1b23c4d), {'packets': 1, 'bytes': 100, 'complete': True, 'readable': True,
-                                                 'linktype': 1}),
-])
-def test_count_packets_has_the_capture_modules_shape(tmp_path, blob, expected):
-    """The cases of test__capture.test_count_packets, against the reader's count_packets."""
+@pytest.mark.parametrize('count', [_pcap.count_packets, _capture_record.count_packets], ids=['reader', 'capture'])
+@pytest.mark.parametrize('blob, expected', COUNT_CASES)
+def test_count_packets_has_the_capture_modules_shape(tmp_path, count, blob, expected):
+    """The reader's count_packets, and the capture module's name for it (the same function: one set of cases)."""
     path = tmp_path / 'x.pcap'
     path.write_bytes(blob)
-    assert _pcap.count_packets(str(path)) == expected
+    assert count(str(path)) == expected
+
+
+@pytest.mark.parametrize('count', [_pcap.count_packets, _capture_record.count_packets], ids=['reader', 'capture'])
+def test_count_packets_missing_file(tmp_path, count):
+    assert count(str(tmp_path / 'none.pcap'))['readable'] is False
 
 
 def test_count_packets_reads_pcapng_and_refuses_what_is_not_a_file(tmp_path):

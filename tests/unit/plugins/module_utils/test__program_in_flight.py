@@ -8,9 +8,7 @@ TCP_USER_TIMEOUT ends when the retransmission model says, recorded with its time
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +17,9 @@ import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _detached, _endpoint, _program_client, _retransmit
 from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import program_argv
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.netns_lab import in_ns
+
+NETNS_PREFIX = 'tkf-pi-'   # the namespaces of the shared netns fixture (tests/unit/conftest.py)
 
 real = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('ip') or not shutil.which('nsenter')
                           or not shutil.which('iptables'), reason='needs root, iproute2, nsenter and iptables')
@@ -48,26 +49,6 @@ def test_the_client_gets_the_options():
     plain = _endpoint.program_argv(_endpoint.validate(BASE), 'python3', {}, '/o', 'tag', '/r')[-1]
     assert 'user_timeout_ms' not in plain and 'request_timeout' not in plain
     assert _endpoint.validate(dict(BASE, user_timeout_ms=0))['user_timeout_ms'] == 0
-
-
-@pytest.fixture
-def netns():
-    name = 'tkf-pi-%s' % secrets.token_hex(4)
-    subprocess.run(['ip', 'netns', 'add', name], check=True)
-    try:
-        subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)
-        yield name
-    finally:
-        for pid in subprocess.run(['ip', 'netns', 'pids', name], capture_output=True, text=True, check=False).stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(['ip', 'netns', 'del', name], check=True)
-
-
-def in_ns(ns, argv):
-    return [shutil.which('nsenter'), '--net=/run/netns/%s' % ns, '--'] + list(argv)
 
 
 SERVER = ('import socket, time\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n'

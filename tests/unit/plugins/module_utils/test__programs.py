@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -28,6 +27,9 @@ import pytest
 from ansible_collections.tcplab.keepalive.plugins.module_utils import (
     _detached, _proc, _program_capture, _program_client, _program_server, _program_supervisor, _program_timer)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import program_argv, program_source
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.netns_lab import in_ns, start_program, until
+
+NETNS_PREFIX = 'tkpr-'   # the namespaces of the shared netns fixture (tests/unit/conftest.py)
 
 PROGRAMS = (_program_capture, _program_client, _program_server, _program_supervisor, _program_timer)
 TOOLS = all(shutil.which(tool) for tool in ('ip', 'nsenter'))
@@ -71,36 +73,8 @@ def test_a_program_runs_from_its_argv_and_reads_its_arguments(tmp_path):
 
 # -- in a namespace ------------------------------------------------------------------------
 
-@pytest.fixture
-def netns():
-    name = 'tkpr-%s' % secrets.token_hex(4)
-    subprocess.run(['ip', 'netns', 'add', name], check=True)
-    try:
-        subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)
-        yield name
-    finally:
-        for pid in subprocess.run(['ip', 'netns', 'pids', name], capture_output=True, text=True, check=False).stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(['ip', 'netns', 'del', name], check=True)
-
-
-def in_ns(ns, argv):
-    return [shutil.which('nsenter'), '--net=/run/netns/%s' % ns, '--'] + list(argv)
-
-
 def start(ns, module, args, **kw):
-    return subprocess.Popen(in_ns(ns, program_argv(sys.executable, module, MARKER, args)),  # pylint: disable=consider-using-with
-                            **kw)
-
-
-def until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, 'not within %s s' % timeout
-        time.sleep(0.02)
+    return start_program(ns, module, MARKER, args, **kw)
 
 
 def read_json(path):

@@ -12,35 +12,23 @@ test; files live under the test's tmp_path.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
-
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core before 2.19
-    from unittest import mock
-
-    from ansible.module_utils import basic
-
-    @contextlib.contextmanager
-    def patch_module_args(args):
-        with mock.patch.object(basic, '_ANSIBLE_ARGS', json.dumps({'ANSIBLE_MODULE_ARGS': args}).encode()):
-            yield
 
 import ansible
 
 from ansible_collections.tcplab.keepalive.plugins.modules import capture as capture_module
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.modules.module_args import module_result
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.capture_traffic import alive, wait_dead
+
+NETNS_PREFIX = 'tkct-'   # the namespaces of the shared netns fixture (tests/unit/conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 TCPDUMP = shutil.which('tcpdump')
@@ -65,37 +53,17 @@ NO_SCAPY_PYTHONS = _no_scapy_pythons()
 
 def run(args, check_mode=False):
     """The module's result dict for args, in this process (its Python has scapy when the venv has it)."""
-    args = dict({'_ansible_check_mode': check_mode}, **args)
-    out = io.StringIO()
-    with patch_module_args(args), contextlib.redirect_stdout(out):
-        with pytest.raises(SystemExit):
-            capture_module.main()
-    return json.loads(out.getvalue())
+    return module_result(capture_module.main, dict({'_ansible_check_mode': check_mode}, **args))
 
 
 # The module on another Python, with nothing on its path but ansible-core's package and the collection (no
 # site-packages: -s -E), as AnsiballZ runs it on a target.
 RUNNER = textwrap.dedent('''
-    import contextlib, io, json, sys
+    import json, sys
     sys.path.insert(0, sys.argv[1])
-    try:
-        from ansible.module_utils.testing import patch_module_args
-    except ImportError:  # ansible-core before 2.19
-        from unittest import mock
-        from ansible.module_utils import basic
-
-        @contextlib.contextmanager
-        def patch_module_args(args):
-            with mock.patch.object(basic, '_ANSIBLE_ARGS', json.dumps({'ANSIBLE_MODULE_ARGS': args}).encode()):
-                yield
     from ansible_collections.tcplab.keepalive.plugins.modules import capture
-    out = io.StringIO()
-    with patch_module_args(json.loads(sys.argv[2])), contextlib.redirect_stdout(out):
-        try:
-            capture.main()
-        except SystemExit:
-            pass
-    print(out.getvalue())
+    from ansible_collections.tcplab.keepalive.tests.unit.plugins.modules.module_args import module_result
+    print(json.dumps(module_result(capture.main, json.loads(sys.argv[2]))))
 ''')
 
 
@@ -119,41 +87,9 @@ def run_on(python, lib, args, netns=None, env=None):
 
 
 @pytest.fixture
-def netns():
-    names = []
-
-    def make():
-        name = 'tkct-%s' % secrets.token_hex(4)
-        subprocess.run(['ip', 'netns', 'add', name], check=True)
-        names.append(name)
-        subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)
-        return name
-    try:
-        yield make
-    finally:
-        for name in names:
-            pids = subprocess.run(['ip', 'netns', 'pids', name], capture_output=True, text=True, check=False).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            subprocess.run(['ip', 'netns', 'del', name], check=True)
-
-
-def alive(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as handle:
-            return handle.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
-    except OSError:
-        return False
-
-
-def wait_dead(pid, seconds=5.0):
-    end = time.monotonic() + seconds
-    while alive(pid) and time.monotonic() < end:
-        time.sleep(0.02)
-    assert not alive(pid)
+def netns(netns_factory):
+    """make() -> a new namespace of this test (the shared netns_factory of tests/unit/conftest.py)."""
+    return netns_factory
 
 
 def parent_of(pid):

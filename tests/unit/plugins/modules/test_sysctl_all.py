@@ -9,88 +9,28 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _sysctl_all
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.modules.sysctl_cli import (
+    kernel_values as values, netns_inode as inode, run_module)
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
-ANSIBLE = Path(sys.executable).parent / 'ansible'
-RUN_DIR = Path('/run/tcplab-test-ns')
+RUN_DIR = Path('/run/tcplab-test-ns')   # the journals (conftest.py's journal fixture)
+NETNS_PREFIX = 'tkns-'
 ORIGINALS = [7200, 75, 9]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which('ip') is None,
                                 reason='needs root and ip(8): the tests make network namespaces')
 
 
-@pytest.fixture(scope='module')
-def collections(tmp_path_factory):
-    root = tmp_path_factory.mktemp('collections')
-    (root / 'ansible_collections' / 'tcplab').mkdir(parents=True)
-    os.symlink(str(REPO_ROOT), str(root / 'ansible_collections' / 'tcplab' / 'keepalive'))
-    return root
-
-
 @pytest.fixture
-def namespaces():
-    made = []
-
-    def make(count):
-        for dummy in range(count):
-            name = 'tkns-%s' % uuid.uuid4().hex[:10]
-            subprocess.run(['ip', 'netns', 'add', name], check=True)
-            made.append(name)
-        return list(made)
-    try:
-        yield make
-    finally:
-        for name in made:
-            subprocess.run(['ip', 'netns', 'del', name], check=False, capture_output=True)
-
-
-@pytest.fixture
-def journal():
-    path = RUN_DIR / uuid.uuid4().hex[:10]
-    try:
-        yield path
-    finally:
-        shutil.rmtree(str(path), ignore_errors=True)
-        try:
-            RUN_DIR.rmdir()
-        except OSError:
-            pass
-
-
-def values(ns):
-    out = subprocess.run(['ip', 'netns', 'exec', ns, 'cat'] + ['/proc/sys/net/ipv4/tcp_keepalive_%s' % key
-                                                               for key in ('time', 'intvl', 'probes')],
-                         capture_output=True, text=True, check=True).stdout
-    return [int(line) for line in out.split()]
-
-
-def inode(ns):
-    return os.stat('/run/netns/%s' % ns).st_ino
-
-
-def run_module(collections, tmp_path, args, extra=(), inside=None):
-    (tmp_path / 'ansible.cfg').write_text('[defaults]\n')
-    env = dict(os.environ, ANSIBLE_CONFIG=str(tmp_path / 'ansible.cfg'), ANSIBLE_COLLECTIONS_PATH=str(collections),
-               ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'), ANSIBLE_HOME=str(tmp_path / 'home'), ANSIBLE_NOCOLOR='1',
-               ANSIBLE_CALLBACK_RESULT_FORMAT='json', LANG='C')
-    cmd = [str(ANSIBLE), 'localhost', '-c', 'local', '-i', 'localhost,', '-m', 'tcplab.keepalive.sysctl',
-           '-a', json.dumps(args), '-e', 'ansible_python_interpreter=%s' % sys.executable] + list(extra)
-    if inside is not None:  # the whole ansible run inside that namespace: a lab host that is a namespace
-        cmd = ['ip', 'netns', 'exec', inside] + cmd
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120, check=False)
-    match = re.search(r'^localhost \| (SUCCESS|CHANGED|FAILED!) => ', proc.stdout, re.MULTILINE)
-    assert match, proc.stdout + proc.stderr
-    return match.group(1), json.loads(proc.stdout[match.end():])
+def namespaces(netns_factory):
+    """make(count) -> the names of count new namespaces (the shared netns_factory of tests/unit/conftest.py)."""
+    return lambda count: [netns_factory() for dummy in range(count)]
 
 
 def by_label(result):

@@ -8,83 +8,22 @@ persist refused outside the boot namespace (item 4), the lease (item 7) and path
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
-ANSIBLE = Path(sys.executable).parent / 'ansible'
-RUN_DIR = Path('/run/tcplab-test-sysctl')
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.modules.sysctl_cli import (
+    kernel_values as values, netns_inode, run_module)
+
+RUN_DIR = Path('/run/tcplab-test-sysctl')   # the journals (conftest.py's journal fixture)
+NETNS_PREFIX = 'tksy-'
 ORIGINALS = [7200, 75, 9]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which('ip') is None,
                                 reason='needs root and ip(8): the tests make network namespaces')
-
-
-@pytest.fixture(scope='module')
-def collections(tmp_path_factory):
-    """A collections path holding this checkout (also right in a git worktree without .build)."""
-    root = tmp_path_factory.mktemp('collections')
-    (root / 'ansible_collections' / 'tcplab').mkdir(parents=True)
-    os.symlink(str(REPO_ROOT), str(root / 'ansible_collections' / 'tcplab' / 'keepalive'))
-    return root
-
-
-@pytest.fixture
-def netns():
-    name = 'tksy-%s' % uuid.uuid4().hex[:10]
-    subprocess.run(['ip', 'netns', 'add', name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(['ip', 'netns', 'del', name], check=False)
-
-
-@pytest.fixture
-def journal():
-    path = RUN_DIR / uuid.uuid4().hex[:10]
-    try:
-        yield path
-    finally:
-        shutil.rmtree(str(path), ignore_errors=True)
-        try:
-            RUN_DIR.rmdir()
-        except OSError:
-            pass
-
-
-def values(ns):
-    out = subprocess.run(['ip', 'netns', 'exec', ns, 'cat'] + ['/proc/sys/net/ipv4/tcp_keepalive_%s' % key
-                                                               for key in ('time', 'intvl', 'probes')],
-                         capture_output=True, text=True, check=True).stdout
-    return [int(line) for line in out.split()]
-
-
-def run_module(collections, tmp_path, args, inside=None, extra=()):
-    """(status, result) of the module run ad hoc with k=v args (text) or typed ones (a dict, sent as JSON);
-    inside: run the whole ansible in that netns."""
-    if isinstance(args, dict):
-        args = json.dumps(args)
-    (tmp_path / 'ansible.cfg').write_text('[defaults]\n')
-    env = dict(os.environ, ANSIBLE_CONFIG=str(tmp_path / 'ansible.cfg'), ANSIBLE_COLLECTIONS_PATH=str(collections),
-               ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'), ANSIBLE_HOME=str(tmp_path / 'home'), ANSIBLE_NOCOLOR='1',
-               ANSIBLE_CALLBACK_RESULT_FORMAT='json', LANG='C')
-    cmd = [str(ANSIBLE), 'localhost', '-c', 'local', '-i', 'localhost,', '-m', 'tcplab.keepalive.sysctl', '-a', args,
-           '-e', 'ansible_python_interpreter=%s' % sys.executable] + list(extra)
-    if inside:
-        cmd = ['ip', 'netns', 'exec', inside] + cmd
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120, check=False)
-    match = re.search(r'^localhost \| (SUCCESS|CHANGED|FAILED!) => ', proc.stdout, re.MULTILINE)
-    assert match, proc.stdout + proc.stderr
-    return match.group(1), json.loads(proc.stdout[match.end():])
 
 
 # -- item 14: k=v strings ---------------------------------------------------------------------------
@@ -112,10 +51,6 @@ def test_kv_strings_are_accepted_and_the_bad_one_is_blamed(collections, tmp_path
 
 
 # -- item 4: persist only for the namespace that sysctl.d configures at boot -----------------------
-
-def netns_inode(ns):
-    return os.stat('/run/netns/%s' % ns).st_ino
-
 
 def assert_persist_refused(status, result, ns, dropin):
     assert status == 'FAILED!', result

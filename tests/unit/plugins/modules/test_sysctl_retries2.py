@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl import MSG_VALUE, SysctlError, validate_values
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.modules.sysctl_cli import kernel_values, run_module
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
-ANSIBLE = Path(sys.executable).parent / 'ansible'
-RUN_DIR = Path('/run/tcplab-test-tkf')
+RUN_DIR = Path('/run/tcplab-test-tkf')   # the journals (conftest.py's journal fixture)
+NETNS_PREFIX = 'tkf-'
 KEYS = ('tcp_keepalive_time', 'tcp_keepalive_intvl', 'tcp_keepalive_probes', 'tcp_retries2')
 UNIT = ' (timeout retransmissions before an established connection is given up)'
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which('ip') is None,
@@ -51,55 +47,8 @@ def test_retries2_text_and_bounds():
     assert validate_values({'retries2': '255'}) == {'retries2': 255}
 
 
-@pytest.fixture(scope='module')
-def collections(tmp_path_factory):
-    root = tmp_path_factory.mktemp('collections')
-    (root / 'ansible_collections' / 'tcplab').mkdir(parents=True)
-    os.symlink(str(REPO_ROOT), str(root / 'ansible_collections' / 'tcplab' / 'keepalive'))
-    return root
-
-
-def run_module(collections, tmp_path, args):
-    """(status, result) of `ansible localhost -m tcplab.keepalive.sysctl -a args`."""
-    (tmp_path / 'ansible.cfg').write_text('[defaults]\n')
-    env = dict(os.environ, ANSIBLE_CONFIG=str(tmp_path / 'ansible.cfg'), ANSIBLE_COLLECTIONS_PATH=str(collections),
-               ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'), ANSIBLE_HOME=str(tmp_path / 'home'), ANSIBLE_NOCOLOR='1',
-               ANSIBLE_CALLBACK_RESULT_FORMAT='json', LANG='C')
-    cmd = [str(ANSIBLE), 'localhost', '-c', 'local', '-i', 'localhost,', '-m', 'tcplab.keepalive.sysctl',
-           '-a', json.dumps(args), '-e', 'ansible_python_interpreter=%s' % sys.executable]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120, check=False)
-    match = re.search(r'^localhost \| (SUCCESS|CHANGED|FAILED!) => ', proc.stdout, re.MULTILINE)
-    assert match, proc.stdout + proc.stderr
-    return match.group(1), json.loads(proc.stdout[match.end():])
-
-
-@pytest.fixture
-def netns():
-    name = 'tkf-%s' % uuid.uuid4().hex[:10]
-    subprocess.run(['ip', 'netns', 'add', name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(['ip', 'netns', 'del', name], check=False, capture_output=True)
-
-
-@pytest.fixture
-def journal():
-    path = RUN_DIR / uuid.uuid4().hex[:10]
-    try:
-        yield path
-    finally:
-        shutil.rmtree(str(path), ignore_errors=True)
-        try:
-            RUN_DIR.rmdir()
-        except OSError:
-            pass
-
-
 def kernel(ns):
-    out = subprocess.run(['ip', 'netns', 'exec', ns, 'cat'] + ['/proc/sys/net/ipv4/%s' % key for key in KEYS],
-                         capture_output=True, text=True, check=True).stdout
-    return [int(line) for line in out.split()]
+    return kernel_values(ns, KEYS)
 
 
 def originals(journal, ns):
