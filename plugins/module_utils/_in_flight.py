@@ -9,8 +9,9 @@ This file is private to the collection: its names may change at any time
 and must not be used from outside tcplab.keepalive.
 
 The report module (_report.py) hands over data.in_flight (the settings and the RTO measured before the DROP); this
-file finds the client's data segments after the DROP in the capture (the write, the tail loss probe, the timeout
-retransmissions), predicts them and the end with _retransmit.predict, judges the observation against the prediction,
+file finds the client's data segments after the DROP among the segments of its connection (read from the capture
+once for the whole report by _report_packets.packets_of): the write, the tail loss probe, the timeout
+retransmissions; it predicts them and the end with _retransmit.predict, judges the observation against the prediction,
 and adds report.json's prediction, observed.ended_by and observed.retransmissions, the timeline's lines and
 report.md's section.
 """
@@ -18,15 +19,13 @@ report.md's section.
 from __future__ import annotations
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _retransmit
-from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse, client_connection
+from ansible_collections.tcplab.keepalive.plugins.module_utils._report_packets import data_times
 
 WHAT = ('a dict with rto_ms (the RTO measured before the DROP, > 0), retries2 (0..255), user_timeout_ms '
         '(0..2147483647, 0 for none), and optionally tail_loss_probe (a boolean, default true) and hz (default 250)')
 BOOLS = {'true': True, 'false': False, '1': True, '0': False, 'yes': True, 'no': False}
-NOT_DATA = ('keepalive', 'keepalive_ack', 'rst', 'fin', 'zero_window_probe')
 MSG_NO_WRITE = 'the capture shows no data segment from the client after the DROP: the client did not write'
 MSG_ENDED_BY = 'the connection ended by %s, predicted %s'
-MSG_KERNEL = 'the kernel counters disagree with the capture (see evidence.kernel)'
 
 
 def _number(value, low, high, integer):
@@ -57,27 +56,11 @@ def validate(value, error=ValueError):
     return out
 
 
-def data_segments(pcap, client_port, after):
-    """Times (seconds since the epoch) of the segments the client sent after `after` that are not keepalive probes,
-    RST or FIN: its write and the retransmissions of it ([] when the capture cannot be read)."""
-    if not pcap:
-        return []
-    try:
-        local = analyse(pcap, connection={'port': client_port}, packets=True)
-    except PcapError:
-        return []
-    conn, _prober, client = client_connection(local, client_port)
-    if conn is None:
-        return []
-    who = conn['endpoints'].index(client)
-    return [local['start'] + t for t, sender, kind in conn.get('packets') or []
-            if sender == who and kind not in NOT_DATA and local['start'] + t >= (after or 0)]
-
-
-def observe(pcap, client_port, drop_at, client, user_timeout_ms, unanswered):
-    """What the client's data did after the DROP: {write_at (epoch), sent_ms (the write first, then each
-    retransmission, ms from the write), end_ms (the client's failure, ms from the write), ended_by}."""
-    sent = data_segments(pcap, client_port, drop_at)
+def observe(points, drop_at, client, user_timeout_ms, unanswered):
+    """What the client's data did after the DROP, from the segments of its connection (_report_packets.packets_of,
+    read once for the whole report): {write_at (epoch), sent_ms (the write first, then each retransmission, ms from
+    the write), end_ms (the client's failure, ms from the write), ended_by}."""
+    sent = data_times(points, drop_at)
     write_at = sent[0] if sent else client.get('requested_at')
     failed_at = client.get('failed_at') if client.get('state') == 'failed' else None
     end_ms = None if failed_at is None or write_at is None else round((failed_at - write_at) * 1000, 1)
@@ -87,12 +70,13 @@ def observe(pcap, client_port, drop_at, client, user_timeout_ms, unanswered):
                                              unanswered)}
 
 
-def apply(report, settings, pcap, client_port, drop_at, client, tolerance_s):
+def apply(report, settings, points, drop_at, client, tolerance_s):
     """Add the prediction and the observation to report (verdict and reasons replaced: the keepalive probes are not
-    what is judged); returns the timeline's lines as (epoch, who, what)."""
+    what is judged; the kernel's evidence is added after, by the report); returns the timeline's lines as (epoch, who,
+    what)."""
     prediction = _retransmit.predict(settings['rto_ms'], settings['retries2'], settings['user_timeout_ms'],
                                      settings['tail_loss_probe'], settings['hz'])
-    seen = observe(pcap, client_port, drop_at, client, settings['user_timeout_ms'],
+    seen = observe(points, drop_at, client, settings['user_timeout_ms'],
                    report['observed'].get('unanswered_probes') or 0)
     reasons = [('the experiment did not complete: %s' % report['error'])] if report.get('error') else []
     if not seen['sent_ms']:
@@ -102,8 +86,6 @@ def apply(report, settings, pcap, client_port, drop_at, client, tolerance_s):
     if seen['ended_by'] != prediction['ended_by']:
         reasons.append(MSG_ENDED_BY % (seen['ended_by'] or 'no timeout (client: %s %s)'
                                        % (client.get('state'), client.get('errno')), prediction['ended_by']))
-    if ((report.get('evidence') or {}).get('kernel') or {}).get('agree') is False:
-        reasons.append(MSG_KERNEL)
     report['verdict'], report['reasons'] = ('fail' if reasons else 'pass'), reasons
     report['in_flight'] = settings
     for key in ('connected_at', 'requested_at', 'failed_at'):

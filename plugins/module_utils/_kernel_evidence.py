@@ -2,32 +2,41 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The kernel's own evidence of a keepalive experiment.
+"""The kernel's own evidence of a keepalive experiment: the samples.
 
 This file is private to the collection: its names may change at any time
 and must not be used from outside tcplab.keepalive.
 
-On the target (the kernel_counters module), a sample of one network
-namespace: its TcpExt counters from /proc/net/netstat - TCPKeepAlive
-(keepalive probes sent: tcp_keepalive_timer -> tcp_write_wakeup ->
-tcp_xmit_probe_skb counts every one), TCPAbortOnTimeout (connections the
-kernel gave up on: tcp_write_err, after the last unanswered keepalive probe,
-the last retransmission or TCP_USER_TIMEOUT) and TCPTimeouts (retransmission
-timeouts) - and its TCP sockets from inet_diag (NETLINK_SOCK_DIAG, the source
-of ``ss -tnoi``): per socket the pending timer (``keepalive``), its expiry,
-the unanswered-probe count (idiag_retrans for a keepalive timer, which is
-icsk_probes_out) and tcp_info's tcpi_probes and tcpi_backoff. Where
-inet_diag cannot be used, /proc/net/tcp and tcp6 give the same timer and
-probe count (without tcp_info), and the sample says so.
+On the target (the kernel_counters module, and the endpoint and pcap_info modules' kernel_sample), a sample of one
+network namespace: its TcpExt counters from /proc/net/netstat - TCPKeepAlive (keepalive probes sent:
+tcp_keepalive_timer -> tcp_write_wakeup -> tcp_xmit_probe_skb counts every one), TCPAbortOnTimeout (connections the
+kernel gave up on: tcp_write_err, after the last unanswered keepalive probe, the last retransmission or
+TCP_USER_TIMEOUT), TCPTimeouts (retransmission timer expiries, the one that ends a connection included) and
+TCPLossProbes (tail loss probes) - and Tcp RetransSegs of /proc/net/snmp (every segment sent again); its TCP sockets
+from inet_diag (NETLINK_SOCK_DIAG, the source of ``ss -tnoi``): per socket the pending timer (``keepalive``), its
+expiry, the unanswered-probe count (idiag_retrans for a keepalive timer, which is icsk_probes_out) and tcp_info's
+tcpi_probes and tcpi_backoff; and the namespace's own addresses (/proc/net/fib_trie, /proc/net/if_inet6). Where
+inet_diag cannot be used, /proc/net/tcp and tcp6 give the same timer and probe count (without tcp_info), and the
+sample says so.
 
-On the controller (the report module), the evidence: the counter deltas
-between the sample before the client connected and the one after it failed,
-the timer samples taken while waiting, and whether the capture and the
-kernel agree. The counters belong to the whole namespace: other connections
-with a keepalive timer (or with a retransmission timer that hides whether
-keepalive is on) are listed in every sample, and with any of them the
-agreement is not judged, with a note. In a loopback run the server's socket
-is in the same namespace: its probes, which the capture shows, count too.
+The controller's side - the deltas compared with the capture, for every fault - is _kernel_judge.py.
+
+What else moves the counters, and the guard against it. They belong to the whole namespace:
+
+- the server's socket on loopback (same namespace): its probes are in the capture, and counted with the client's;
+- other connections of the namespace. Each sample lists those that could probe or time out (a keepalive timer, or a
+  retransmission or zero-window timer that hides whether keepalive is on). Where the controller reaches the client
+  over a connection of its own - on a VM the controller's SSH connection; sshd has TCPKeepAlive yes, follows the
+  shortened sysctls and probes during the run - the role watches them (kernel_counters watch, _kernel_watch.py:
+  tcpdump -i any of every TCP segment but the experiment's connection, from before the start sample to after the
+  end sample); the probes, RSTs and retransmissions the namespace sent are counted from the wire
+  (_kernel_watch_scan.py) and added to what the capture shows (_kernel_others.py): TCPKeepAlive must equal the sum
+  exactly (a range only for zero-length segments sent before anything told their connection's sequence numbers),
+  TCPAbortOnTimeout may exceed the client's abort only by the namespace's RSTs (a keepalive abort sends one) or, when
+  the watch saw retransmissions, by the connections it saw. Unwatched others (a lab namespace entered without a
+  connection of the controller's, or a watch that failed) leave the evidence not judged, with a note saying why;
+- the moment of a sample: its time stamp is taken just before the counters are read, so a probe in those
+  microseconds counts in the counters but not in the window (not seen in practice).
 """
 
 from __future__ import annotations
@@ -37,12 +46,18 @@ import socket
 import struct
 import time
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import client_connection
-
 NETSTAT = '/proc/self/net/netstat'
+SNMP = '/proc/self/net/snmp'
+FIB_TRIE = '/proc/self/net/fib_trie'
+IF_INET6 = '/proc/self/net/if_inet6'
 PROC_TCP = ('/proc/self/net/tcp', '/proc/self/net/tcp6')
-# TcpExt counter -> key in the sample and in evidence.kernel
+# TcpExt counter -> key in the sample and in evidence.kernel (every kernel the collection supports has them)
 COUNTERS = {'TCPKeepAlive': 'tcp_keepalive', 'TCPAbortOnTimeout': 'tcp_abort_on_timeout', 'TCPTimeouts': 'tcp_timeouts'}
+# the retransmission counters the in-flight experiment compares (None in a sample where the kernel lacks them):
+# TcpExt TCPLossProbes (tail loss probes sent) and Tcp RetransSegs of /proc/net/snmp (every segment sent again,
+# tail loss probes included)
+EXTRA_COUNTERS = {'TCPLossProbes': 'tcp_loss_probes'}
+SNMP_COUNTERS = {'RetransSegs': 'tcp_retrans_segs'}
 STATES = {1: 'ESTABLISHED', 2: 'SYN_SENT', 3: 'SYN_RECV', 4: 'FIN_WAIT1', 5: 'FIN_WAIT2', 6: 'TIME_WAIT', 7: 'CLOSE',
           8: 'CLOSE_WAIT', 9: 'LAST_ACK', 10: 'LISTEN', 11: 'CLOSING'}
 # inet_diag's idiag_timer, named as ss names it
@@ -72,19 +87,6 @@ TCP_INFO_HEAD = struct.Struct('=BBBBB')
 MSG_NETSTAT = 'cannot read %s (%s): this kernel does not expose the TcpExt counters here'
 MSG_NO_TCPEXT = '%s has no TcpExt counter %s: a kernel without it cannot give keepalive evidence'
 MSG_PORT = '%s must be a TCP port 1..65535, got %r: give the port of the connection (the experiment client port)'
-MSG_KERNEL = 'data.kernel must be %s, got %r'
-KERNEL_WHAT = ('a dict with server_port (an integer 1..65535), start and end (kernel_counters results) and samples '
-               '(a list of them)')
-MSG_DISAGREE_PROBES = ("capture and kernel disagree on the keepalive probes: the capture shows %d sent in the client's "
-                       "namespace (%s), TCPKeepAlive rose by %d")
-MSG_DISAGREE_ABORT = ("capture and kernel disagree on the abort: %s, so TCPAbortOnTimeout should have risen by %d; "
-                      "it rose by %d")
-NOTE_OTHERS = ("kernel evidence not judged: %d other connection(s) in the client's namespace could send keepalive "
-               "probes or time out (%s), and its counters count them too")
-NOTE_NO_END = 'kernel evidence not judged: no sample after the client ended (the run stopped early); deltas up to %s'
-NOTE_NETNS = 'kernel evidence not judged: the samples come from different network namespaces (inodes %s)'
-NOTE_NO_CAPTURE = "kernel evidence not judged: the capture shows no client connection to compare the counters with"
-NOTE_SOURCE = 'the socket samples come from /proc/net/tcp (inet_diag unavailable: %s), without tcp_info'
 
 
 class KernelEvidenceError(ValueError):
@@ -116,14 +118,68 @@ def counters(parsed, path=NETSTAT):
     return out
 
 
-def read_counters(path=NETSTAT):
-    """counters() of the calling process's network namespace."""
+def extra_counters(parsed_netstat, parsed_snmp):
+    """The optional counters ({key: int or None}): TcpExt TCPLossProbes and Tcp RetransSegs."""
+    tcpext, tcp = parsed_netstat.get('TcpExt') or {}, parsed_snmp.get('Tcp') or {}
+    out = {key: tcpext.get(name) for name, key in EXTRA_COUNTERS.items()}
+    out.update({key: tcp.get(name) for name, key in SNMP_COUNTERS.items()})
+    return out
+
+
+def _read(path):
+    with open(path) as handle:
+        return handle.read()
+
+
+def read_counters(path=NETSTAT, snmp=SNMP):
+    """counters() and extra_counters() of the calling process's network namespace."""
     try:
-        with open(path) as handle:
-            text = handle.read()
+        parsed = parse_netstat(_read(path))
     except (IOError, OSError) as exc:
         raise KernelEvidenceError(MSG_NETSTAT % (path, exc.strerror or exc))
-    return counters(parse_netstat(text), path)
+    try:
+        parsed_snmp = parse_netstat(_read(snmp))
+    except (IOError, OSError):
+        parsed_snmp = {}
+    out = counters(parsed, path)
+    out.update(extra_counters(parsed, parsed_snmp))
+    return out
+
+
+# ---------------------------------------------------------------- the namespace's own addresses
+
+def parse_fib_trie(text):
+    """The local IPv4 addresses of a namespace from /proc/net/fib_trie: each '|-- a.b.c.d' followed by '/32 host
+    LOCAL', or a local network ('/8 host LOCAL' after 127.0.0.0: every 127.x.y.z) as 'a.b.c.d/N'."""
+    out, last = set(), None
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0].endswith('|--'):
+            last = words[1]
+        elif last and len(words) >= 3 and words[0].startswith('/') and words[1:3] == ['host', 'LOCAL']:
+            out.add(last if words[0] == '/32' else last + words[0])
+    return out
+
+
+def parse_if_inet6(text):
+    """The IPv6 addresses of a namespace from /proc/net/if_inet6 (32 hex digits first on each line)."""
+    out = set()
+    for line in text.splitlines():
+        words = line.split()
+        if words and len(words[0]) == 32:
+            out.add(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(words[0])))
+    return out
+
+
+def local_addresses():
+    """Sorted addresses of the calling process's namespace (to tell the probes it sent from those it received)."""
+    out = set()
+    for path, parse in ((FIB_TRIE, parse_fib_trie), (IF_INET6, parse_if_inet6)):
+        try:
+            out |= parse(_read(path))
+        except (IOError, OSError, ValueError):
+            continue
+    return sorted(out)
 
 
 # ---------------------------------------------------------------- sockets: inet_diag
@@ -292,7 +348,7 @@ def sample(port=None, peer_port=None, now=time.time):
     return {'time': taken, 'netns_inode': inode, 'counters': values, 'source': source, 'source_error': why,
             'socket': _compact(client) if client else None, 'ours': [_compact(row) for row in ours],
             'others': [_compact(row) for row in others[:OTHERS_LISTED]], 'others_count': len(others),
-            'sockets_count': len(rows)}
+            'sockets_count': len(rows), 'addresses': local_addresses()}
 
 
 def progress(sample_result, probes):
@@ -301,162 +357,3 @@ def progress(sample_result, probes):
     if sock.get('timer') != 'keepalive':
         return ''
     return 'probe %s/%s unanswered (kernel)' % (sock.get('timer_count'), probes)
-
-
-# ---------------------------------------------------------------- the evidence (on the controller)
-
-def _int(value):
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
-
-
-def _number(value):
-    try:
-        return None if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def check_sample(value):
-    """A kernel_counters result as a sample, None for a skipped or empty one; KernelEvidenceError when malformed."""
-    if value in (None, '', {}) or (isinstance(value, dict) and value.get('skipped')):
-        return None
-    if not isinstance(value, dict) or not isinstance(value.get('counters'), dict) or _number(value.get('time')) is None:
-        raise KernelEvidenceError(MSG_KERNEL % (KERNEL_WHAT, value))
-    values = {key: _int(value['counters'].get(key)) for key in COUNTERS.values()}
-    if any(v is None for v in values.values()):
-        raise KernelEvidenceError(MSG_KERNEL % (KERNEL_WHAT, value))
-    out = dict(value)
-    out['counters'], out['time'] = values, _number(value['time'])
-    return out
-
-
-def check_kernel(value):
-    """The report's data.kernel checked ({} when none was given)."""
-    if value in (None, '', {}):
-        return {}
-    if not isinstance(value, dict) or set(value) - {'server_port', 'start', 'end', 'samples'}:
-        raise KernelEvidenceError(MSG_KERNEL % (KERNEL_WHAT, value))
-    port = _int(value.get('server_port'))
-    samples = value.get('samples') or []
-    start = check_sample(value.get('start'))
-    if port is None or not 1 <= port <= 65535 or start is None or not isinstance(samples, (list, tuple)):
-        raise KernelEvidenceError(MSG_KERNEL % (KERNEL_WHAT, value))
-    taken = [s for s in (check_sample(item) for item in samples) if s is not None]
-    return {'server_port': port, 'start': start, 'end': check_sample(value.get('end')), 'samples': taken}
-
-
-def capture_counts(analysis, client_port, loopback, until=None):
-    """(probes the client sent, probes the server sent in the client's namespace) by the capture, or None without the
-    connection. The server's count only on loopback (its socket shares the namespace), up to `until` (epoch)."""
-    conn, prober, client_end = client_connection(analysis, client_port)
-    if conn is None:
-        return None
-    start = (analysis or {}).get('start') or 0.0
-    server = 0
-    for other in conn.get('probers') or []:
-        if loopback and other.get('endpoint') != client_end:
-            server += len([p for p in other.get('probes') or [] if until is None or start + p['time'] <= until])
-    return len((prober or {}).get('probes') or []), server
-
-
-def expected_abort(observed, client):
-    """(1 or 0, why): whether the kernel gave up on the client's connection, by the capture and the client."""
-    end = observed.get('end') or {}
-    if end.get('by') == 'RST' and end.get('from') == 'client' and end.get('after_probes'):
-        return 1, "the capture shows the client's RST after %d unanswered probes" % end['after_probes']
-    if client.get('errno') == 'ETIMEDOUT':
-        return 1, 'the client failed with ETIMEDOUT'
-    return 0, 'the capture shows no RST of the client after its probes and the client did not fail with ETIMEDOUT'
-
-
-def _others(samples):
-    seen, listed, most = set(), [], 0
-    for one in samples:
-        most = max(most, one.get('others_count') or 0)
-        for row in one.get('others') or []:
-            key = (row.get('local'), row.get('remote'))
-            if key not in seen:
-                seen.add(key)
-                listed.append(row)
-    return {'count': max(most, len(listed)), 'listed': listed[:OTHERS_LISTED]}
-
-
-def _timer_samples(start, samples):
-    out = []
-    for one in samples:
-        sock = one.get('socket') or {}
-        out.append({'at_s': round(one['time'] - start['time'], 3), 'state': sock.get('state'), 'timer': sock.get('timer'),
-                    'expires_s': sock.get('expires_s'), 'unanswered': sock.get('timer_count'),
-                    'tcpi_probes': sock.get('probes'), 'tcpi_backoff': sock.get('backoff')})
-    return out
-
-
-def not_judged(end, sampled, inodes, others, counts):
-    """The note saying why capture and kernel cannot be compared, or None when they can."""
-    if end is None:
-        return NOTE_NO_END % ('the last timer sample' if sampled else 'the start')
-    if len(inodes) > 1:
-        return NOTE_NETNS % ', '.join(str(i) for i in inodes)
-    if others['count']:
-        return NOTE_OTHERS % (others['count'], ', '.join(
-            '%s > %s %s timer %s' % (r['local'], r['remote'], r['state'], r['timer']) for r in others['listed']))
-    if counts is None:
-        return NOTE_NO_CAPTURE
-    return None
-
-
-def evidence(kernel, analysis, observed, client, loopback, client_port):
-    """(evidence.kernel, reasons): counter deltas over the run, timer samples, and whether capture and kernel agree."""
-    if not kernel:
-        return None, []
-    start, end, samples = kernel['start'], kernel['end'], kernel['samples']
-    last = end or (samples[-1] if samples else start)
-    out = {key: last['counters'][key] - start['counters'][key] for key in COUNTERS.values()}
-    out.update({'namespace': 'client', 'seconds': round(last['time'] - start['time'], 3),
-                'counters_start': start['counters'], 'counters_end': last['counters'],
-                'source': (end or start).get('source'), 'timer_samples': _timer_samples(start, samples),
-                'others': _others([start] + samples + ([end] if end else [])), 'capture': None, 'agree': None, 'notes': []})
-    notes = out['notes']
-    if out['source'] == 'proc':
-        notes.append(NOTE_SOURCE % (end or start).get('source_error'))
-    inodes = sorted({s.get('netns_inode') for s in [start] + samples + ([end] if end else [])} - {None})
-    counts = capture_counts(analysis, client_port, loopback, until=last['time'])
-    why_not = not_judged(end, bool(samples), inodes, out['others'], counts)
-    if why_not:
-        notes.append(why_not)
-        return out, []
-    abort, why = expected_abort(observed, client)
-    out['capture'] = {'client_probes': counts[0], 'server_probes': counts[1], 'abort': abort}
-    reasons = []
-    if counts[0] + counts[1] != out['tcp_keepalive']:
-        detail = '%d from the client' % counts[0] + (' and %d from the server, loopback' % counts[1] if loopback else '')
-        reasons.append(MSG_DISAGREE_PROBES % (counts[0] + counts[1], detail, out['tcp_keepalive']))
-    if abort != out['tcp_abort_on_timeout']:
-        reasons.append(MSG_DISAGREE_ABORT % (why, abort, out['tcp_abort_on_timeout']))
-    out['agree'] = not reasons
-    return out, reasons
-
-
-def markdown_line(kernel):
-    """The report.md line of the kernel evidence ([] without it)."""
-    if not kernel:
-        return []
-    head = ("- kernel evidence (client's namespace, %s): TCPKeepAlive +%d, TCPAbortOnTimeout +%d, TCPTimeouts +%d over %.1f s"
-            % (kernel.get('source'), kernel['tcp_keepalive'], kernel['tcp_abort_on_timeout'], kernel['tcp_timeouts'],
-               kernel['seconds']))
-    cap = kernel.get('capture')
-    if kernel['agree'] is None:
-        tail = '; not judged (see the notes)'
-    else:
-        tail = '; capture: %d probe(s)%s, abort %d - %s' % (
-            cap['client_probes'] + cap['server_probes'],
-            ' (%d from the server)' % cap['server_probes'] if cap['server_probes'] else '', cap['abort'],
-            'agree' if kernel['agree'] else 'DISAGREE')
-    timers = ', '.join('%s/%s' % (t['unanswered'], t['timer']) for t in kernel['timer_samples'] if t['timer'])
-    return [head + tail + ('; timer samples (unanswered/timer): %s' % timers if timers else '')]

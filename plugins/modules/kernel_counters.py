@@ -21,15 +21,27 @@ description:
     C(tcpi_probes) and C(tcpi_backoff).
   - The counters count every connection of the namespace. RV(others) lists the other connections that could move them
     (a keepalive timer, or a retransmission or zero-window timer that hides whether keepalive is on).
+  - Also reads C(TcpExt TCPLossProbes) (tail loss probes) and C(Tcp RetransSegs) of C(/proc/net/snmp) (segments sent
+    again), which the in-flight experiment compares with the capture's resends; null where the kernel lacks them.
   - The C(tcplab.keepalive.experiment) role samples the client's namespace before its client connects, after each
-    unanswered probe and after the client failed; the C(tcplab.keepalive.report) module compares the deltas with the
-    capture (C(evidence.kernel) in C(report.json)).
-  - It only reads.
+    unanswered probe and after the client ended (every fault); the C(tcplab.keepalive.report) module compares the
+    deltas with the capture (C(evidence.kernel) in C(report.json)).
+  - With O(watch) it also watches the other connections of the namespace, which the counters count too (on a VM the
+    controller's SSH connection - sshd keeps keepalive on and follows the shortened sysctls). V(started) starts a
+    C(tcpdump -i any) of the headers of every TCP segment but the connection of O(port) and O(peer_port) into
+    O(watch_path) and then takes the sample; V(stopped) takes the sample, waits until the watch has caught up (a
+    marker, a connection attempt to a closed port on lo, is in its pcap), stops it, returns the times of the keepalive
+    probes, RSTs and zero-length segments the namespace sent and the count of its retransmissions in RV(watch) and
+    removes the pcap; V(absent) stops one that still runs and removes its files. Without O(watch) the module only
+    reads.
 author: tcplab.keepalive developers (@tcplab)
 extends_documentation_fragment:
   - tcplab.keepalive.attributes
-  - tcplab.keepalive.attributes.info_module
 attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
   platform:
     platforms: posix
 options:
@@ -52,8 +64,26 @@ options:
     description: Where named network namespaces live.
     type: path
     default: /run/netns
+  watch:
+    description:
+      - Start, stop or remove the watch of the other connections of the namespace (see the description); it needs
+        O(watch_path). The watch's tcpdump runs detached; its state record C(<watch_path>.watch.json) (pid, start
+        time, namespace) is what V(stopped) and V(absent) check before they signal it, and they remove only the files
+        the record names.
+    type: str
+    choices: [started, stopped, absent]
+    version_added: 0.2.0
+  watch_path:
+    description: The watch's pcap (an absolute path; its directory is created with mode 0700).
+    type: path
+    version_added: 0.2.0
+  watch_seconds:
+    description: The watch ends by itself after this many seconds (C(tcpdump -G -W 1)), 1..86400, should nobody stop it.
+    type: int
+    default: 3600
+    version_added: 0.2.0
 notes:
-  - Reading another namespace (O(netns)) needs root.
+  - Reading another namespace (O(netns)) needs root; the watch needs root and tcpdump.
 '''
 
 EXAMPLES = r'''
@@ -68,6 +98,15 @@ EXAMPLES = r'''
     port: 22345
     netns: tcplab-client
   register: now
+
+- name: Watch the other connections of the namespace while an experiment runs
+  tcplab.keepalive.kernel_counters:
+    port: 22345
+    peer_port: 12345
+    watch: started
+    watch_path: /var/tmp/tcplab-keepalive/captures/others.pcap
+    watch_seconds: 600
+  register: start
 
 - name: Say how many probes are unanswered
   ansible.builtin.debug:
@@ -99,7 +138,13 @@ counters:
     tcp_timeouts:
       description: C(TcpExt TCPTimeouts), retransmission timeouts.
       type: int
-  sample: {tcp_keepalive: 5, tcp_abort_on_timeout: 1, tcp_timeouts: 0}
+    tcp_loss_probes:
+      description: C(TcpExt TCPLossProbes), tail loss probes (null where the kernel lacks it).
+      type: int
+    tcp_retrans_segs:
+      description: C(Tcp RetransSegs) of C(/proc/net/snmp), segments sent again (null where it cannot be read).
+      type: int
+  sample: {tcp_keepalive: 5, tcp_abort_on_timeout: 1, tcp_timeouts: 0, tcp_loss_probes: 0, tcp_retrans_segs: 0}
 source:
   description: Where the sockets were read - V(inet_diag), or V(proc) (C(/proc/net/tcp)) when inet_diag failed.
   returned: always
@@ -136,11 +181,28 @@ sockets_count:
   description: The TCP sockets of the namespace, in every state.
   returned: always
   type: int
+addresses:
+  description: The namespace's own addresses (from C(/proc/net/fib_trie) and C(/proc/net/if_inet6); a local network
+    such as C(127.0.0.0/8) as a prefix), to tell the probes it sent from those it received.
+  returned: always
+  type: list
+  elements: str
+  version_added: 0.2.0
+watch:
+  description:
+    - With O(watch) - C(path); with V(started) C(pid) and C(filter); with V(stopped) C(seen) - C(probes), C(rsts) and
+      C(unsure) (times, seconds since the epoch, of the keepalive probes, RSTs and zero-length segments the namespace
+      sent that could not be told probes or not), C(retransmissions), C(connections), C(packets), C(truncated) - or
+      C(error) (why there is none); with V(absent) C(removed).
+  returned: when O(watch) is given
+  type: dict
+  version_added: 0.2.0
 '''
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._kernel_evidence import KernelEvidenceError, check_ports, sample
+from ansible_collections.tcplab.keepalive.plugins.module_utils._kernel_evidence import KernelEvidenceError, check_ports
+from ansible_collections.tcplab.keepalive.plugins.module_utils._kernel_watch import WatchError, act
 from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import NetnsError, resolve, run_in
 
 
@@ -151,19 +213,26 @@ def main():
             peer_port=dict(type='int'),
             netns=dict(type='str'),
             netns_dir=dict(type='path', default='/run/netns'),
+            watch=dict(type='str', choices=['started', 'stopped', 'absent']),
+            watch_path=dict(type='path'),
+            watch_seconds=dict(type='int', default=3600),
         ),
+        required_by={'watch': 'watch_path'},
         supports_check_mode=True,
     )
     p = module.params
+    args = (p['port'], p['peer_port'], p['watch'], p['watch_path'], p['watch_seconds'], module.check_mode)
     try:
         check_ports(p['port'], p['peer_port'])
         if p['netns']:
-            result = run_in(resolve(p['netns'], p['netns_dir']).path, sample, (p['port'], p['peer_port']))
+            taken, watched, changed = run_in(resolve(p['netns'], p['netns_dir']).path, act, args)
         else:
-            result = sample(p['port'], p['peer_port'])
-    except (KernelEvidenceError, NetnsError) as exc:
+            taken, watched, changed = act(*args)
+    except (KernelEvidenceError, NetnsError, WatchError) as exc:
         module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, **result)
+    if watched is not None:
+        taken['watch'] = watched
+    module.exit_json(changed=changed, **taken)
 
 
 if __name__ == '__main__':

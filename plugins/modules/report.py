@@ -124,14 +124,21 @@ options:
         version_added: 0.2.0
       kernel:
         description:
-          - The kernel's own evidence from the client's namespace (drop fault) - C(server_port), C(start) (a
-            C(tcplab.keepalive.kernel_counters) result taken before the client connected), C(end) (one taken after it
-            failed, or null) and C(samples) (those taken while waiting).
-          - C(report.json) gains C(evidence.kernel) - the deltas C(tcp_keepalive), C(tcp_abort_on_timeout) and
-            C(tcp_timeouts), the timer samples, the other connections that could move the counters, and C(agree).
-            The verdict fails when the capture's probes (the client's, plus the server's on loopback) differ from the
-            C(TCPKeepAlive) delta, or the client's abort from the C(TCPAbortOnTimeout) delta; with other connections
-            that could move the counters, or without an end sample, the agreement is not judged and a note says why.
+          - The kernel's own evidence from the client's namespace (every fault) - C(server_port), C(start) (a
+            C(tcplab.keepalive.kernel_counters) sample taken before the client connected), C(end) (one taken after it
+            ended, or null), C(samples) (those taken while waiting), and optionally C(capture_host) (V(client) or
+            V(server), where the capture the report reads ran) and C(others_watch) (what C(kernel_counters)
+            C(watch=stopped) returned - C(seen) - or C(error)).
+          - C(report.json) gains C(evidence.kernel) - the deltas C(tcp_keepalive), C(tcp_abort_on_timeout),
+            C(tcp_timeouts), C(tcp_loss_probes) and C(tcp_retrans_segs), the timer samples, the other connections
+            that could move the counters and what their watch saw, and C(agree). The verdict fails when the
+            capture's probes (the client's, the server's on loopback, and the other connections' by their watch)
+            differ from the C(TCPKeepAlive) delta, the client's abort from the C(TCPAbortOnTimeout) delta, or - with
+            O(data.in_flight) - the client's resends from the C(RetransSegs) delta or, with the expiry that ended
+            the connection, from C(TCPTimeouts) + C(TCPLossProbes).
+          - Not judged, with a note saying why - other connections that could move the counters and were not
+            watched, no end sample, samples of different namespaces, no client connection in the capture, or an
+            idle-timeout run captured on the server (behind the middlebox).
         type: dict
         version_added: 0.2.0
       in_flight:
@@ -211,7 +218,7 @@ report:
       description: C(kernel) - the kernel's evidence (see O(data.kernel)); C(agree) is true, false or null (not
         judged, C(notes) say why).
       type: dict
-      returned: with O(data.kernel) and the drop fault
+      returned: with O(data.kernel)
 markdown:
   description: The content of C(report.md).
   returned: always

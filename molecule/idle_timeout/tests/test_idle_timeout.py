@@ -6,22 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
-import yaml
 
-EPHEMERAL = os.environ['MOLECULE_EPHEMERAL_DIRECTORY']
-SCENARIO = os.environ['MOLECULE_SCENARIO_DIRECTORY']
-with open(os.path.join(SCENARIO, 'vars', 'idle.yml')) as handle:
-    VARS = yaml.safe_load(handle)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'resources', 'tests'))
+from scenario_files import EPHEMERAL, SCENARIO, load_json, report, scenario_vars  # noqa: E402 pylint: disable=wrong-import-position
+
+VARS = scenario_vars('idle.yml')
 RUNS = {run['id']: run for run in VARS['idle_runs']}
 SECONDS = VARS['idle_seconds']
 HOST_STATE = os.path.join(SCENARIO, 'files', 'host_state.py')
-
-
-def report(run_id):
-    with open(os.path.join(EPHEMERAL, 'reports', run_id, 'report.json')) as handle:
-        return json.load(handle)
 
 
 @pytest.mark.parametrize('run_id', sorted(RUNS))
@@ -74,11 +69,27 @@ def test_the_reset_came_from_the_middlebox_at_the_first_probe():
 
 def test_the_host_is_exactly_as_before(host):
     name = host.backend.get_hostname()
-    with open(os.path.join(EPHEMERAL, 'state-before-%s.json' % name)) as handle:
-        before = json.load(handle)
+    before = load_json('state-before-%s.json' % name)
     now = json.loads(host.check_output('python3 %s' % HOST_STATE))
     assert now == before
     assert now['processes'] == [] and not any('tcplab-keepalive' in rule for rule in now['rules'])
     if name == 'middlebox':   # the snapshot is of a middlebox that forwarded nothing and kept flows for days
         assert now['sysctl']['net/ipv4/ip_forward'] == '0'
         assert now['sysctl']['net/netfilter/nf_conntrack_tcp_timeout_established'] != str(SECONDS)
+
+
+@pytest.mark.parametrize('run_id', sorted(RUNS))
+def test_the_kernel_counted_the_probes_the_capture_shows(run_id):
+    """evidence.kernel (issue 13): the client namespace's TCPKeepAlive delta is the client's probes in the capture on
+    the client (the middlebox drops or rejects them on the way, the client's kernel sends them all the same), and
+    TCPAbortOnTimeout rose only where the kernel gave up (half-open: after the last unanswered probe)."""
+    got = report(run_id)
+    ev = got['evidence']['kernel']
+    assert ev['agree'] is True, (got['reasons'], ev['notes'])
+    probes = got['observed']['answered_probes'] + got['observed']['unanswered_probes']
+    assert ev['tcp_keepalive'] == ev['capture']['client_probes'] == got['observed']['probes_total'] >= max(probes, 1)
+    assert ev['tcp_abort_on_timeout'] == (1 if run_id == 'idle-halfopen' else 0)
+    assert ev['others']['count'] == 0 and ev['others_watch'] is None      # lab namespaces: nothing else probes
+    assert len(ev['timer_samples']) == 1                                 # after the idle wait
+    with open(os.path.join(EPHEMERAL, 'reports', run_id, 'report.md')) as handle:
+        assert "- kernel evidence (client's namespace, inet_diag): TCPKeepAlive +%d" % ev['tcp_keepalive'] in handle.read()

@@ -3,23 +3,17 @@ prediction, the retransmissions in the timeline, and a pass; and every host's ke
 as converge found them (tcp_retries2 was set to 3 for the first run, journalled and restored)."""
 from __future__ import annotations
 
-import json
 import os
+import sys
 
 import pytest
-import yaml
 
-EPHEMERAL = os.environ['MOLECULE_EPHEMERAL_DIRECTORY']
-SCENARIO = os.environ['MOLECULE_SCENARIO_DIRECTORY']
-with open(os.path.join(SCENARIO, 'vars', 'in_flight.yml')) as handle:
-    VARS = yaml.safe_load(handle)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'resources', 'tests'))
+from scenario_files import EPHEMERAL, load_json, report, scenario_vars  # noqa: E402 pylint: disable=wrong-import-position
+
+VARS = scenario_vars('in_flight.yml')
 RUNS = {run['id']: run for run in VARS['in_flight_runs']}
 SYSCTLS = ('tcp_keepalive_time', 'tcp_keepalive_intvl', 'tcp_keepalive_probes', 'tcp_retries2')
-
-
-def report(run_id):
-    with open(os.path.join(EPHEMERAL, 'reports', run_id, 'report.json')) as handle:
-        return json.load(handle)
 
 
 @pytest.mark.parametrize('run_id', sorted(RUNS))
@@ -56,8 +50,21 @@ def test_the_user_timeout_ends_it_that_long_after_the_first_timeout_retransmissi
 
 def test_the_sysctls_are_back(host):
     name = host.backend.get_hostname()
-    with open(os.path.join(EPHEMERAL, 'sysctls-before-%s.json' % name)) as handle:
-        before = json.load(handle)
+    before = load_json('sysctls-before-%s.json' % name)
     now = [int(value) for value in host.check_output('cat %s' % ' '.join('/proc/sys/net/ipv4/%s' % key
                                                                          for key in SYSCTLS)).split()]
     assert now == before
+
+
+@pytest.mark.parametrize('run_id', sorted(RUNS))
+def test_the_kernel_counted_the_resends_the_capture_shows(run_id):
+    """evidence.kernel (issue 13): Tcp RetransSegs rose by the client's resends in the capture (the tail loss probe and
+    each timeout retransmission), TCPTimeouts + TCPLossProbes by one more (the expiry that ended the connection),
+    TCPAbortOnTimeout by 1 and TCPKeepAlive by 0 (no probe while data is in flight)."""
+    got = report(run_id)
+    ev = got['evidence']['kernel']
+    assert ev['agree'] is True, (got['reasons'], ev['notes'])
+    resends = len(got['observed']['retransmissions'])
+    assert ev['capture']['resends'] == resends == ev['tcp_retrans_segs']
+    assert ev['tcp_loss_probes'] == 1 and ev['tcp_timeouts'] + ev['tcp_loss_probes'] == resends + 1
+    assert (ev['tcp_abort_on_timeout'], ev['tcp_keepalive']) == (1, 0)

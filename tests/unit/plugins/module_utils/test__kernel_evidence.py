@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _kernel_evidence as ke
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _kernel_judge as kj
 from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import run_in
 from ansible_collections.tcplab.keepalive.plugins.module_utils._report import ReportError, observe, write_experiment
 
@@ -143,14 +144,14 @@ OTHER = dict(TIMER, local='127.0.0.1:40000', remote='127.0.0.1:22', timer_count=
 
 
 def kernel(end_keepalive=105, end_abort=8, others=(), end=True, inode=4026532000):
-    return ke.check_kernel({'server_port': '12345', 'start': sample_of(999.0, 100, 7),
+    return kj.check_kernel({'server_port': '12345', 'start': sample_of(999.0, 100, 7),
                             'samples': [sample_of(1006.5, 103, 7, socket=TIMER, others=others), {'skipped': True}],
                             'end': sample_of(1009.0, end_keepalive, end_abort, inode=inode) if end else {}})
 
 
 def judge_kernel(k, loopback=True, analysis=None):
     a = analysis or _rep.analysis()
-    return ke.evidence(k, a, observe(a, 22345), _rep.CLIENT_OK, loopback, 22345)
+    return kj.evidence(k, a, observe(a, 22345), _rep.CLIENT_OK, loopback, 22345)
 
 
 def test_capture_and_kernel_agree():
@@ -165,8 +166,8 @@ def test_capture_and_kernel_agree():
 def test_a_disagreement_fails_with_both_numbers():
     ev, reasons = judge_kernel(kernel(end_keepalive=104, end_abort=7))
     assert ev['agree'] is False
-    assert reasons == [ke.MSG_DISAGREE_PROBES % (5, '5 from the client and 0 from the server, loopback', 4),
-                       ke.MSG_DISAGREE_ABORT % ("the capture shows the client's RST after 3 unanswered probes", 1, 0)]
+    assert reasons == [kj.MSG_DISAGREE_PROBES % (5, '5 from the client and 0 from the server, loopback', 4),
+                       kj.MSG_DISAGREE_ABORT % ("the capture shows the client's RST after 3 unanswered probes", 1, 0)]
 
 
 def test_loopback_counts_the_servers_probes_too():
@@ -178,7 +179,7 @@ def test_loopback_counts_the_servers_probes_too():
     assert reasons == [] and ev['capture']['server_probes'] == 1
     # two hosts: the server's probes leave from another namespace and do not count in the client's
     ev, reasons = judge_kernel(kernel(end_keepalive=106), loopback=False, analysis=a)
-    assert reasons == [ke.MSG_DISAGREE_PROBES % (5, '5 from the client', 6)]
+    assert reasons == [kj.MSG_DISAGREE_PROBES % (5, '5 from the client', 6)]
 
 
 @pytest.mark.parametrize('kw, note', [
@@ -209,7 +210,7 @@ def test_report_carries_evidence_and_a_disagreement_fails(tmp_path):
     assert 'abort 1 - agree' in text and 'timer samples (unanswered/timer): 2/keepalive' in text
     report, text = write_experiment(str(tmp_path / 'bad'), _rep.good_data(kernel=kernel(end_keepalive=104)))
     assert report['verdict'] == 'fail' and 'DISAGREE' in text
-    assert ke.MSG_DISAGREE_PROBES % (5, '5 from the client and 0 from the server, loopback', 4) in report['reasons']
+    assert kj.MSG_DISAGREE_PROBES % (5, '5 from the client and 0 from the server, loopback', 4) in report['reasons']
     # without kernel data the report is as before
     report, _text = write_experiment(str(tmp_path / 'none'), _rep.good_data())
     assert 'evidence' not in report and report['verdict'] == 'pass'
@@ -371,5 +372,5 @@ def test_other_keepalive_connections_and_the_loopback_server_are_told_apart(lab)
     lab(NS_C, CLIENT, '127.0.0.1', str(O_PORT))
     two = poll('the other connection', lambda: sample_in(NS_C, C_PORT), lambda s: s['others_count'])
     assert [(o['local'], o['timer']) for o in two['others']] == [('127.0.0.1:%d' % O_PORT, 'keepalive')]
-    ev, _reasons = judge_kernel(ke.check_kernel({'server_port': S_PORT, 'start': one, 'samples': [], 'end': two}))
+    ev, _reasons = judge_kernel(kj.check_kernel({'server_port': S_PORT, 'start': one, 'samples': [], 'end': two}))
     assert ev['agree'] is None and ev['others']['count'] == 1

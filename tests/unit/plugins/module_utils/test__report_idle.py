@@ -67,7 +67,7 @@ def test_report_json_has_the_fault_the_prediction_and_survived(tmp_path):
 
 @pytest.mark.parametrize('action, client, said', [
     ('drop', TIMEDOUT, 'while the server still held the connection (half-open)'),
-    ('reset', RESET, 'The middlebox answered with a TCP reset: the client failed with ECONNRESET after 10.0 s.'),
+    ('reset', RESET, 'The middlebox answered the probe with a TCP reset: the client failed with ECONNRESET after 10.0 s.'),
 ])
 def test_report_md_says_why_it_died(tmp_path, action, client, said):
     fault = dict(FAULT, action=action, preset='aws-nlb')
@@ -94,3 +94,28 @@ def test_a_bad_fault_is_named(tmp_path, fault):
         write_experiment(str(tmp_path / 'r'), data(fault=fault))
     assert str(info.value) == _report.MSG_BAD_VALUE % ('fault', _report.FAULT, fault)
     assert not (tmp_path / 'r').exists()
+
+
+# keepalive time 7200 s behind a 240 s box (the docs' aws-nlb/azure-lb runs): no probe was due within the idle wait of
+# three idle timeouts, so it was the request that met the middlebox, not a probe (before: "so the probe met ...")
+REQUEST_RESET = {'state': 'failed', 'errno': 'ECONNRESET', 'connected_at': 100.0, 'requested_at': 821.0,
+                 'failed_at': 821.01, 'seconds': 721.01}
+REQUEST_TIMEDOUT = {'state': 'failed', 'errno': 'ETIMEDOUT', 'connected_at': 100.0, 'requested_at': 821.0,
+                    'failed_at': 831.0, 'seconds': 731.0,
+                    'error': 'no answer to the request within 10 s (sent 721.0 s after connect)'}
+
+
+@pytest.mark.parametrize('action, client, said', [
+    ('reset', REQUEST_RESET, ['so its request after 721 s of idle time, before any probe was due, met a middlebox',
+                              'The middlebox answered the request with a TCP reset: the client failed with ECONNRESET']),
+    ('drop', REQUEST_TIMEDOUT, ['so its request after 721 s of idle time, before any probe was due, met a middlebox',
+                                'the request and its retransmissions went unanswered and the client failed with '
+                                'ETIMEDOUT after 731.0 s']),
+])
+def test_the_request_not_a_probe_met_the_middlebox(tmp_path, action, client, said):
+    fault = dict(FAULT, seconds=240, action=action)
+    report, text = write_experiment(str(tmp_path), data(settings=ka(7200), expected=ka(7200), client=client, fault=fault))
+    assert report['verdict'] == 'pass' and _report.what_met(report) == 'request'
+    for words in said:
+        assert words in text
+    assert 'probe met' not in text and 'answered the probe' not in text and "the client's probes" not in text

@@ -1,0 +1,117 @@
+# Copyright (c) tcplab.keepalive developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The experiment role's input for data in flight, run for real with ansible-playbook on lab namespaces of this test
+(tk5a-<random>, 198.19.81.0/24, the netns connection):
+
+- check mode of the in-flight run says what it would change for tcp_retries2 and TCP_USER_TIMEOUT too (before: only
+  the keepalive trio), and changes nothing;
+- experiment_in_flight with experiment_fault idle_timeout is refused by the preflight with its message (before: the
+  idle-timeout run went ahead and experiment_in_flight was silently ignored), before anything changed."""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.lab_netns import namespaces
+
+NETNS_PREFIX = 'tk5a-'
+
+
+@pytest.fixture
+def netns_factory():
+    """This test's namespaces (tk5a-<random>), removed afterwards: lab_netns.namespaces."""
+    with namespaces(NETNS_PREFIX) as make:
+        yield make
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+PREFLIGHT = os.path.join(ROOT, 'roles', 'experiment', 'tasks', 'preflight.yml')
+real = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('ansible-playbook') or not shutil.which('nsenter'),
+                          reason='needs root, ansible-playbook and nsenter')
+PLAY = '''
+- name: The experiment
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: Run it
+      ansible.builtin.include_role:
+        name: tcplab.keepalive.experiment
+'''
+
+
+def message():
+    """The preflight's message constant, as the play prints it (folded, whitespace collapsed)."""
+    with open(PREFLIGHT) as handle:
+        tasks = yaml.safe_load(handle)
+    task = next(t for t in tasks if t.get('name') == 'Refuse data in flight with the idle-timeout fault')
+    return ' '.join(task['vars']['__experiment_msg_in_flight_fault'].split())
+
+
+def sysctl(ns, name):
+    return subprocess.run(['ip', 'netns', 'exec', ns, 'cat', '/proc/sys/net/ipv4/' + name], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def hosts(netns_factory, tmp_path):
+    names = {role: netns_factory() for role in ('client', 'server', 'middlebox')}
+    suffix = secrets.token_hex(3)
+    subprocess.run(['ip', 'link', 'add', 'tk5a' + suffix, 'netns', names['client'], 'type', 'veth', 'peer', 'name',
+                    'tk5b' + suffix, 'netns', names['server']], check=True)
+    addresses = {'client': '198.19.81.21', 'server': '198.19.81.22', 'middlebox': '198.19.81.23'}
+    for role, dev in (('client', 'tk5a' + suffix), ('server', 'tk5b' + suffix)):
+        subprocess.run(['ip', '-n', names[role], 'addr', 'add', addresses[role] + '/24', 'dev', dev], check=True)
+        subprocess.run(['ip', '-n', names[role], 'link', 'set', dev, 'up'], check=True)
+    inventory = {'all': {'hosts': {role: {'ansible_connection': 'tcplab.keepalive.netns', 'ansible_netns_name': name,
+                                          'lab_address': addresses[role], 'ansible_python_interpreter': sys.executable}
+                                   for role, name in names.items()}}}
+    (tmp_path / 'inventory.yml').write_text(yaml.safe_dump(inventory))
+    (tmp_path / 'play.yml').write_text(PLAY)
+    return names
+
+
+def play(tmp_path, *args):
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, '.build', 'collections'),
+               ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'), ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0')
+    argv = ['ansible-playbook', '-i', str(tmp_path / 'inventory.yml'), str(tmp_path / 'play.yml'),
+            '-e', 'experiment_client=client experiment_server=server experiment_run_id=tk5a-input',
+            '-e', 'experiment_report_dir=%s' % (tmp_path / 'reports'),
+            '-e', '{"experiment_keepalive": {"time": 20, "intvl": 1, "probes": 3}}'] + list(args)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)
+    return done.returncode, ' '.join((done.stdout + done.stderr).split())
+
+
+@real
+def test_check_mode_of_data_in_flight_names_tcp_retries2_and_the_user_timeout(hosts, tmp_path):
+    before = sysctl(hosts['client'], 'tcp_retries2')
+    rc, out = play(tmp_path, '--check', '--diff', '-e', 'experiment_in_flight=true experiment_tcp_retries2=3',
+                   '-e', 'experiment_user_timeout_ms=1500')
+    assert rc == 0, out[-3000:]
+    said = re.search(r'Check mode, nothing changed\. (.*?)Run id tk5a-input', out).group(1)
+    assert "set client's net.ipv4.tcp_retries2 to 3 (" in said
+    assert "set TCP_USER_TIMEOUT 1500 ms on the client's socket" in said
+    assert 'TCP_USER_TIMEOUT decides, not keepalive' in said and 'unanswered probes and the RST' not in said
+    assert sysctl(hosts['client'], 'tcp_retries2') == before and not (tmp_path / 'reports').exists()
+    # without experiment_tcp_retries2 it says the value stays
+    rc, out = play(tmp_path, '--check', '-e', 'experiment_in_flight=true')
+    assert rc == 0 and "leave client's net.ipv4.tcp_retries2 as it is" in out and 'tcp_retries2 decides' in out
+
+
+@real
+def test_data_in_flight_with_the_idle_timeout_fault_is_refused_before_anything_changes(hosts, tmp_path):
+    before = [sysctl(hosts['client'], name) for name in ('tcp_retries2', 'tcp_keepalive_time')]
+    rc, out = play(tmp_path, '-e', 'experiment_in_flight=true experiment_fault=idle_timeout experiment_middlebox=middlebox',
+                   '-e', '{"experiment_idle_timeout": {"seconds": 6}}')
+    assert rc != 0 and message() in out
+    assert 'Refuse data in flight with the idle-timeout fault' in out and 'Take the lease' not in out
+    assert [sysctl(hosts['client'], name) for name in ('tcp_retries2', 'tcp_keepalive_time')] == before
+    assert not (tmp_path / 'reports').exists()
