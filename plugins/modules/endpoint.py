@@ -110,6 +110,24 @@ options:
         most 3600.
     type: float
     default: 10
+  kernel_sample:
+    description:
+      - Also read the kernel's keepalive counters and TCP sockets of the network namespace the module runs in, as
+        M(tcplab.keepalive.kernel_counters) does with the same O(kernel_sample.port) and O(kernel_sample.peer_port);
+        the sample is RV(kernel). With O(state=started) it is taken before the endpoint starts (the client's
+        namespace before it connects), with O(state=status) and O(state=stopped) after the endpoint was looked at.
+      - The experiment role takes its kernel samples this way, in a module run it makes anyway (on a lab VM under
+        software emulation each module run costs seconds).
+    type: dict
+    version_added: 0.2.0
+    suboptions:
+      port:
+        description: The connection's local port (the client's), 1..65535; its socket is C(socket) in RV(kernel).
+        type: int
+        required: true
+      peer_port:
+        description: The other end's port (the server's), 1..65535.
+        type: int
 requirements:
   - netcat-openbsd for O(kind=nc), curl for O(kind=curl)
 '''
@@ -149,6 +167,13 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+kernel:
+  description:
+    - With O(kernel_sample), the sample - the same keys as M(tcplab.keepalive.kernel_counters) returns (C(time),
+      C(netns_inode), C(counters), C(socket), C(ours), C(others), C(others_count), C(sockets_count), C(source)).
+  returned: when O(kernel_sample) is given and O(state) is not V(purged)
+  type: dict
+  version_added: 0.2.0
 stopped:
   description: The endpoints O(state=purged) stopped.
   returned: when O(state=purged)
@@ -265,6 +290,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, find_binary
 from ansible_collections.tcplab.keepalive.plugins.module_utils._endpoint import EndpointError, Endpoints, validate
+from ansible_collections.tcplab.keepalive.plugins.module_utils._kernel_sample import (
+    SPEC as KERNEL_SAMPLE, KernelSampleError, check as check_sample, take as take_sample)
 
 
 def main():
@@ -282,6 +309,7 @@ def main():
             name=dict(type='str'),
             state_dir=dict(type='path', default='/run/tcplab-keepalive/endpoint'),
             timeout=dict(type='float', default=10),
+            kernel_sample=KERNEL_SAMPLE,
         ),
         required_if=[('state', 'started', ['role']), ('state', 'stopped', ['role']), ('state', 'status', ['role'])],
         supports_check_mode=True,
@@ -297,15 +325,19 @@ def main():
             if cfg['kind'] == 'curl':
                 binaries['curl'] = find_binary(module, 'curl')
         endpoints = Endpoints(module.params['state_dir'], sys.executable, binaries, module.check_mode)
+        sample = module.params['kernel_sample']
         if module.params['state'] == 'started':
+            kernel = take_sample(sample)   # before the client connects
             result = endpoints.started(cfg)
-        elif module.params['state'] == 'stopped':
-            result = endpoints.stopped(cfg)
         else:
-            result = endpoints.status(cfg)
+            check_sample(sample)
+            result = endpoints.stopped(cfg) if module.params['state'] == 'stopped' else endpoints.status(cfg)
+            kernel = take_sample(sample)
+        if kernel is not None:
+            result['kernel'] = kernel
     except CommandError as exc:
         module.fail_json(**exc.as_result())
-    except (EndpointError, OSError) as exc:
+    except (EndpointError, KernelSampleError, OSError) as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
 

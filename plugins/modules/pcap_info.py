@@ -132,6 +132,23 @@ options:
         description: Seconds between two reads of the file, 0.01..60.
         type: float
         default: 0.1
+  kernel_sample:
+    description:
+      - Also read the kernel's keepalive counters and TCP sockets of the network namespace the module runs in once the
+        analysis (with O(wait_for), the wait) is done, as M(tcplab.keepalive.kernel_counters) does with the same
+        O(kernel_sample.port) and O(kernel_sample.peer_port); the sample is RV(kernel).
+      - The experiment role samples the client's keepalive timer this way when the capture runs on the client, in the
+        module run of the wait (on a lab VM under software emulation each module run costs seconds).
+    type: dict
+    version_added: 0.2.0
+    suboptions:
+      port:
+        description: The connection's local port (the client's), 1..65535; its socket is C(socket) in RV(kernel).
+        type: int
+        required: true
+      peer_port:
+        description: The other end's port (the server's), 1..65535.
+        type: int
 notes:
   - A truncated last record (a capture still being written) is not an error - the complete packets are analysed,
     RV(truncated) is V(true) and RV(truncated_at) says where. A record that cannot be valid (longer than the
@@ -140,6 +157,10 @@ notes:
   - On loopback a packet socket sees each segment twice. Files written by tcpdump hold one copy; when a Linux cooked
     capture holds both, the second copies are classified (as tshark does), counted in
     RV(summary.loopback_duplicates) and left out of the probe timing.
+  - A probe seen twice about 0.1 ms apart, the copy's TTL one less, was forwarded back onto the captured bridge by
+    a router on it (a bridge floods once it has forgotten the peer's MAC address, after 300 s by default); the copy
+    is counted in the probe's RV(connections[].probers[].probes[].copies) and RV(summary.probe_copies), with a note,
+    and is never numbered, timed or judged as a probe.
 seealso:
   - name: Wireshark TCP analysis
     description: The Keep-Alive and Keep-Alive ACK rules this module follows.
@@ -173,6 +194,14 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+kernel:
+  description:
+    - With O(kernel_sample), the sample taken after the analysis or the wait - the same keys as
+      M(tcplab.keepalive.kernel_counters) returns (C(time), C(netns_inode), C(counters), C(socket), C(ours), C(others),
+      C(others_count), C(sockets_count), C(source)).
+  returned: when O(kernel_sample) is given
+  type: dict
+  version_added: 0.2.0
 msg:
   description: With O(wait_for), RV(waited.reason).
   returned: when O(wait_for) is given
@@ -327,6 +356,13 @@ summary:
       description: Frames of a Linux cooked capture that repeat the previous outgoing frame (loopback).
       type: int
       sample: 0
+    probe_copies:
+      description:
+        - Keep-Alive frames that are copies of the probe just before them (the same segment within 10 ms, for example
+          forwarded back onto the captured bridge by a router on it); classified as tshark does, counted and judged
+          as one probe.
+      type: int
+      sample: 0
     notes:
       description: Remarks on the capture as a whole.
       type: list
@@ -412,6 +448,10 @@ connections:
         rst_sent:
           description: Whether this endpoint sent the RST.
           type: bool
+        copies:
+          description: Copies of this endpoint's probes that the capture holds (not counted as probes).
+          type: int
+          sample: 0
         probes:
           description: The probes.
           type: list
@@ -437,6 +477,9 @@ connections:
               type: bool
             answer_frame:
               description: The frame that answered it.
+              type: int
+            copies:
+              description: Copies of this probe that the capture holds (not counted as probes).
               type: int
             kind:
               description: V(idle) after a received segment, V(retry) after an unanswered probe.
@@ -559,6 +602,8 @@ from ansible.module_utils.basic import AnsibleModule
 # from _capture_record, not _capture: a wait runs once a second or so, and on a lab VM under software
 # emulation every module_utils file it imports is compiled again on each run (AnsiballZ ships sources)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_record import DEFAULT_STATE_DIR, liveness
+from ansible_collections.tcplab.keepalive.plugins.module_utils._kernel_sample import (
+    SPEC as KERNEL_SAMPLE, KernelSampleError, check as check_sample, take as take_sample)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_wait import wait_for
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse, truncation_note
 
@@ -600,11 +645,13 @@ def main():
                 timeout=dict(type='float', default=5),
                 interval=dict(type='float', default=0.1),
             )),
+            kernel_sample=KERNEL_SAMPLE,
         ),
         supports_check_mode=True,
     )
     p = module.params
     try:
+        check_sample(p['kernel_sample'])
         if p['wait_for']:
             result = wait_for(p['path'], p['wait_for'], expect=p['expect'], connection=p['connection'],
                               tolerance=p['tolerance'], return_frames=p['return_frames'],
@@ -612,7 +659,9 @@ def main():
         else:
             result = analyse(p['path'], expect=p['expect'], connection=p['connection'], tolerance=p['tolerance'],
                              return_frames=p['return_frames'])
-    except PcapError as exc:
+        if p['kernel_sample']:
+            result['kernel'] = take_sample(p['kernel_sample'])
+    except (PcapError, KernelSampleError) as exc:
         module.fail_json(msg=str(exc))
     if result['truncated']:
         module.warn(truncation_note(result['truncated_at'], result['summary']['packets']))

@@ -75,6 +75,9 @@ def test_vm_host_variables(tmp_path, template):
         'ansible_host': '198.18.0.12',
         'ansible_user': 'tcplab',
         'ansible_become': True,
+        # a module run is one ssh command over a kept master connection, without compression (the VM's CPU is slow)
+        'ansible_pipelining': True,
+        'ansible_ssh_args': '-o ControlMaster=auto -o ControlPersist=300s',
         'ansible_ssh_private_key_file': '/run/lab/id_ed25519',
         'ansible_ssh_common_args': VM_SSH_ARGS,
         # the VM's system Python, not the controller's virtual environment of the group
