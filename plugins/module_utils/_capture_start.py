@@ -202,12 +202,15 @@ class CaptureStart:
         raise CaptureError(MSG_CHILD_DIED % (log_tail(log) or '(nothing)'))
 
     def _end_failed(self, reply, path):
-        """Stop the sniffer of a failed start (when it is ours) and wait for its monitor, before files go."""
+        """Stop the sniffer of a failed start (when it is ours) and wait for its monitor, before files go. A failed
+        start leaves no process: a monitor still there after the wait (a starved machine) is ended too, while it is
+        ours (its pid, start time and MARKER)."""
         if reply.get('pid') and reply.get('starttime'):
             ours, _why = ownership(reply['pid'], reply['starttime'], path)
             if ours:
                 stop_process(reply['pid'], reply['starttime'], path, self.stop_timeout)
         self._wait_monitor({'monitor': {'pid': reply.get('monitor'), 'starttime': reply.get('monitor_starttime')}})
+        terminate(Process(reply.get('monitor'), reply.get('monitor_starttime'), MARKER), term_wait=self.stop_timeout)
 
     def _await_ready(self, read_fd, first):
         """Merged JSON lines from the sniffer until ready, error, EOF or timeout."""

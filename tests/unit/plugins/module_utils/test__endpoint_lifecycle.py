@@ -243,6 +243,9 @@ def test_a_dead_server_is_reported_at_once(lab, kind, sig):
     pid = python_program(ns, 's', 'accept') if kind == 'python' else find(ns, lambda argv: argv[:1] == [shutil.which('nc')])
     assert got['s']['pid'] == pid
     os.kill(pid, sig)
+    # once the kernel has ended it (on a loaded machine a signalled process takes a moment to go), the very next
+    # status says so: no waiting on a timeout
+    assert _proc.wait_gone(pid, 10, step=0.02)
     began = time.monotonic()
     status = one(ns, state, 'status', srv)
     assert time.monotonic() - began < 3

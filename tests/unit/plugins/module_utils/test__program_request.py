@@ -9,9 +9,7 @@ endpoint passes the request file to the python client only, and reports it."""
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -20,42 +18,23 @@ import time
 import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _detached, _endpoint, _program_client, _program_server
-from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import program_argv
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.netns_lab import in_ns, start_program, until
+
+NETNS_PREFIX = 'tkit-pr-'   # the namespaces of the shared netns fixture (tests/unit/conftest.py)
 
 real = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('ip') or not shutil.which('nsenter'),
                           reason='needs root, iproute2 and nsenter')
 MARKER = 'tkit-program-request-test'
 
 
-@pytest.fixture
-def netns():
-    name = 'tkit-pr-%s' % secrets.token_hex(4)
-    subprocess.run(['ip', 'netns', 'add', name], check=True)
-    try:
-        subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)
-        yield name
-    finally:
-        for pid in subprocess.run(['ip', 'netns', 'pids', name], capture_output=True, text=True, check=False).stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(['ip', 'netns', 'del', name], check=True)
-
-
-def in_ns(ns, argv):
-    return [shutil.which('nsenter'), '--net=/run/netns/%s' % ns, '--'] + list(argv)
+def listening(ns, port):
+    """Whether a TCP socket listens on port in namespace ns (ss, as the kernel lists it)."""
+    out = subprocess.run(['ip', 'netns', 'exec', ns, 'ss', '-Hltn', 'sport = :%d' % port], capture_output=True, text=True)
+    return bool(out.stdout.strip())
 
 
 def start(ns, module, args, **kw):
-    return subprocess.Popen(in_ns(ns, program_argv(sys.executable, module, MARKER, args)), **kw)  # pylint: disable=consider-using-with
-
-
-def until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, 'not within %s s' % timeout
-        time.sleep(0.05)
+    return start_program(ns, module, MARKER, args, **kw)
 
 
 def state_of(path):
@@ -96,7 +75,7 @@ def test_the_client_asks_once_its_request_file_appears_and_the_server_answers(ne
     server = start(netns, _program_server, {'address': '127.0.0.1', 'port': 41401}, stdout=subprocess.PIPE, text=True)
     client = None
     try:
-        time.sleep(0.3)
+        until(lambda: listening(netns, 41401))
         client = start(netns, _program_client, {'address': '127.0.0.1', 'port': 41401, 'local_port': None,
                                                 'outcome': str(outcome), 'request': str(request)},
                        stderr=subprocess.DEVNULL)
@@ -139,7 +118,7 @@ GET = textwrap.dedent('''
 def test_the_server_answers_nothing_but_the_request(netns):
     server = start(netns, _program_server, {'address': '127.0.0.1', 'port': 41402}, stdout=subprocess.DEVNULL)
     try:
-        time.sleep(0.3)
+        until(lambda: listening(netns, 41402))
         peer = subprocess.run(in_ns(netns, [sys.executable, '-c', GET, '41402']), capture_output=True, text=True,
                               timeout=30, check=True)
         assert peer.stdout == 'held\n'
