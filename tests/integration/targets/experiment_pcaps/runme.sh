@@ -41,8 +41,8 @@ grep -q '"verdict": "pass"' "$report_dir/report.json"
 python3 -c 'import json, sys; k = json.load(open(sys.argv[1]))["evidence"]["kernel"]; assert k["agree"] is True and k["tcp_abort_on_timeout"] == 1, k' \
   "$report_dir/report.json"
 # nothing of the run's capture is left on the host: pcap, state record, log
-if ls "$CAPTURES" | grep -q "^exp-${RUN}a-client"; then echo "the run's pcap stayed on the host"; ls -l "$CAPTURES"; exit 1; fi
-if ls "$RECORDS" 2>/dev/null | grep -q "exp-${RUN}a-client"; then echo "the run's state record stayed"; ls -l "$RECORDS"; exit 1; fi
+if compgen -G "$CAPTURES/exp-${RUN}a-client*" > /dev/null; then echo "the run's pcap stayed on the host"; ls -l "$CAPTURES"; exit 1; fi
+if compgen -G "$RECORDS/*exp-${RUN}a-client*" > /dev/null; then echo "the run's state record stayed"; ls -l "$RECORDS"; exit 1; fi
 
 # A capture the module did not write is not removed, and the run says so:
 # a state record proves a pcap ours, a name never does. Planted where the next

@@ -29,7 +29,7 @@ MARKER = 'tkit-program-request-test'
 
 def listening(ns, port):
     """Whether a TCP socket listens on port in namespace ns (ss, as the kernel lists it)."""
-    out = subprocess.run(['ip', 'netns', 'exec', ns, 'ss', '-Hltn', 'sport = :%d' % port], capture_output=True, text=True)
+    out = subprocess.run(['ip', 'netns', 'exec', ns, 'ss', '-Hltn', 'sport = :%d' % port], capture_output=True, text=True, check=False)
     return bool(out.stdout.strip())
 
 
