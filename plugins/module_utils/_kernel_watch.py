@@ -54,8 +54,11 @@ class WatchError(RuntimeError):
     """The watch cannot be started or stopped; the message says why and what to do."""
 
 
+RECORD_SUFFIX = '.watch.json'
+
+
 def record_path(path):
-    return path + '.watch.json'
+    return path + RECORD_SUFFIX
 
 
 def watch_filter(port, peer_port):
@@ -202,23 +205,57 @@ def stop(path):
 
 
 def absent(path):
-    """Stop a watch that still runs and remove its files; whether there was one."""
+    """Stop a watch that still runs and remove its files; whether there was one. Only a state record that names this
+    path proves the files ours: without one, a file at path is left alone (never removed by its name)."""
     record = _detached.load_record(record_path(path))
-    if record is None and not os.path.lexists(path):
+    if not isinstance(record, dict) or record.get('path') != path:
         return False
-    stop_process(record or {}, path)
+    stop_process(record, path)
     remove_files(path)
     return True
+
+
+def purgeable(directory):
+    """The watches in directory that run (or ran) in this namespace: the paths whose state record names them and this
+    namespace's inode."""
+    here = _detached.netns_of(os.getpid())
+    try:
+        names = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    paths = []
+    for name in names:
+        if not name.endswith(RECORD_SUFFIX):
+            continue
+        path = os.path.join(directory, name[:-len(RECORD_SUFFIX)])
+        record = _detached.load_record(record_path(path))
+        if isinstance(record, dict) and record.get('path') == path and here is not None and record.get('netns') == here:
+            paths.append(path)
+    return paths
+
+
+def purge(directory, check_mode=False):
+    """rollback.yml after a lost controller: stop every watch of this namespace whose record is in directory (its pid,
+    start time and command line prove the process ours) and remove the files its record names; the paths."""
+    paths = purgeable(directory)
+    if not check_mode:
+        for path in paths:
+            absent(path)
+    return paths
 
 
 def act(port=None, peer_port=None, watch=None, path=None, seconds=3600, check_mode=False):
     """The kernel_counters module's work in the calling process's namespace: [sample, watch result or None, changed].
 
     started: the watch starts, then the sample is taken (it lies inside the watched time); stopped: the sample first,
-    then the watch stops and its analysis is returned; absent: a watch still running stops, its files go."""
+    then the watch stops and its analysis is returned; absent: a watch still running stops, its files go; purged: path
+    is a directory, every watch of this namespace recorded in it is stopped and its files go."""
     if watch is None:
         return [sample(port, peer_port), None, False]
     check(path, seconds)
+    if watch == 'purged':
+        purged = purge(path, check_mode)
+        return [sample(port, peer_port), {'path': path, 'purged': purged}, bool(purged)]
     if watch == 'started':
         if check_mode:
             return [sample(port, peer_port), {'path': path}, True]
@@ -227,5 +264,6 @@ def act(port=None, peer_port=None, watch=None, path=None, seconds=3600, check_mo
     taken = sample(port, peer_port)
     if watch == 'stopped':
         return [taken, {'path': path} if check_mode else dict(stop(path), path=path), True]
-    there = os.path.lexists(record_path(path)) or os.path.lexists(path)
-    return [taken, {'path': path, 'removed': there if check_mode else absent(path)}, there]
+    record = _detached.load_record(record_path(path))
+    removed = (isinstance(record, dict) and record.get('path') == path) if check_mode else absent(path)
+    return [taken, {'path': path, 'removed': removed}, removed]

@@ -70,11 +70,16 @@ options:
         O(watch_path). The watch's tcpdump runs detached; its state record C(<watch_path>.watch.json) (pid, start
         time, namespace) is what V(stopped) and V(absent) check before they signal it, and they remove only the files
         the record names.
+      - V(purged) (C(playbooks/rollback.yml), after a lost controller) takes O(watch_path) as a directory and stops
+        every watch whose state record there names this network namespace, then removes the files each record names;
+        a file without such a record is never removed.
     type: str
-    choices: [started, stopped, absent]
+    choices: [started, stopped, absent, purged]
     version_added: 0.2.0
   watch_path:
-    description: The watch's pcap (an absolute path; its directory is created with mode 0700).
+    description:
+      - The watch's pcap (an absolute path; its directory is created with mode 0700); with O(watch=purged) the directory
+        of the watches' pcaps and records.
     type: path
     version_added: 0.2.0
   watch_seconds:
@@ -193,7 +198,8 @@ watch:
     - With O(watch) - C(path); with V(started) C(pid) and C(filter); with V(stopped) C(seen) - C(probes), C(rsts) and
       C(unsure) (times, seconds since the epoch, of the keepalive probes, RSTs and zero-length segments the namespace
       sent that could not be told probes or not), C(retransmissions), C(connections), C(packets), C(truncated) - or
-      C(error) (why there is none); with V(absent) C(removed).
+      C(error) (why there is none); with V(absent) C(removed); with V(purged) C(purged), the pcap paths of the watches
+      stopped and removed.
   returned: when O(watch) is given
   type: dict
   version_added: 0.2.0
@@ -213,7 +219,7 @@ def main():
             peer_port=dict(type='int'),
             netns=dict(type='str'),
             netns_dir=dict(type='path', default='/run/netns'),
-            watch=dict(type='str', choices=['started', 'stopped', 'absent']),
+            watch=dict(type='str', choices=['started', 'stopped', 'absent', 'purged']),
             watch_path=dict(type='path'),
             watch_seconds=dict(type='int', default=3600),
         ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,9 @@ def netns():
 
 @real
 def test_the_role_watches_another_keepalive_connection_and_judges_the_evidence(netns, tmp_path):
+    # a run id of its own: the capture directory /var/tmp/tcplab-keepalive/captures is shared with every other suite
+    # running on the machine (the matrix runs four at once)
+    run = 'tk5a-w%s' % secrets.token_hex(3)
     mine = subprocess.Popen(['ip', 'netns', 'exec', netns, 'tcpdump', '-i', 'any', '-n', '-U', '-s', '128', '-w',
                              str(tmp_path / 'independent.pcap'), 'tcp'], stderr=subprocess.PIPE, text=True)
     try:
@@ -75,7 +79,7 @@ def test_the_role_watches_another_keepalive_connection_and_judges_the_evidence(n
                    ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'))
         done = subprocess.run(['ip', 'netns', 'exec', netns, 'ansible-playbook', '-i', str(tmp_path / 'inventory.yml'),
                                str(tmp_path / 'play.yml'), '-e', 'experiment_client=here experiment_server=here',
-                               '-e', 'experiment_run_id=tk5a-watch experiment_margin=3 experiment_idle_probes=1',
+                               '-e', 'experiment_run_id=%s experiment_margin=3 experiment_idle_probes=1' % run,
                                '-e', 'experiment_report_dir=%s' % (tmp_path / 'reports'),
                                '-e', '{"experiment_keepalive": {"time": 2, "intvl": 1, "probes": 2}}'],
                               capture_output=True, text=True, env=env, timeout=600, check=False)
@@ -84,7 +88,7 @@ def test_the_role_watches_another_keepalive_connection_and_judges_the_evidence(n
     finally:
         mine.terminate()
         mine.wait()
-    report = json.loads((tmp_path / 'reports' / 'tk5a-watch' / 'report.json').read_text())
+    report = json.loads((tmp_path / 'reports' / run / 'report.json').read_text())
     ev = report['evidence']['kernel']
     assert report['verdict'] == 'pass' and ev['agree'] is True, (report['reasons'], ev['notes'])
     assert ev['others']['count'] >= 1 and ev['others_watch']['probes'] >= 5      # one a second over the run
@@ -96,4 +100,4 @@ def test_the_role_watches_another_keepalive_connection_and_judges_the_evidence(n
                              check=True).stdout.split()
     assert len(counted) == ev['tcp_keepalive']
     # the watch's pcap (other connections' headers) is gone
-    assert not [name for name in os.listdir('/var/tmp/tcplab-keepalive/captures') if 'tk5awatch' in name and 'others' in name]
+    assert not [name for name in os.listdir('/var/tmp/tcplab-keepalive/captures') if run.replace('-', '') in name and 'others' in name]

@@ -264,6 +264,31 @@ def test_the_watch_is_ours_only_and_absent_removes_it(lab, tmp_path):
 
 
 @real
+def test_purged_stops_the_watches_of_its_namespace_only_and_never_removes_by_name(lab, tmp_path):
+    """rollback.yml after a SIGKILLed controller: the watch it left (still running) is stopped and its files go; a
+    watch of another namespace in the same directory and a file without a record stay."""
+    where = tmp_path / 'w'
+    mine = kernel_counters(lab, watch='started', watch_path=str(where / 'mine.pcap'), watch_seconds=60)
+    theirs = kernel_counters(lab, watch='started', watch_path=str(where / 'theirs.pcap'), watch_seconds=60,
+                             netns=lab['server'])
+    stranger = where / 'stranger.pcap'
+    stranger.write_bytes(b'not ours')
+    # absent without a record naming the path leaves the file (never by its name alone)
+    assert kernel_counters(lab, watch='absent', watch_path=str(stranger))['changed'] is False and stranger.exists()
+    checked = kernel_counters(lab, watch='purged', watch_path=str(where), _ansible_check_mode=True)
+    assert checked['changed'] and checked['watch']['purged'] == [str(where / 'mine.pcap')]
+    assert not gone_or_zombie(mine['watch']['pid'])            # check mode stopped nothing
+    purged = kernel_counters(lab, watch='purged', watch_path=str(where))
+    assert purged['changed'] and purged['watch']['purged'] == [str(where / 'mine.pcap')]
+    assert gone_or_zombie(mine['watch']['pid']) and not gone_or_zombie(theirs['watch']['pid'])
+    assert sorted(os.listdir(str(where))) == sorted(['stranger.pcap', 'theirs.pcap', 'theirs.pcap.watch.json',
+                                                     'theirs.pcap.watch.log'])
+    assert kernel_counters(lab, watch='purged', watch_path=str(where))['changed'] is False
+    kernel_counters(lab, watch='absent', watch_path=str(where / 'theirs.pcap'), netns=lab['server'])
+    assert gone_or_zombie(theirs['watch']['pid'])
+
+
+@real
 def test_data_in_flight_counters_agree_with_the_resends(lab, tmp_path):
     exp = capture(lab, 'client.pcap', lab['dev'], 'tcp port %d' % S_PORT)
     start, start_read = bracketed(lab, lambda: sample(lab))
