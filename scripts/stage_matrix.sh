@@ -6,9 +6,14 @@
 # The matrix stage: the ansible-core versions that meta/runtime.yml claims (requires_ansible
 # ">=2.16.0"), each in its own virtual environment .build/matrix/<version>/venv (Python 3.11, the
 # pinned requirements-matrix/ansible-core-<version>.txt; docs/development.md):
-#   unit         pytest tests/unit, each version's suite in private network, mount (/run) and PID
-#                namespaces (scripts/unit_private.sh), so the suites run at the same time although
-#                their tests use fixed lab names (bridges, namespaces, /run/tcplab-test-* directories)
+#   unit         pytest -m ansible_core tests/unit: the unit tests that run ansible-core's code (modules,
+#                playbooks, the inventory, the filter and connection plugins, AnsiballZ on every target
+#                Python; tests/unit/conftest.py lists them and test_matrix_marker.py keeps the list
+#                complete). The other unit tests run module_utils code that imports nothing of
+#                ansible-core - the same code on the same Python 3.11 in every version - and run once, in
+#                the unit stage. Each version's suite runs in private network, mount (/run) and PID
+#                namespaces (scripts/unit_private.sh), beside the lab stages, although its tests use
+#                fixed lab names (bridges, namespaces, /run/tcplab-test-* directories)
 #   sanity       ansible-test sanity --venv on a copy of the collection; tests/sanity/ignore-<version>.txt
 #                exists and is empty
 #   ansible-doc  of every plugin and role
@@ -21,7 +26,8 @@
 #   bash scripts/stage_matrix.sh             the stage on its own (as root)
 #   STAGES=matrix bash scripts/test.sh        the same through the test suite
 #   MATRIX_VERSIONS="2.16" MATRIX_PARTS="unit sanity" bash scripts/stage_matrix.sh
-#   MATRIX_UNIT_ARGS="tests/unit/plugins/connection" ...   other pytest arguments than tests/unit
+#   MATRIX_UNIT_ARGS="tests/unit" ...         other pytest arguments than "-m ansible_core tests/unit"
+#                                             (this one: every unit test, for each version)
 #   MATRIX_UNIT_JOBS=3 ...                    the versions' unit suites side by side (default 1: one after the other)
 #   bash scripts/stage_matrix.sh --lock      re-resolve requirements-matrix/*.txt from their .in files
 #
@@ -94,7 +100,7 @@ matrix_unit() {
   local version=$1 venv out
   venv=$(matrix_venv_dir "$version"); out="$MATRIX_DIR/$version"
   # shellcheck disable=SC2086  # MATRIX_UNIT_ARGS: pytest arguments
-  unit_private "$venv/bin/python" "matrix-$version" "$out/unit.log" "$out/unit.junit.xml" ${MATRIX_UNIT_ARGS:-tests/unit}
+  unit_private "$venv/bin/python" "matrix-$version" "$out/unit.log" "$out/unit.junit.xml" ${MATRIX_UNIT_ARGS:--m ansible_core tests/unit}
 }
 
 # ansible-test bootstraps pip in its sanity environments with a script that it downloads: put our

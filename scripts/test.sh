@@ -245,11 +245,25 @@ molecule_order() {
   grep -vxF -f <(tr ' ' '\n' <<< "$MOLECULE_FIRST") <<< "$all"
 }
 
+# Each task's, play's and molecule step's header line gets the seconds since the scenario started
+# ("TASK [...] *** +123.4 s"): the difference to the next header is what it took.
+molecule_stamp() {
+  local t0=${EPOCHREALTIME/./} line now
+  while IFS= read -r line; do
+    case $line in
+      "TASK ["*|"PLAY ["*|"RUNNING HANDLER ["*|"INFO "*)
+        now=$(( ${EPOCHREALTIME/./} - t0 ))
+        printf '%s +%d.%d s\n' "$line" $(( now / 1000000 )) $(( now / 100000 % 10 )) ;;
+      *) printf '%s\n' "$line" ;;
+    esac
+  done
+}
+
 molecule_one() {  # NAME: `molecule test` of one scenario; its log and "ok|FAILED <seconds>" in .build/test
   local name=$1 start rc
   start=$(date +%s)
-  MOLECULE_GLOB='molecule/*/molecule.yml' NO_COLOR=1 molecule test -s "$name" > "$OUT/molecule-$name.log" 2>&1
-  rc=$?
+  MOLECULE_GLOB='molecule/*/molecule.yml' NO_COLOR=1 molecule test -s "$name" 2>&1 | molecule_stamp > "$OUT/molecule-$name.log"
+  rc=${PIPESTATUS[0]}
   echo "$([ "$rc" -eq 0 ] && echo ok || echo FAILED) $(( $(date +%s) - start ))" > "$OUT/molecule-$name.result"
   return "$rc"
 }

@@ -29,6 +29,36 @@ if AnsibleCollectionConfig.collection_finder is None:
     _AnsibleCollectionFinder(paths=[_collections_root()], scan_sys_paths=False)._install()
 
 
+# The tests that run ansible-core's own code besides the collection loader: modules in-process or through
+# AnsiballZ, playbooks, the inventory, the filter and connection plugins. The version matrix
+# (scripts/stage_matrix.sh) runs these for each ansible-core it claims (pytest -m ansible_core); the
+# other tests run module_utils code that imports nothing of ansible-core (the same code on the same
+# Python in every version), so the main unit stage runs them once. test_matrix_marker.py keeps the
+# list complete.
+ANSIBLE_CORE_DIRS = ('plugins/modules', 'plugins/filter', 'plugins/connection')
+ANSIBLE_CORE_FILES = frozenset((
+    'plugins/module_utils/test__endpoint.py',  # the endpoint's children import module_utils through the loader
+    'plugins/module_utils/test__endpoint_lifecycle.py',
+    'plugins/module_utils/test__experiment_in_flight_input.py',  # ansible-playbook of the role
+    'plugins/module_utils/test__experiment_kernel_watch.py',
+    'plugins/module_utils/test__lab_inventory.py',  # ansible's InventoryManager and Templar
+    'plugins/module_utils/test__lab_vm.py',  # ansible-playbook and ansible against lab VMs
+    'scripts/test_pycompat.py',  # modules through AnsiballZ on every target Python
+))
+
+
+def ansible_core_test(path):
+    """True for a test file (a path below tests/unit) that runs ansible-core's code."""
+    relative = os.path.relpath(os.path.realpath(str(path)), os.path.dirname(os.path.realpath(__file__))).replace(os.sep, '/')
+    return relative in ANSIBLE_CORE_FILES or relative.startswith(tuple(d + '/' for d in ANSIBLE_CORE_DIRS))
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if ansible_core_test(item.fspath):
+            item.add_marker(pytest.mark.ansible_core)
+
+
 @pytest.fixture
 def netns_factory(request):
     """make() -> the name of a new network namespace with lo up, NETNS_PREFIX of the test module (default 'tkut-')
