@@ -265,6 +265,8 @@ class Lab(LabSsh):
             'ssh': ssh,
         }
         result.update(self.vms.summary())
+        # a namespace of the manifest's name that is not the lab's (its inode reused, another cookie): left alone
+        result['notes'] = list(self.net.notes) + result.get('notes', [])
         return result
 
     def _present_ssh(self, ssh_hosts, vm_hosts):
@@ -305,7 +307,7 @@ class Lab(LabSsh):
         self._remove_users()
         self._remove_sudoers()
         self._remove_state_dir()
-        return {'hosts': [], 'bridge': self.bridge, 'state_dir': self.state_dir}
+        return {'hosts': [], 'bridge': self.bridge, 'state_dir': self.state_dir, 'notes': list(self.net.notes)}
 
     def _remove_state_dir(self):
         """The state directory if the lab made it, else only the lab's own files in it."""

@@ -9,7 +9,10 @@ and must not be used from outside tcplab.keepalive.
 
 The manifest (``lab.json`` in the lab's state directory) lists every object
 the lab made, with an identity the kernel or the system gives it: network
-namespaces with their inode, bridges and veths with their ifindex, users
+namespaces with their inode and cookie (_proc.netns_identity: the kernel
+reuses a deleted namespace's inode, never its cookie; the cookie is null on a
+kernel without cookies, Linux < 5.14, and absent from older manifests: then
+the inode alone), bridges and veths with their ifindex, users
 with their uid, and the lab's own sudoers file; lab VMs with their directory,
 tap ifindex and QEMU pid and start time, and the lab's apt proxy (_lab_vm). An entry is written *before*
 the object is made (the intent: identity still null) and completed right
@@ -28,6 +31,7 @@ import os
 import shutil
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cookie_matches
 
 LAB_RANGE = ipaddress.ip_network('198.18.0.0/15')
 MANIFEST = 'lab.json'
@@ -52,6 +56,12 @@ MSG_NETNS_FOREIGN = ('network namespace %s exists and was not made by this lab (
                      'lab_netns_prefix or host name, or delete it (ip netns del %s) if it is nobody\'s')
 MSG_NETNS_REPLACED = ('network namespace %s is not the one this lab made (inode %s, %s records %s): someone re-created '
                       'it; choose another lab_netns_prefix or host name, or delete it (ip netns del %s)')
+MSG_NETNS_RECYCLED = ('network namespace %s is not the one this lab made: it has the inode %s recorded, but cookie %s, '
+                      'not the recorded %s (the lab\'s namespace was deleted and a new one got its inode): choose '
+                      'another lab_netns_prefix or host name, or delete it (ip netns del %s) if it is nobody\'s')
+MSG_NETNS_LEFT = ('network namespace %s left alone, not deleted: it has the inode %s that %s records, but cookie %s, '
+                  'not the recorded %s (the lab\'s namespace was deleted and a new one got its inode); the lab '
+                  'forgets it; delete it yourself (ip netns del %s) only if it is nobody\'s')
 MSG_VETH_FOREIGN = ('interface %s (the veth of lab host namespace %s) exists and was not made by this lab (not in %s): '
                     'choose another lab_netns_prefix or host name')
 MSG_NETWORK_TAKEN = ('lab network %s overlaps %s on interface %s, which this lab did not make (two labs on one network '
@@ -104,6 +114,22 @@ def claim(entry, identity, key):
         return FOREIGN
     recorded = entry.get(key)
     return OURS if recorded is None or recorded == identity else FOREIGN
+
+
+def claim_netns(entry, inode, cookie=None):
+    """OURS, GONE or FOREIGN for a namespace found with inode and cookie (inode None: not there; cookie None:
+    unknown, the inode alone decides, as for an entry that records none)."""
+    found = claim(entry, inode, 'inode')
+    if found != OURS or entry.get('inode') is None:
+        return found
+    return OURS if cookie_matches(entry.get('cookie'), cookie) else FOREIGN
+
+
+def recycled_netns(entry, inode, cookie):
+    """Whether a namespace with the recorded inode is another one (both cookies known, unequal): the lab's was
+    deleted and a new one got its inode."""
+    return (entry is not None and inode is not None and entry.get('inode') == inode
+            and not cookie_matches(entry.get('cookie'), cookie))
 
 
 def claim_link(entry, link, kind):
@@ -195,13 +221,16 @@ def check_network(net, found, own_links):
             raise LabError(MSG_NETWORK_TAKEN % (net, cidr, ifname, suggestion or 'a smaller network'))
 
 
-def check_netns(manifest, netns, inode):
-    """Refuse an existing namespace that is not the lab's own (not listed, or re-created)."""
+def check_netns(manifest, netns, inode, cookie=None):
+    """Refuse an existing namespace that is not the lab's own (not listed, re-created, or a new one that got the
+    inode of the lab's deleted one: another cookie)."""
     entry = manifest.entry('namespaces', netns)
-    if claim(entry, inode, 'inode') != FOREIGN:
+    if claim_netns(entry, inode, cookie) != FOREIGN:
         return
     if entry is None:
         raise LabError(MSG_NETNS_FOREIGN % (netns, manifest.path, netns))
+    if recycled_netns(entry, inode, cookie):
+        raise LabError(MSG_NETNS_RECYCLED % (netns, inode, cookie, entry.get('cookie'), netns))
     raise LabError(MSG_NETNS_REPLACED % (netns, inode, manifest.path, entry.get('inode'), netns))
 
 
@@ -279,9 +308,10 @@ class Manifest:
             self.data[section].setdefault(name, {SECTIONS[section]: None})
         return self.save()
 
-    def record(self, section, name, identity):
-        """The identity of an object the lab has just made (or adopted from a crashed run of its own)."""
-        entry = {SECTIONS[section]: identity}
+    def record(self, section, name, identity, **more):
+        """The identity of an object the lab has just made (or adopted from a crashed run of its own); more: the
+        rest of it (a namespace's cookie)."""
+        entry = dict({SECTIONS[section]: identity}, **more)
         if self.data[section].get(name) == entry:
             return False
         self.data[section][name] = entry

@@ -13,7 +13,9 @@ _act_missing_ok). Every change is an ``ip`` command (argv list); a lab
 namespace's objects are changed with ``ip -n NAME``. Names and paths of
 namespaces come from _netns; ownership is proven by the manifest
 (_lab_manifest): an object is touched only when the manifest lists it with the
-identity the kernel gives it (namespace inode, link ifindex).
+identity the kernel gives it (namespace inode and cookie, link ifindex). A
+listed namespace that is now another one (its inode reused by a new namespace:
+another cookie) is left alone, forgotten, and said so in ``notes``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _netns
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_manifest import (
-    OURS, LabError, check_bridge, check_netns, check_network, check_veth, claim, claim_link, inet_networks, veth_name)
+    MSG_NETNS_LEFT, OURS, LabError, check_bridge, check_netns, check_network, check_veth, claim_link, claim_netns,
+    inet_networks, recycled_netns, veth_name)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_ssh import stop_all
-from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import netns_inode, netns_of, pids
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import netns_identity, netns_inode, netns_of, pids
 
 MSG_NETNS_BUSY = ('lab namespace %s was not deleted: its processes (%s) did not end after SIGTERM and SIGKILL; '
                   'find out what holds them (ps -o pid,stat,wchan:20,cmd -p PIDS), then run absent again')
@@ -49,6 +52,7 @@ class LabNetwork:
 
     def __init__(self, lab):
         self.lab = lab
+        self.notes = []  # what the lab left alone and why (MSG_NETNS_LEFT)
 
     # -- reading -----------------------------------------------------------
     def ip(self, *args):
@@ -85,7 +89,17 @@ class LabNetwork:
 
     # -- ownership ---------------------------------------------------------
     def netns_claim(self, netns):
-        return claim(self.lab.manifest.entry('namespaces', netns), netns_inode(self.ns_path(netns)), 'inode')
+        """OURS, GONE or FOREIGN: the namespace now at netns's path against the manifest's inode and cookie."""
+        return claim_netns(self.lab.manifest.entry('namespaces', netns), *netns_identity(self.ns_path(netns)))
+
+    def _leave(self, netns):
+        """A listed namespace that is not (any more) the lab's own is left alone: a note when a new one got its inode
+        (another cookie); the caller forgets the entry."""
+        manifest = self.lab.manifest
+        entry = manifest.entry('namespaces', netns)
+        inode, cookie = netns_identity(self.ns_path(netns))
+        if recycled_netns(entry, inode, cookie):
+            self.notes.append(MSG_NETNS_LEFT % (netns, inode, manifest.path, cookie, entry.get('cookie'), netns))
 
     def _link_claim(self, section, name, links, kind):
         return claim_link(self.lab.manifest.entry(section, name), links.get(name), kind)
@@ -100,7 +114,7 @@ class LabNetwork:
         check_bridge(manifest, self.lab.bridge, links)
         check_network(net, inet_networks(self._ip_json('addr', 'show')), set(self.our_bridges(links)))
         for netns in namespaces:
-            check_netns(manifest, netns, netns_inode(self.ns_path(netns)))
+            check_netns(manifest, netns, *netns_identity(self.ns_path(netns)))
             check_veth(manifest, netns, links)
 
     # -- present -----------------------------------------------------------
@@ -145,15 +159,20 @@ class LabNetwork:
         """Make (or adopt from a crashed run of this lab) the namespace; False when only planned (check mode)."""
         lab, path = self.lab, self.ns_path(netns)
         if os.path.exists(path):
-            if lab.manifest.entry('namespaces', netns).get('inode') is None and not lab.check_mode:
-                lab._save(lab.manifest.record('namespaces', netns, netns_inode(path)))
+            entry = lab.manifest.entry('namespaces', netns)
+            inode, cookie = netns_identity(path)
+            # preflight proved it ours: an intent gets its identity, an entry of an older manifest its cookie
+            unknown = entry.get('inode') is None or (entry.get('cookie') is None and cookie is not None)
+            if unknown and not lab.check_mode:
+                lab._save(lab.manifest.record('namespaces', netns, inode, cookie=cookie))
             return True
         lab._save(lab.manifest.intend('namespaces', netns))
         lab._save(lab.manifest.intend('veths', veth_name(netns)))
         lab._act(self.ip('netns', 'add', netns), 'creating network namespace %s' % netns)
         if lab.check_mode:
             return False
-        lab._save(lab.manifest.record('namespaces', netns, netns_inode(path)))
+        inode, cookie = netns_identity(path)
+        lab._save(lab.manifest.record('namespaces', netns, inode, cookie=cookie))
         return True
 
     def _ensure_veth(self, netns, ns_links, root_links):
@@ -192,6 +211,8 @@ class LabNetwork:
                 continue
             if self.netns_claim(netns) == OURS:
                 self.remove_netns(netns)
+            else:
+                self._leave(netns)
             manifest.forget('namespaces', netns)
             manifest.forget('veths', veth_name(netns))
 
@@ -210,6 +231,8 @@ class LabNetwork:
         for netns in sorted(manifest.section('namespaces')):
             if self.netns_claim(netns) == OURS:
                 self.remove_netns(netns)
+            else:
+                self._leave(netns)
             manifest.forget('namespaces', netns)
         links = self._remove_veths()
         for name in self.our_bridges(links):

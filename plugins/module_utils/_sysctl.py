@@ -29,7 +29,8 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._common import at
 from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import (
     BOUNDS as KEEPALIVE_BOUNDS, KEYS as KEEPALIVE_KEYS, PROC as KEEPALIVE_PROC, SYSCTL as KEEPALIVE_SYSCTL, UNITS as KEEPALIVE_UNITS)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._retransmit import RETRIES2, RETRIES2_BOUNDS
-from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import netns_inode
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import (
+    cookie_matches, netns_cookie, netns_identity, netns_inode)
 # boot_netns, name_of and the name check live in _netns; these names stay importable from here
 from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import (  # noqa: F401 pylint: disable=unused-import
     NETNS_DIR, NAME_RE as NETNS_NAME_RE, NetnsError, boot_netns, name_of)
@@ -58,11 +59,19 @@ MSG_NETNS_NOT_NS = _netns.MSG_NOT_NS
 MSG_NETNS_READ = 'reading the keepalive sysctls in the network namespace at %s failed: %s'
 MSG_NETNS_CHANGED = ('the network namespace to act on (inode %d) was replaced by another one (inode %d) '
                      'before it was entered: nothing written; run the task again')
+MSG_NETNS_RECYCLED = ('the network namespace to act on (inode %d, cookie %d) is gone and another one got its inode '
+                      '(cookie %d) before it was entered: nothing written; run the task again')
 MSG_SAVED = ('saved must be the tcplab_keepalive_saved fact of an earlier task '
              '(a mapping with netns_inode and originals), got %r')
 MSG_SAVED_NETNS = ('saved values are for network namespace inode %s, but this task acts on inode %s '
                    '(%s): restore them where they were saved (same host and netns option)')
+MSG_SAVED_COOKIE = ('saved values are for the network namespace with inode %s and cookie %s, which is gone: %s '
+                    'got its inode but has cookie %s (the kernel reuses inodes, never cookies); nothing restored')
 MSG_NOTHING_TO_RESTORE = 'nothing to restore: no saved values for network namespace inode %s (%s)'
+MSG_STALE_RESTORED = ('nothing restored: the journal entry for inode %d was saved for another network namespace '
+                      '(cookie %d), which is gone; %s got its inode but has cookie %d; %s that entry')
+MSG_STALE_PRESENT = ('%s the journal entry of a gone network namespace that had inode %d (cookie %d; this one has '
+                     'cookie %d): its originals were not this namespace\'s')
 MSG_PERSIST_NETNS = ('persist: true writes %s, which configures the network namespace of PID 1 at boot (inode %d), '
                      'not network namespace %s (inode %d): lab hosts and containers get their keepalive settings '
                      "from whoever creates their namespace at start (e.g. the container runtime's sysctls option, "
@@ -204,31 +213,35 @@ OWN_NETNS = _netns.OWN
 class Namespace:
     """Where the values live: the module's own network namespace or another one."""
 
-    def __init__(self, path, label, own, inode=None, name=None, netns_name=None):
+    def __init__(self, path, label, own, inode=None, name=None, netns_name=None, cookie=None):
         self.path = path
         self.label = label
         self.own = own
         self.inode = os.stat(path).st_ino if inode is None else inode
         self.name = name or label
         self.netns_name = netns_name  # its name under netns_dir, journalled as proof of identity
+        self.cookie = cookie  # _proc.netns_identity: journalled with the inode; None: unknown (the inode alone)
         self.boot = None
 
     def as_dict(self):
-        return {'inode': self.inode, 'path': self.path, 'label': self.label, 'boot': self.boot}
+        return {'inode': self.inode, 'cookie': self.cookie, 'path': self.path, 'label': self.label, 'boot': self.boot}
 
 
 def resolve_netns(netns, netns_dir=NETNS_DIR):
-    """Namespace for the netns option (None: the module's own)."""
-    own_inode = os.stat(OWN_NETNS).st_ino
+    """Namespace for the netns option (None: the module's own), with its cookie (_proc.netns_identity)."""
+    own_inode, own_cookie = netns_identity()
     if netns is None or netns == '':
         name = name_of(own_inode, netns_dir)
-        return Namespace(OWN_NETNS, 'own', True, own_inode, name or 'own', name)
+        return Namespace(OWN_NETNS, 'own', True, own_inode, name or 'own', name, cookie=own_cookie)
     try:
         found = _netns.resolve(netns, netns_dir)
     except NetnsError as exc:
         raise SysctlError(str(exc))
+    inode, cookie = netns_identity(found.path)
+    if inode is not None and inode != found.inode:
+        raise SysctlError(MSG_NETNS_CHANGED % (found.inode, inode))
     name = found.label if not found.label.startswith('pid ') else name_of(found.inode, netns_dir)
-    return Namespace(found.path, found.label, found.inode == own_inode, found.inode, netns_name=name)
+    return Namespace(found.path, found.label, found.inode == own_inode, found.inode, netns_name=name, cookie=cookie)
 
 
 def mark_boot(ns, boot):
@@ -272,33 +285,41 @@ class ProcAccess:
         write_proc(key, value)
 
 
-def _in_namespace(inode, func, *args):
-    """func(*args), run after entering a namespace, once the namespace is proven to be the one with inode."""
+def _in_namespace(identity, func, *args):
+    """func(*args), run after entering a namespace, once the namespace is proven to be the one of identity: an
+    inode, or (inode, cookie) where a cookie of None means the inode alone (_proc.cookie_matches)."""
+    inode, cookie = identity if isinstance(identity, (tuple, list)) else (identity, None)
     found = os.stat(OWN_NETNS).st_ino
     if found != inode:
         raise SysctlError(MSG_NETNS_CHANGED % (inode, found))
+    if cookie is not None:
+        found_cookie = netns_cookie()
+        if not cookie_matches(cookie, found_cookie):
+            raise SysctlError(MSG_NETNS_RECYCLED % (inode, cookie, found_cookie))
     return func(*args)
 
 
 class NetnsAccess:
     """Reads and writes /proc/sys of another namespace, from a child process that entered it (_netns.run_in).
 
-    The child checks that it entered the namespace with the expected inode before it reads or writes.
+    The child checks that it entered the namespace with the expected inode, and cookie when it is known (the
+    engine hands it the namespace's), before it reads or writes.
     """
 
-    def __init__(self, path, inode, run_in=_netns.run_in):
+    def __init__(self, path, inode, run_in=_netns.run_in, cookie=None):
         self.path = path
         self.inode = inode
+        self.cookie = cookie
         self.run_in = run_in
 
     def read(self, keys=KEEPALIVE_KEYS):
         try:
-            return self.run_in(self.path, _in_namespace, (self.inode, read_proc, keys))
+            return self.run_in(self.path, _in_namespace, ((self.inode, self.cookie), read_proc, keys))
         except NetnsError as exc:
             raise SysctlError(MSG_NETNS_READ % (self.path, exc))
 
     def write(self, key, value):
-        self.run_in(self.path, _in_namespace, (self.inode, write_proc, key, value))
+        self.run_in(self.path, _in_namespace, ((self.inode, self.cookie), write_proc, key, value))
 
 
 # -- the journal --------------------------------------------------------------
@@ -377,13 +398,27 @@ def live_netns_inodes(netns_dir=NETNS_DIR):
     return _netns.live_inodes(netns_dir)
 
 
-def prune_dead(data, live):
-    """Drop journal entries of namespaces that no longer exist (their inode may be reused)."""
-    dead = [key for key, entry in data.items()
-            if isinstance(entry, dict) and entry.get('netns_inode') not in live]
+def prune_dead(data, live, stale=None):
+    """Drop journal entries of namespaces that no longer exist (their inode may be reused): the inode is not in
+    live, or stale ({inode: cookie}) says the namespace with that inode now is another one than the entry's."""
+    stale = stale or {}
+    dead = [key for key, entry in data.items() if isinstance(entry, dict) and (
+        entry.get('netns_inode') not in live
+        or (entry.get('netns_inode') in stale and entry_cookie(entry) == stale[entry['netns_inode']]))]
     for key in dead:
         del data[key]
     return dead
+
+
+def entry_cookie(entry):
+    """The namespace cookie a journal entry (or saved fact) records, or None (made without one: the inode alone)."""
+    cookie = entry.get('netns_cookie') if isinstance(entry, dict) else None
+    return cookie if isinstance(cookie, int) and not isinstance(cookie, bool) else None
+
+
+def stranger(entry, ns):
+    """Whether entry was saved for another namespace than ns, which got its inode: both cookies known, unequal."""
+    return entry is not None and not cookie_matches(entry_cookie(entry), getattr(ns, 'cookie', None))
 
 
 def journal_key(ns):
@@ -399,6 +434,8 @@ def new_entry(ns, originals):
     # journal; netns: all restores only what was journalled from the caller's own namespace.
     return {
         'netns_inode': ns.inode,
+        # None: the kernel has no cookies (Linux < 5.14) or it could not be read; the identity is the inode alone
+        'netns_cookie': getattr(ns, 'cookie', None),
         'from_netns_inode': netns_inode(OWN_NETNS),
         'netns': ns.label,
         'netns_name': getattr(ns, 'netns_name', None),
@@ -436,6 +473,8 @@ def check_saved(saved, ns):
         raise SysctlError(MSG_SAVED % (saved,))
     if inode != ns.inode:
         raise SysctlError(MSG_SAVED_NETNS % (inode, ns.inode, ns.label))
+    if stranger(saved, ns):
+        raise SysctlError(MSG_SAVED_COOKIE % (inode, entry_cookie(saved), ns.label, ns.cookie))
     originals = {}
     for key, value in saved['originals'].items():
         if key not in KEYS:
@@ -590,6 +629,8 @@ class KeepaliveSysctl:
         self.live_inodes = live_inodes
         self.ns = ns
         self.access = access
+        if isinstance(access, NetnsAccess) and access.cookie is None and access.inode == ns.inode:
+            access.cookie = getattr(ns, 'cookie', None)  # its child then checks the cookie too
         self.journal = journal
         self.persist_journal = persist_journal
         self.check_mode = check_mode
@@ -643,6 +684,11 @@ class KeepaliveSysctl:
         with self.journal.locked(create=not self.check_mode) as data:
             now = self.clock()
             entry = data.get(key)
+            stale = entry if stranger(entry, self.ns) else None
+            if stale is not None:  # a gone namespace's: neither its originals nor its lease are this one's
+                entry = None
+                if not self.check_mode:
+                    del data[key]
             held = lease_view((entry or {}).get('lease'), now)
             busy = live_lease_of_other(held, lease)
             if busy is not None:
@@ -650,9 +696,12 @@ class KeepaliveSysctl:
             record = new_lease(held, lease, now) if lease is not None else None
             taken = record is not None and (held is None or held['holder'] != record['holder'])
             notes = self._take_notes(held, record, taken)
+            if stale is not None:
+                notes.insert(0, MSG_STALE_PRESENT % (self._verb('dropped', 'would drop'), self.ns.inode,
+                                                     entry_cookie(stale), self.ns.cookie))
             shown = lease_view(record, now) if record is not None else held
             cleared = held if taken else None
-            changed = bool(changes or file_changes or taken)
+            changed = bool(changes or file_changes or taken or stale)
             if self.check_mode:
                 msg = ('would set %s' % ', '.join('%s=%d' % (NAMES[k], wanted[k]) for k in changes)
                        if changes else 'already set')
@@ -662,7 +711,7 @@ class KeepaliveSysctl:
                                     render(previous) + (file_before or ''), render(target) + (file_after or ''),
                                     lease=shown, lease_cleared=cleared)
             before = copy.deepcopy(entry)
-            dirty = bool(prune_dead(data, self.live_inodes() | {self.ns.inode}))
+            dirty = bool(prune_dead(data, self.live_inodes() | {self.ns.inode})) or stale is not None
             if entry is None and (changes or file_changes or record is not None):
                 entry = new_entry(self.ns, previous)
                 data[key] = entry
@@ -725,6 +774,8 @@ class KeepaliveSysctl:
         current = self.access.read()
         with self.journal.locked(create=False) as data:
             entry = data.get(key)
+            if stranger(entry, self.ns):
+                return self._drop_stale(data, key, entry, current)
             held = lease_view((entry or {}).get('lease'), self.clock())
             other = live_lease_of_other(held, lease) if lease is not None else None
             if other is not None:
@@ -769,6 +820,18 @@ class KeepaliveSysctl:
             msg += '; put back %s' % persist_path
         return self._result(bool(changes or file_changes or entry), current, after, changes, entry or None,
                             '; '.join([msg] + notes), render(current), render(after), lease_cleared=held)
+
+    def _drop_stale(self, data, key, entry, current):
+        """The result of restored for a journal entry of a gone namespace whose inode this one got: the entry is
+        dropped (not in check mode), nothing is written to this namespace (stale: true)."""
+        if not self.check_mode:
+            del data[key]
+            self.journal.save(data)
+        msg = MSG_STALE_RESTORED % (self.ns.inode, entry_cookie(entry), self.ns.name, self.ns.cookie,
+                                    self._verb('dropped', 'would drop'))
+        result = self._result(True, current, current, [], None, msg, render(current), render(current))
+        result['stale'] = True
+        return result
 
     def _put_back(self, persist_path, file_entry):
         """The drop-in as it was before the first persist (removed when it was absent)."""

@@ -8,16 +8,22 @@ This file is private to the collection: its names may change at any time
 and must not be used from outside tcplab.keepalive.
 
 The journal (_sysctl.Journal) is keyed by namespace inode; each entry also
-records the namespace's label and, since this version, its name under
-netns_dir (``netns_name``; older entries: the label when it is a name). A
-journalled namespace is restored only where it provably still is:
+records the namespace's label, its name under netns_dir (``netns_name``;
+older entries: the label when it is a name) and its cookie (``netns_cookie``,
+_proc.netns_identity; null on a kernel without cookies, and absent from
+entries older than cookies: those are judged by their inode alone, as
+before). A journalled namespace is restored only where it provably still is:
 
 - its inode no longer exists: it is gone (the entry is dropped, as every
   change drops it anyway);
+- the namespace that now has its inode has another cookie: it is gone and a
+  new namespace got its inode (the kernel reuses inodes, never cookies); the
+  entry is dropped, nothing is written to the stranger;
 - it had a name, and that name is gone or now points at another inode: it is
   gone (a deleted namespace's inode is soon reused by the kernel), not touched;
 - else it is entered by its name, or by a process that holds it, and the
-  child that enters it checks the inode before it reads or writes.
+  child that enters it checks the inode, and the cookie when known, before it
+  reads or writes.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from __future__ import annotations
 import os
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _netns
-from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import netns_inode
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import (
+    cookie_matches, netns_identities, netns_inode)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl import (
-    OWN_NETNS, KeepaliveSysctl, Namespace, NetnsAccess, ProcAccess, SysctlError, mark_boot, prune_dead)
+    OWN_NETNS, KeepaliveSysctl, Namespace, NetnsAccess, ProcAccess, SysctlError, entry_cookie, mark_boot, prune_dead)
 
 ALL = 'all'
 MSG_ALL_STATE = ('netns: all works only with state: restored (it restores every journalled namespace of the host); '
@@ -37,6 +44,8 @@ MSG_ALL_SAVED = ('saved holds the originals of one namespace: drop it with netns
 MSG_GONE_INODE = 'gone: no network namespace with inode %d exists any more; its journal entry is dropped'
 MSG_GONE_NAME = 'gone: its name %s no longer exists (a deleted namespace\'s inode may be reused); not touched'
 MSG_REPLACED = 'gone: its name %s now points at another namespace (inode %d, journalled %d); not touched'
+MSG_RECYCLED = ('gone: the network namespace with inode %d now has cookie %d, not the journalled %d (a new namespace '
+                'got the inode of the deleted one); its journal entry is dropped, nothing written to the new one')
 MSG_FAILED = 'restoring %d of %d journalled network namespaces failed: %s'
 MSG_SUMMARY = '%s %d journalled network namespace(s), %d gone, %d left alone (leased to another run)'
 MSG_NONE = 'nothing to restore: the journal lists no network namespace'
@@ -62,10 +71,28 @@ def entry_name(entry):
     return name if _netns.is_name(name) else None
 
 
-def locate(inode, entry, netns_dir, live):
-    """(path, None) where the journalled namespace is now, or (None, why it counts as gone)."""
+def live_cookies(inodes, netns_dir):
+    """{inode: cookie} of the live namespaces with these inodes (cookie None: unknown); one pass over /proc
+    (_netns.discover) and one short thread for all of them (_proc.netns_identities), only when inodes is not empty."""
+    if not inodes:
+        return {}
+    paths = [entry['path'] for entry in _netns.discover(netns_dir) if entry['inode'] in inodes]
+    return {inode: cookie for inode, cookie in netns_identities(paths).values() if inode in inodes}
+
+
+def recycled(inode, entry, cookies):
+    """Whether the namespace that has inode now is another one than the entry's (both cookies known, unequal)."""
+    return inode in cookies and not cookie_matches(entry_cookie(entry), cookies[inode])
+
+
+def locate(inode, entry, netns_dir, live, cookies=None):
+    """(path, None) where the journalled namespace is now, or (None, why it counts as gone).
+
+    cookies: {inode: cookie} of the live namespaces (live_cookies) for the entries that record a cookie."""
     if inode not in live:
         return None, MSG_GONE_INODE % inode
+    if recycled(inode, entry, cookies or {}):
+        return None, MSG_RECYCLED % (inode, cookies[inode], entry_cookie(entry))
     name = entry_name(entry)
     if name is not None:
         path = os.path.join(netns_dir, name)
@@ -105,22 +132,26 @@ def from_elsewhere(entry, own):
 
 
 def _other(inode, entry, origin):
-    return {'netns': {'inode': inode, 'path': None, 'label': entry.get('netns'), 'boot': None},
+    return {'netns': {'inode': inode, 'cookie': entry_cookie(entry), 'path': None, 'label': entry.get('netns'),
+                      'boot': None},
             'status': 'other', 'changed': False, 'msg': MSG_OTHER % origin}
 
 
 def _status(result):
     if result.get('lease_busy'):
         return 'busy'
+    if result.get('stale'):
+        return 'gone'
     return 'restored' if result['changed'] else 'unchanged'
 
 
-def _restore_one(inode, entry, path, journals, check_mode, persist_path, lease):
-    """The result of restoring one located namespace (status restored, unchanged, busy or failed)."""
+def _restore_one(inode, entry, path, journals, check_mode, persist_path, lease, cookie=None):
+    """The result of restoring one located namespace (status restored, unchanged, busy, gone or failed); cookie:
+    the namespace's now (None: unknown, the inode alone proves it)."""
     own = path == OWN_NETNS
     ns = mark_boot(Namespace(path, entry.get('netns') or 'inode %d' % inode, own, inode, entry_name(entry) or None,
-                             entry_name(entry)), _netns.boot_netns())
-    access = ProcAccess() if own else NetnsAccess(path, inode)
+                             entry_name(entry), cookie=cookie), _netns.boot_netns())
+    access = ProcAccess() if own else NetnsAccess(path, inode, cookie=cookie)
     engine = KeepaliveSysctl(ns, access, journals[0], journals[1], check_mode=check_mode, live_inodes=journals[2])
     try:
         result = engine.restored(None, persist_path, lease)
@@ -132,7 +163,8 @@ def _restore_one(inode, entry, path, journals, check_mode, persist_path, lease):
 
 
 def _gone(inode, entry, why):
-    return {'netns': {'inode': inode, 'path': None, 'label': entry.get('netns'), 'boot': None},
+    return {'netns': {'inode': inode, 'cookie': entry_cookie(entry), 'path': None, 'label': entry.get('netns'),
+                      'boot': None},
             'status': 'gone', 'changed': False, 'msg': why}
 
 
@@ -142,16 +174,22 @@ def restore_all(journal, persist_journal, netns_dir, check_mode=False, persist_p
     journals = (journal, persist_journal, lambda: _netns.live_inodes(netns_dir))
     results = []
     own = netns_inode(OWN_NETNS)
-    for inode, entry in journalled(journal, persist_journal, persist_path):
+    entries = journalled(journal, persist_journal, persist_path)
+    # the cookies only of live namespaces that an entry with a cookie names: entries without one cost nothing
+    cookies = live_cookies({inode for inode, entry in entries if inode in live and entry_cookie(entry) is not None},
+                           netns_dir)
+    stale = {inode: entry_cookie(entry) for inode, entry in entries if recycled(inode, entry, cookies)}
+    for inode, entry in entries:
         origin = from_elsewhere(entry, own)
-        path, why = (None, None) if origin is not None else locate(inode, entry, netns_dir, live)
+        path, why = (None, None) if origin is not None else locate(inode, entry, netns_dir, live, cookies)
         if origin is not None:
             results.append(_other(inode, entry, origin))
         elif path is None:
             results.append(_gone(inode, entry, why))
         else:
-            results.append(_restore_one(inode, entry, path, journals, check_mode, persist_path, lease))
-    dropped = _drop_dead(journal, live, check_mode)
+            results.append(_restore_one(inode, entry, path, journals, check_mode, persist_path, lease,
+                                        cookies.get(inode)))
+    dropped = _drop_dead(journal, live, check_mode, stale)
     counts = {status: sum(1 for r in results if r['status'] == status) for status in
               ('restored', 'unchanged', 'busy', 'gone', 'failed', 'other')}
     result = {'changed': bool(dropped) or any(r['changed'] for r in results), 'namespaces': results, 'counts': counts,
@@ -163,12 +201,14 @@ def restore_all(journal, persist_journal, netns_dir, check_mode=False, persist_p
     return result
 
 
-def _drop_dead(journal, live, check_mode):
-    """Entries of namespaces whose inode no longer exists leave the journal; returns whether there were any."""
+def _drop_dead(journal, live, check_mode, stale=None):
+    """Entries of namespaces whose inode no longer exists, or whose inode another namespace got (stale:
+    {inode: the entry's cookie}; an entry made since for the new namespace has its cookie and stays), leave the
+    journal; returns whether there were any."""
     with journal.locked(create=False) as data:
         if check_mode:
-            return any(isinstance(e, dict) and e.get('netns_inode') not in live for e in data.values())
-        dead = prune_dead(data, live)
+            return bool(prune_dead(dict(data), live, stale))
+        dead = prune_dead(data, live, stale)
         if dead:
             journal.save(data)
     return bool(dead)

@@ -367,8 +367,11 @@ apt_proxy:
       type: str
       sample: /run/tcplab-keepalive/lab/apt-proxy/cache
 notes:
-  description: What the lab chose on its own, e.g. the fall back from KVM to TCG, or a VM restarted on a new image.
-  returned: when O(state=present)
+  description:
+    - What the lab chose on its own, e.g. the fall back from KVM to TCG, or a VM restarted on a new image.
+    - A namespace of a lab host's name that is not the lab's (the kernel gave a new namespace the inode of the lab's
+      deleted one: another namespace cookie) is left alone and forgotten, and said so here.
+  returned: always
   type: list
   elements: str
   sample: ["lab VM vm1: no boot progress under KVM within 10 s (console: 'Probing EDD'); falling back to TCG"]

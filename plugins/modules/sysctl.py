@@ -20,6 +20,11 @@ description:
   - Before the first change the original values of all three are written to a journal on the host,
     keyed by the namespace's inode, and returned as the fact C(tcplab_keepalive_saved). Changing the
     same namespace again keeps the B(first) originals.
+  - The journal entry also records the namespace's cookie (C(SO_NETNS_COOKIE), Linux 5.14 and later), which the
+    kernel never gives another namespace, while it soon gives a deleted namespace's inode to a new one. An entry
+    whose inode now belongs to a namespace with another cookie is dropped and never applied to that namespace
+    (RV(stale)). On older kernels the cookie is V(null) and the inode alone identifies the namespace, as in
+    journals written before this.
   - O(state=restored) puts the originals back (from O(saved) when given, else from the journal),
     verifies them, and clears the journal.
   - O(netns=all) with O(state=restored) restores every network namespace the journal on the host lists
@@ -281,6 +286,12 @@ netns:
       description: Inode of the namespace (the journal key).
       type: int
       sample: 4026532249
+    cookie:
+      description:
+        - The namespace's cookie (C(SO_NETNS_COOKIE)), which the kernel never reuses; V(null) on a kernel
+          without it (before Linux 5.14), or when it cannot be read.
+      type: int
+      sample: 4102
     path:
       description: Path of the namespace.
       type: str
@@ -336,6 +347,14 @@ lease_cleared:
   type: dict
   sample: {holder: 20240101T120000Z-3f9a, owner: controller host pid, since: '2024-01-01T12:00:00Z',
            expires: '2024-01-01T13:00:00Z', expired: false}
+stale:
+  description:
+    - V(true) when the journal entry for the namespace's inode was saved for another namespace (another cookie)
+      that is gone - the kernel gave its inode to this one. The entry was dropped (in check mode, would be);
+      nothing was written to this namespace.
+  returned: with O(state=restored), when that happened
+  type: bool
+  sample: true
 persist_refused:
   description: V(true) when O(persist) was refused because the namespace is not the one sysctl.d configures at boot.
   returned: on that failure
@@ -359,12 +378,15 @@ namespaces:
   elements: dict
   contains:
     netns:
-      description: The namespace (C(inode), C(path), C(label), C(boot)) as for a single one; C(path) is V(null) when gone.
+      description:
+        - The namespace (C(inode), C(cookie), C(path), C(label), C(boot)) as for a single one; C(path) is V(null)
+          when gone, and C(cookie) then the journalled one.
       type: dict
     status:
       description:
         - V(restored) (values or journal changed), V(unchanged), V(busy) (another run's live lease, not touched),
-          V(gone) (not touched; RV(namespaces[].msg) says why), V(other) (journalled from another network
+          V(gone) (not touched; RV(namespaces[].msg) says why - also when a new namespace got its inode, with another
+          cookie; its entry is then dropped), V(other) (journalled from another network
           namespace of this machine, not touched) or V(failed).
       type: str
       sample: gone
@@ -404,6 +426,9 @@ ansible_facts:
       contains:
         netns_inode:
           description: Namespace inode.
+          type: int
+        netns_cookie:
+          description: Namespace cookie, V(null) on a kernel without cookies (the inode alone identifies it).
           type: int
         netns:
           description: Namespace label.

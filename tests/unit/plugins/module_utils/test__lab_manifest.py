@@ -27,6 +27,23 @@ def test_claim(entry, identity, expected):
     assert m.claim(entry, identity, 'inode') == expected
 
 
+@pytest.mark.parametrize('entry, inode, cookie, expected', [
+    ({'inode': 7, 'cookie': 40}, 7, 40, m.OURS),
+    ({'inode': 7, 'cookie': 40}, 7, 41, m.FOREIGN),   # deleted; a new namespace got the inode
+    ({'inode': 7, 'cookie': 40}, 8, 40, m.FOREIGN),
+    ({'inode': 7, 'cookie': 40}, None, None, m.GONE),
+    ({'inode': 7}, 7, 41, m.OURS),                    # a manifest written before cookies: the inode alone
+    ({'inode': 7, 'cookie': None}, 7, 41, m.OURS),    # made on a kernel without cookies
+    ({'inode': 7, 'cookie': 40}, 7, None, m.OURS),    # the cookie cannot be read now: the inode alone
+    ({'inode': None}, 7, 41, m.OURS),                 # intent of a crashed run of this lab
+    (None, 7, 41, m.FOREIGN),
+])
+def test_claim_netns(entry, inode, cookie, expected):
+    assert m.claim_netns(entry, inode, cookie) == expected
+    assert m.recycled_netns(entry, inode, cookie) == (expected == m.FOREIGN and entry is not None
+                                                      and entry.get('inode') == inode)
+
+
 @pytest.mark.parametrize('entry, link, expected', [
     ({'ifindex': 5}, None, m.GONE),
     (None, {'ifindex': 5, 'linkinfo': {'info_kind': 'bridge'}}, m.FOREIGN),
@@ -111,6 +128,8 @@ def test_manifest_intent_then_record(tmp_path):
     assert manifest.record('namespaces', 'tkla-a', 42)
     assert not manifest.record('namespaces', 'tkla-a', 42)  # nothing new, nothing written
     assert m.Manifest(str(state)).entry('namespaces', 'tkla-a') == {'inode': 42}
+    assert manifest.record('namespaces', 'tkla-a', 42, cookie=4242)
+    assert m.Manifest(str(state)).entry('namespaces', 'tkla-a') == {'inode': 42, 'cookie': 4242}
 
 
 def test_manifest_check_mode_writes_nothing(tmp_path):
@@ -169,6 +188,12 @@ def test_check_netns_messages():
     assert msg == m.MSG_NETNS_REPLACED % ('tkla-a', 7, '/run/x/lab.json', 3, 'tkla-a')
     m.check_netns(Fake(namespaces={'tkla-a': {'inode': 7}}), 'tkla-a', 7)
     m.check_netns(Fake(), 'tkla-a', None)
+    recorded = Fake(namespaces={'tkla-a': {'inode': 7, 'cookie': 40}})
+    msg = raises(lambda: m.check_netns(recorded, 'tkla-a', 7, 41))
+    assert msg == m.MSG_NETNS_RECYCLED % ('tkla-a', 7, 41, 40, 'tkla-a')
+    assert 'a new one got its inode' in msg and 'ip netns del tkla-a' in msg
+    m.check_netns(recorded, 'tkla-a', 7, 40)
+    m.check_netns(recorded, 'tkla-a', 7, None)
 
 
 def test_check_veth_message():

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils import _lab
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _lab, _lab_manifest, _proc
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import Runner
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('ip'), reason='needs root and iproute2')
@@ -51,7 +51,7 @@ def present_lab(spec, names, check_mode=False, **extra):
 
 def absent(spec, **extra):
     lab = make_lab(spec, **extra)
-    lab.absent()
+    lab.result = lab.absent()
     return lab
 
 
@@ -228,7 +228,9 @@ def test_manifest_records_intent_and_inode(clean):
     result = present(LAB_A, ['a'])[1]
     with open(BASE + '/a/lab.json') as handle:
         manifest = json.load(handle)
-    assert manifest['namespaces'] == {'tkla-a': {'inode': os.stat('/run/netns/tkla-a').st_ino}}
+    inode, cookie = _proc.netns_identity('/run/netns/tkla-a')
+    assert manifest['namespaces'] == {'tkla-a': {'inode': inode, 'cookie': cookie}}
+    assert inode == os.stat('/run/netns/tkla-a').st_ino
     assert manifest['bridges'] == {'tkla0': {'ifindex': link('tkla0')['ifindex']}}
     assert manifest['veths'] == {result['hosts'][0]['veth']: {'ifindex': link(result['hosts'][0]['veth'])['ifindex']}}
 
@@ -265,8 +267,78 @@ def test_crashed_run_leftover_is_adopted_when_wanted(clean):
     crash_after_intent('tkla-e')
     present(LAB_A, ['a', 'e'])
     with open(BASE + '/a/lab.json') as handle:
-        assert json.load(handle)['namespaces']['tkla-e'] == {'inode': os.stat('/run/netns/tkla-e').st_ino}
+        inode, cookie = _proc.netns_identity('/run/netns/tkla-e')
+        assert json.load(handle)['namespaces']['tkla-e'] == {'inode': inode, 'cookie': cookie}
     assert addresses('eth0', 'tkla-e') == ['198.19.10.11/24']
+
+
+def edit_namespace_entry(netns, **changes):
+    """Change the manifest's entry of netns (a key None: remove it); returns the namespace's identity now."""
+    path = BASE + '/a/lab.json'
+    with open(path) as handle:
+        manifest = json.load(handle)
+    for key, value in changes.items():
+        if value is None:
+            manifest['namespaces'][netns].pop(key, None)
+        else:
+            manifest['namespaces'][netns][key] = value
+    with open(path, 'w') as handle:
+        json.dump(manifest, handle)
+    return _proc.netns_identity('/run/netns/' + netns)
+
+
+needs_cookies = pytest.mark.skipif(_proc.netns_identity()[1] is None, reason='the kernel has no SO_NETNS_COOKIE')
+
+
+@needs_cookies
+def test_absent_leaves_alone_a_namespace_with_the_inode_but_not_the_cookie(clean):
+    """The lab's namespace was deleted and a new one got its inode (made here by editing the recorded cookie)."""
+    present(LAB_A, ['a', 'b'])
+    inode, cookie = _proc.netns_identity('/run/netns/tkla-b')
+    edit_namespace_entry('tkla-b', cookie=cookie + 1)
+    lab = absent(LAB_A)
+    assert ours_left() == ['tkla-b'] and _proc.netns_identity('/run/netns/tkla-b') == (inode, cookie)
+    assert [BINARIES['ip'], 'netns', 'del', 'tkla-b'] not in lab.actions
+    assert [BINARIES['ip'], 'netns', 'del', 'tkla-a'] in lab.actions
+    assert lab.net.notes == [_lab_manifest.MSG_NETNS_LEFT % ('tkla-b', inode, BASE + '/a/lab.json', cookie, cookie + 1,
+                                                             'tkla-b')]
+    assert 'left alone, not deleted' in lab.net.notes[0]
+    assert lab.result['notes'] == lab.net.notes  # lab_hosts returns them
+
+
+@needs_cookies
+def test_a_host_no_longer_listed_is_left_alone_when_its_cookie_differs(clean):
+    present(LAB_A, ['a', 'b'])
+    inode, cookie = edit_namespace_entry('tkla-b')
+    edit_namespace_entry('tkla-b', cookie=cookie + 1)
+    lab, result = present(LAB_A, ['a'])
+    assert ours_left() == ['tkla-a', 'tkla-b'] and _proc.netns_identity('/run/netns/tkla-b') == (inode, cookie)
+    assert len(lab.net.notes) == 1 and lab.net.notes[0].startswith('network namespace tkla-b left alone, not deleted')
+    assert result['notes'] == lab.net.notes  # lab_hosts returns them
+
+
+@needs_cookies
+def test_present_refuses_a_namespace_with_the_inode_but_not_the_cookie(clean):
+    present(LAB_A, ['a'])
+    inode, cookie = edit_namespace_entry('tkla-a')
+    edit_namespace_entry('tkla-a', cookie=cookie + 1)
+    message = refused(lambda: present(LAB_A, ['a']), 'network namespace tkla-a is not the one this lab made')
+    assert message == _lab_manifest.MSG_NETNS_RECYCLED % ('tkla-a', inode, cookie, cookie + 1, 'tkla-a')
+    assert _proc.netns_identity('/run/netns/tkla-a') == (inode, cookie)
+
+
+def test_a_manifest_without_cookies_still_works(clean):
+    """Manifests written before cookies (or on a kernel without them): the inode alone, and present adds the cookie."""
+    present(LAB_A, ['a', 'b'])
+    edit_namespace_entry('tkla-a', cookie=None)
+    identity = edit_namespace_entry('tkla-b', cookie=None)
+    present(LAB_A, ['a', 'b'])
+    with open(BASE + '/a/lab.json') as handle:
+        assert json.load(handle)['namespaces']['tkla-b'] == {'inode': identity[0], 'cookie': identity[1]}
+    edit_namespace_entry('tkla-a', cookie=None)
+    edit_namespace_entry('tkla-b', cookie=None)
+    lab = absent(LAB_A)
+    assert ours_left() == [] and lab.net.notes == []
 
 
 def test_check_mode_changes_nothing(clean):

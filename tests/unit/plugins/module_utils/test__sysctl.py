@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 
 import pytest
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils import _common, _sysctl
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _common, _netns, _proc, _sysctl
 from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl import (
     Journal, KeepaliveSysctl, SysctlError, apply_values, check_saved, render, validate_values)
 
@@ -684,3 +685,86 @@ def test_one_of_many_concurrent_runs_gets_the_lease(tmp_path):
     assert len(winners) == 1
     assert set(results.values()) == {'took', winners[0]}
     assert journal_data(tmp_path)['7']['lease']['holder'] == winners[0]
+
+
+# -- the namespace's identity: inode and cookie (_proc.netns_identity) ---------------------------------
+
+@pytest.mark.parametrize('entry, cookie, expected', [
+    ({'netns_inode': 7, 'netns_cookie': 40}, 40, False),
+    ({'netns_inode': 7, 'netns_cookie': 40}, 41, True),    # a new namespace got the inode of the entry's
+    ({'netns_inode': 7}, 41, False),                       # an entry of an older release: the inode alone
+    ({'netns_inode': 7, 'netns_cookie': None}, 41, False),  # journalled on a kernel without cookies
+    ({'netns_inode': 7, 'netns_cookie': 40}, None, False),  # the cookie cannot be read now: the inode alone
+    (None, 41, False),
+])
+def test_stranger(entry, cookie, expected):
+    ns = FakeNs(7, 'lab1', False)
+    ns.cookie = cookie
+    assert _sysctl.stranger(entry, ns) is expected
+
+
+def test_prune_dead_drops_the_gone_and_the_recycled_only():
+    data = {'1': {'netns_inode': 1, 'netns_cookie': 10}, '2': {'netns_inode': 2, 'netns_cookie': 20},
+            '3': {'netns_inode': 3}, '4': {'netns_inode': 4, 'netns_cookie': 41}}
+    # 2 is gone; 1 is recycled (a namespace with another cookie has its inode); 4 was judged recycled for an entry
+    # with cookie 40, but the entry now there has 41 (made since, for the new namespace): it stays
+    assert sorted(_sysctl.prune_dead(data, {1, 3, 4}, {1: 10, 4: 40})) == ['1', '2']
+    assert sorted(data) == ['3', '4']
+
+
+def test_saved_fact_of_another_namespace_with_the_inode_is_refused():
+    ns = FakeNs()
+    ns.cookie = 41
+    with pytest.raises(SysctlError) as exc:
+        check_saved({'netns_inode': 4026531840, 'netns_cookie': 40, 'originals': {'time': 1}}, ns)
+    assert str(exc.value) == _sysctl.MSG_SAVED_COOKIE % (4026531840, 40, 'own', 41)
+    assert check_saved({'netns_inode': 4026531840, 'netns_cookie': 41, 'originals': {'time': 1}}, ns) == {'time': 1}
+    assert check_saved({'netns_inode': 4026531840, 'originals': {'time': 1}}, ns) == {'time': 1}
+
+
+def test_journal_entry_records_the_cookie_or_says_there_is_none(tmp_path):
+    ns = FakeNs(7, 'lab1', False)
+    ns.cookie = 40
+    engine(tmp_path, ns=ns, live={7}).present({'time': 30})
+    assert journal_data(tmp_path)['7']['netns_cookie'] == 40
+    engine(tmp_path, ns=FakeNs(8, 'lab2', False), live={7, 8}).present({'time': 30})
+    assert journal_data(tmp_path)['8']['netns_cookie'] is None     # None: the inode alone
+
+
+def test_a_kernel_without_cookies_journals_the_inode_alone(monkeypatch, tmp_path):
+    """ENOPROTOOPT (Linux < 5.14, bullseye's 5.10) is simulated: this kernel has the option."""
+    from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.test__proc import (  # pylint: disable=import-outside-toplevel
+        _FakeSocketModule)
+    monkeypatch.setattr(_proc, 'socket', _FakeSocketModule())
+    ns = _sysctl.resolve_netns(None)
+    assert (ns.inode, ns.cookie) == (os.stat('/proc/self/ns/net').st_ino, None)
+    assert _sysctl.new_entry(ns, {'time': 1})['netns_cookie'] is None
+    assert ns.as_dict()['cookie'] is None
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('ip'), reason='needs root and ip(8)')
+
+
+@needs_root
+def test_the_child_checks_the_cookie_before_it_writes(netns):
+    """The child that enters a namespace refuses one with the right inode but another cookie (as after the
+    namespace was deleted and a new one got its inode between resolving and entering)."""
+    path = '/run/netns/' + netns
+    inode, cookie = _proc.netns_identity(path)
+    if cookie is None:
+        pytest.skip('the kernel has no SO_NETNS_COOKIE')
+    wrong = _sysctl.NetnsAccess(path, inode, cookie=cookie + 1)
+    with pytest.raises(_netns.NetnsError) as exc:
+        wrong.write('time', 77)
+    assert str(exc.value) == _sysctl.MSG_NETNS_RECYCLED % (inode, cookie + 1, cookie)
+    with pytest.raises(SysctlError):
+        wrong.read()
+    right = _sysctl.NetnsAccess(path, inode, cookie=cookie)
+    assert right.read()['time'] == 7200
+    right.write('time', 77)
+    assert right.read()['time'] == 77
+    # the engine hands the namespace's cookie to an access made without one (as the module makes it)
+    ns = _sysctl.resolve_netns(netns)
+    handed = _sysctl.NetnsAccess(ns.path, ns.inode)
+    KeepaliveSysctl(ns, handed, Journal('/run/tcplab-test-unused'), None)
+    assert (ns.cookie, handed.cookie) == (cookie, cookie)

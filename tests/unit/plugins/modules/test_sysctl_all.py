@@ -76,6 +76,9 @@ def test_a_name_pointing_at_another_namespace_is_not_touched(collections, tmp_pa
     path = journal / 'journal.json'
     data = json.loads(path.read_text())
     entry = data.pop(str(inode(name)))
+    # an entry without a cookie, as older releases wrote: the name proves it (with the cookie kept, the
+    # namespace with that inode has another one and the entry is dropped at once: test_sysctl_identity.py)
+    entry.pop('netns_cookie')
     holder = subprocess.Popen(['unshare', '--net', 'sleep', '60'])
     try:
         for dummy in range(50):
