@@ -10,8 +10,9 @@ Figures, in microseconds per namespace (median of --rounds):
   batch       N namespaces at once: _proc.netns_identities (one thread for all of them), per namespace
   fork        a forked child that setns()es and answers over a pipe (_netns.run_in, as the sysctl module's
               reads and writes), entering with _proc.setns_net
-  fork-now    the same with _netns.setns as run_in has it today (ctypes.util.find_library in every child:
-              it runs ldconfig)
+  run-in      _netns.run_in as the sysctl module calls it (it enters with _proc.setns_net too; until
+              it did, its setns looked up libc with ctypes.util.find_library in every child, which runs
+              ldconfig: 5 to 10 times the fork figure)
   ip-exec     ip netns exec python -c ... (a new interpreter per namespace)
 
 Run as root from the checkout:
@@ -66,7 +67,7 @@ def measure(proc, netns, paths, calls):
         'thread': per_call(lambda: proc.netns_identity(one), calls),
         'batch': per_call(lambda: proc.netns_identities(paths), max(1, calls // len(paths))) / len(paths),
         'fork': per_call(lambda: netns.run_in(one, proc.netns_cookie, enter=proc.setns_net), max(1, calls // 10)),
-        'fork-now': per_call(lambda: netns.run_in(one, proc.netns_cookie), max(1, calls // 10)),
+        'run-in': per_call(lambda: netns.run_in(one, proc.netns_cookie), max(1, calls // 10)),
     }
     figures['ip-exec'] = per_call(lambda: subprocess.run(
         ['ip', 'netns', 'exec', os.path.basename(one), sys.executable, '-I', '-S', '-c', COOKIE_CODE],
@@ -99,7 +100,7 @@ def main():
         rounds = [measure(proc, netns, paths, args.calls) for dummy in range(args.rounds)]
         base = statistics.median(r['fork'] for r in rounds)
         print('%-8s %12s %14s' % ('figure', 'us/namespace', 'ratio to fork'))
-        for key in ('stat', 'own', 'thread', 'batch', 'fork', 'fork-now', 'ip-exec'):
+        for key in ('stat', 'own', 'thread', 'batch', 'fork', 'run-in', 'ip-exec'):
             value = statistics.median(r[key] for r in rounds)
             print('%-8s %12.1f %14.3f' % (key, value, value / base))
     finally:

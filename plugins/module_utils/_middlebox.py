@@ -13,11 +13,20 @@ and must not be used from outside tcplab.keepalive.
 Journal (JOURNAL_DIR/journal.json, flock + atomic write through
 _sysctl.Journal), keyed by the network namespace inode::
 
-    {"<inode>": {"netns_inode": N, "netns_name": ..., "saved_at": ...,
+    {"<inode>": {"netns_inode": N, "netns_cookie": C, "netns_name": ..., "saved_at": ...,
                  "sysctls": [[path, original], ...],      # first originals win, restored in reverse order
                  "tags": {"<tag>": {"role": ..., "routes": [...], "rules": [[chain, spec], ...], ...}}}}
 
 The sysctls of a namespace are put back when its last tag goes.
+
+The namespace is its inode and its cookie (_proc.netns_identity): the kernel
+gives a deleted namespace's inode to a new one soon, its cookie never. An
+entry whose inode the module's namespace has, but with another cookie, was
+made in a namespace that is gone (and its sysctls, routes and rules with it):
+it is dropped with a note (stale: true), and nothing of it is restored into or
+removed from this stranger (_sysctl.stranger, _sysctl.prune_dead). The cookie
+is null on a kernel without cookies (Linux < 5.14) and absent from entries
+older than it: those are judged by their inode alone, as before.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import re
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _iptables
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _netns
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _proc
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _sysctl
 from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import IDLE_TIMEOUTS
 
@@ -71,6 +81,11 @@ MSG_SYSCTL_WRITE = 'setting %s to %s failed (%s): run as root (become: true); %s
 MSG_READ_BACK = 'read back %s=%s after writing %s: the kernel did not keep it; %s'
 MSG_NO_IP = 'ip not found in PATH or %s: install iproute2 (Debian/Ubuntu: apt-get install iproute2)'
 MSG_UNDONE = 'everything changed so far is journalled: state: absent with the same tag (or rollback) puts it back'
+# present: a note before the rest of the message; the verb is 'dropped' or 'would drop'
+MSG_STALE_PRESENT = _sysctl.MSG_STALE_PRESENT
+MSG_STALE_UNDO = ('nothing undone: the journal entry for inode %d (run(s) %s) was made in another network namespace '
+                  '(cookie %d), which is gone with its sysctls, routes and rules; this one got its inode but has '
+                  'cookie %d; %s that entry')
 
 
 class MiddleboxError(Exception):
@@ -319,11 +334,12 @@ class Middlebox:
     look in every backend that holds tables here)."""
 
     def __init__(self, host, tables, journal, inode, netns_name=None, check_mode=False,
-                 live_inodes=_sysctl.live_netns_inodes):
+                 live_inodes=_sysctl.live_netns_inodes, cookie=None):
         self.host = host
         self.tables = tables
         self.journal = journal
         self.inode = inode
+        self.cookie = cookie  # _proc.netns_identity; None: unknown (the inode alone proves an entry is this one's)
         self.netns_name = netns_name
         self.check_mode = check_mode
         self.live_inodes = live_inodes
@@ -341,12 +357,30 @@ class Middlebox:
             raise MiddleboxError(str(exc))
 
     def _new_entry(self):
-        return {'netns_inode': self.inode, 'netns_name': self.netns_name, 'saved_at': _sysctl.now_iso(),
-                'sysctls': [], 'tags': {}}
+        return {'netns_inode': self.inode, 'netns_cookie': self.cookie, 'netns_name': self.netns_name,
+                'saved_at': _sysctl.now_iso(), 'sysctls': [], 'tags': {}}
+
+    def _entry(self, data):
+        """(this namespace's journal entry or None, the entry of a gone namespace that had its inode or None)."""
+        entry = data.get(str(self.inode))
+        if _sysctl.stranger(entry, self):
+            return None, entry
+        return entry, None
+
+    def _prune(self, data, stale):
+        """Drop the entries of namespaces that are gone: inode no longer live, or stale (this inode's, another
+        cookie)."""
+        gone = {self.inode: _sysctl.entry_cookie(stale)} if stale is not None else None
+        return _sysctl.prune_dead(data, self.live_inodes() | {self.inode}, gone)
+
+    def _stale_note(self, stale):
+        return MSG_STALE_PRESENT % ('would drop' if self.check_mode else 'dropped', self.inode,
+                                    _sysctl.entry_cookie(stale), self.cookie)
 
     def _result(self, changed, msg, sysctls, routes, rules, record):
         said = [sysctl_name(path) + ' = ' + value for path, value in sysctls]
-        return {'changed': changed, 'msg': msg, 'netns_inode': self.inode, 'record': record,
+        return {'changed': changed, 'msg': msg, 'netns_inode': self.inode, 'netns_cookie': self.cookie,
+                'record': record,
                 'sysctls': {sysctl_name(path): value for path, value in sysctls},
                 'routes': [route_text(route) for route in routes], 'rules': [rule_text(*rule) for rule in rules],
                 'diff': {'before': '', 'after': ''.join(line + '\n' for line in said)}}
@@ -363,17 +397,22 @@ class Middlebox:
         rules_missing = first is not None and not all(first.exists(chain, spec) for chain, spec in rules)
         tag = request['tag']
         with self._locked(not self.check_mode) as data:
-            entry = data.get(str(self.inode))
+            entry, stale = self._entry(data)
             self._refuse_busy(entry, request)
             known = entry is not None and tag in entry['tags']
             changed = bool(changes or new_routes or rules_missing or not known)
             verb = 'would ' if self.check_mode else ''
             msg = self._present_msg(verb, changes, new_routes, rules if rules_missing else [])
+            if stale is not None:  # a gone namespace's: neither its originals nor its runs are this one's
+                msg = self._stale_note(stale) + '; ' + msg
             record = tag_record(request, routes, rules)
             if self.check_mode:
-                return self._result(changed, msg, changes, new_routes, rules if rules_missing else [], record)
-            _sysctl.prune_dead(data, self.live_inodes() | {self.inode})
+                return self._stale(self._result(changed, msg, changes, new_routes, rules if rules_missing else [],
+                                                record), stale)
+            self._prune(data, stale)
             entry = data.setdefault(str(self.inode), self._new_entry())
+            if _sysctl.entry_cookie(entry) is None:  # an entry older than cookies, ours by its inode: proven from now on
+                entry['netns_cookie'] = self.cookie
             record_originals(entry, current)
             entry['tags'][tag] = record
             self.journal.save(data)
@@ -382,7 +421,14 @@ class Middlebox:
             self.host.route_add(route)
         if rules_missing:
             self._insert_rules(first, rules)
-        return self._result(changed, msg, changes, new_routes, rules if rules_missing else [], record)
+        return self._stale(self._result(changed, msg, changes, new_routes, rules if rules_missing else [], record),
+                           stale)
+
+    @staticmethod
+    def _stale(result, stale):
+        if stale is not None:
+            result['stale'] = True
+        return result
 
     def _refuse_busy(self, entry, request):
         if request['role'] != 'middlebox' or entry is None:
@@ -425,7 +471,9 @@ class Middlebox:
 
     def _undo(self, tags, state):
         with self._locked(False) as data:
-            entry = data.get(str(self.inode))
+            entry, stale = self._entry(data)
+            if stale is not None:
+                return self._drop_stale(data, stale)
             journalled = sorted(entry['tags']) if entry else []
             chosen = [tag for tag in journalled if tags is None or tag in tags]
             if not chosen:
@@ -461,6 +509,18 @@ class Middlebox:
         result['diff'] = {'before': ''.join(rule_text(*rule) + '\n' for rule in rules), 'after': ''}
         result['undone'] = chosen
         return result
+
+    def _drop_stale(self, data, stale):
+        """The result of absent / purged for a journal entry of a gone namespace whose inode this one got: the entry
+        is dropped (not in check mode); nothing is restored into or removed from this namespace (stale: true)."""
+        if not self.check_mode:
+            self._prune(data, stale)
+            self.journal.save(data)
+        msg = MSG_STALE_UNDO % (self.inode, ', '.join(sorted(stale.get('tags') or {})) or 'none',
+                                _sysctl.entry_cookie(stale), self.cookie, 'would drop' if self.check_mode else 'dropped')
+        result = self._result(True, msg, [], [], [], None)
+        result['diff'] = {'before': '', 'after': ''}
+        return self._stale(result, stale)
 
     def _restores(self, entry):
         """(path, original) to write, in reverse journal order, of the values that are not the originals now."""
@@ -501,9 +561,9 @@ def execute(request, run, which, check_mode=False, journal_dir=JOURNAL_DIR):
         wanted = {'ip_version': '4', 'state': 'present' if request['state'] == 'present' else 'purged',
                   'wait': request['wait']}
         return _iptables.open_tables(wanted, None, run, which)['4']
-    inode = os.stat(_netns.OWN).st_ino
+    inode, cookie = _proc.netns_identity()
     journal = _sysctl.Journal(journal_dir)
-    box = Middlebox(Host(run, which('ip')), tables, journal, inode, _netns.name_of(inode), check_mode)
+    box = Middlebox(Host(run, which('ip')), tables, journal, inode, _netns.name_of(inode), check_mode, cookie=cookie)
     try:
         if request['state'] == 'present':
             return box.present(request)

@@ -9,8 +9,8 @@ and must not be used from outside tcplab.keepalive.
 
 A namespace is named (a file under NETNS_DIR, as made by ``ip netns add``), or
 only held by processes (``/proc/PID/ns/net``); its identity is the inode of
-that file. Code runs inside another namespace in one of two ways, for two
-kinds of work:
+that file and, where the kernel has them, its cookie (_proc.netns_identity).
+Code runs inside another namespace in one of two ways, for two kinds of work:
 
 - Python code that returns a value (reading or writing ``/proc/sys/net``, a
   socket listing): ``run_in`` forks a child that setns()es into the namespace,
@@ -34,13 +34,13 @@ import stat
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import file_kind
-from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import netns_inode, netns_of, pids
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import (
+    netns_inode, netns_of, pids, setns_net)
 
 NETNS_DIR = '/run/netns'
 OWN = '/proc/self/ns/net'
 # what ip netns add accepts, narrowed to characters that need no quoting anywhere
 NAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
-CLONE_NEWNET = 0x40000000
 RUN_TIMEOUT = 10.0
 
 MSG_NAME = 'netns %r is not a network namespace name: give a name from %s (ip netns list)'
@@ -219,14 +219,11 @@ def boot_netns(proc='/proc'):
 
 # -- running code inside --------------------------------------------------------
 
-def setns(fd):
-    """setns(2) of the calling process into the network namespace open at fd."""
-    import ctypes  # pylint: disable=import-outside-toplevel
-    import ctypes.util  # pylint: disable=import-outside-toplevel
-    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+# setns(2) of the calling thread (in run_in's forked child: the whole child) into the network namespace open at
+# fd: the collection's one implementation (_proc.setns_net: os.setns, or the process's own libc through
+# ctypes.CDLL(None); ctypes.util.find_library, which this used, ran ldconfig in every child: 2 to 20 ms each,
+# benchmarks/netns_identity.py).
+setns = setns_net
 
 
 def _child(path, func, args, wfd, enter):

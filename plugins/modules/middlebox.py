@@ -27,6 +27,12 @@ description:
     a killed controller. A route is removed only when it is journalled and still carries our protocol number,
     gateway and device; a rule only when it carries the run's C(tcplab-keepalive:<tag>) comment. The sysctls
     are put back when the last run of the namespace goes.
+  - The journal keys a namespace by its inode and records its cookie (C(SO_NETNS_COOKIE), Linux 5.14 and later)
+    beside it - the kernel soon gives a deleted namespace's inode to a new one, never its cookie. An entry whose
+    inode the namespace has, but with another cookie, belongs to a namespace that is gone (with its sysctls,
+    routes and rules); it is dropped with a note (RV(stale)) and nothing of it is restored into or removed from
+    this namespace. On older kernels the cookie is V(null) and the inode alone identifies the namespace, as in
+    journals written before this.
   - One middlebox serves one run at a time; a second tag is refused with the holder's name.
   - Acts in the network namespace the module runs in (with the C(tcplab.keepalive.netns) connection, a lab
     host's namespace). IPv4 only.
@@ -179,6 +185,19 @@ netns_inode:
   description: The inode of the network namespace acted in.
   returned: always
   type: int
+netns_cookie:
+  description: The cookie of the network namespace acted in, V(null) on a kernel without cookies (Linux < 5.14).
+  returned: always
+  type: int
+stale:
+  description:
+    - V(true) when the journal entry for the namespace's inode was made in another namespace (another cookie) that
+      is gone - the kernel gave its inode to this one. The entry was dropped (in check mode, would be); with
+      O(state=absent) or O(state=purged) nothing was restored or removed here, with O(state=present) the run was
+      journalled afresh with this namespace's own originals.
+  returned: when that happened
+  type: bool
+  sample: true
 msg:
   description: What was done, or in check mode what would be done.
   returned: always

@@ -62,8 +62,8 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture
 def netns_factory(request):
     """make() -> the name of a new network namespace with lo up, NETNS_PREFIX of the test module (default 'tkut-')
-    and a random suffix. Afterwards every process left in it is killed and it is deleted - only while its inode is
-    still the one made here (ours only: never by the name alone). See plugins/module_utils/lab_netns.py."""
+    and a random suffix. Afterwards every process left in it is killed and it is deleted - only while its identity
+    (inode and cookie) is still the one made here (ours only: never by the name alone). See plugins/module_utils/lab_netns.py."""
     from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.lab_netns import (  # pylint: disable=import-outside-toplevel
         namespaces)
     with namespaces(getattr(request.module, 'NETNS_PREFIX', 'tkut-')) as make:

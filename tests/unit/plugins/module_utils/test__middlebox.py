@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils import _iptables, _middlebox, _netns
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _iptables, _middlebox, _netns, _proc
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError
 from ansible_collections.tcplab.keepalive.plugins.module_utils._middlebox import MiddleboxError, validate
 
@@ -144,20 +144,32 @@ def which(name):
     return shutil.which(name, path=':'.join(SBIN))
 
 
-def module(name, journal_dir, check_mode=False, **request):
-    """The module's work (validate + execute) inside host name's namespace, as the netns connection runs it."""
+def in_ns(netns, journal_dir, check_mode=False, **request):
+    """The module's work (validate + execute) inside namespace netns, as the netns connection runs it."""
     def work():
         return _middlebox.execute(validate(request), run, which, check_mode, journal_dir)
-    return _netns.run_in(ns_path(name), work, timeout=30)
+    return _netns.run_in(os.path.join(_netns.NETNS_DIR, netns), work, timeout=30)
+
+
+def module(name, journal_dir, check_mode=False, **request):
+    """in_ns of lab host name."""
+    return in_ns(PREFIX + name, journal_dir, check_mode, **request)
+
+
+def ns_state(netns, dev='eth0'):
+    """What must be as before: every IPv4 / netfilter sysctl we may touch, the routes, the rules."""
+    keys = ['net/ipv4/ip_forward', TIMEOUT, LOOSE]
+    for name in ('all', 'default', dev):
+        keys += ['net/ipv4/conf/%s/%s' % (name, what) for what in ('forwarding', 'send_redirects', 'accept_redirects')]
+    values = sh('ip', 'netns', 'exec', netns, 'sh', '-c',
+                'for k in %s; do echo "$k=$(cat /proc/sys/$k)"; done' % ' '.join(keys))
+    return (values + sh('ip', '-n', netns, '-o', 'route', 'show')
+            + sh('ip', 'netns', 'exec', netns, 'iptables', '-w', '10', '-S'))
 
 
 def host_state(name):
-    """What must be as before: every IPv4 / netfilter sysctl we may touch, the routes, the rules."""
-    keys = ['net/ipv4/ip_forward', TIMEOUT, LOOSE]
-    for dev in ('all', 'default', 'eth0'):
-        keys += ['net/ipv4/conf/%s/%s' % (dev, what) for what in ('forwarding', 'send_redirects', 'accept_redirects')]
-    values = nsx(name, 'sh', '-c', 'for k in %s; do echo "$k=$(cat /proc/sys/$k)"; done' % ' '.join(keys))
-    return values + nsx(name, 'ip', '-o', 'route', 'show') + nsx(name, 'iptables', '-w', '10', '-S')
+    """ns_state of lab host name."""
+    return ns_state(PREFIX + name)
 
 
 @pytest.fixture
@@ -312,3 +324,178 @@ def test_an_idle_flow_is_forgotten_unless_keepalive_refreshes_it(lab, action, ke
     finally:
         server.kill()
         server.wait()
+
+
+# -- ours only: the journal's namespace is its inode and its cookie -----------
+# Namespaces of the shared netns_factory fixture (tests/unit/conftest.py), each with a veth pair of its own (lan0,
+# on the lab network, and its peer lan0p). A namespace that got the inode of a gone one is made by editing the journal entry's cookie to the
+# cookie of a namespace made and deleted here (an input the module reads, as after `ip netns del` and a new
+# namespace that got the inode).
+
+NETNS_PREFIX = 'tkmbx-'
+LAN = {'c': '198.19.73.2', 'm': '198.19.73.3', 's': '198.19.73.4'}
+needs_cookies = pytest.mark.skipif(_proc.netns_identity()[1] is None,
+                                   reason='the kernel has no SO_NETNS_COOKIE (Linux < 5.14): the inode alone')
+
+
+def lan_host(netns_factory, role):
+    """A namespace with lan0 at the address of role (c, m or s) on the lab network (the other end of its veth,
+    lan0p, in the same namespace)."""
+    name = netns_factory()
+    sh('ip', '-n', name, 'link', 'add', 'lan0', 'type', 'veth', 'peer', 'name', 'lan0p')
+    sh('ip', '-n', name, 'addr', 'add', LAN[role] + '/24', 'dev', 'lan0')
+    for dev in ('lan0p', 'lan0'):
+        sh('ip', '-n', name, 'link', 'set', dev, 'up')
+    return name
+
+
+def mb_request(tag, seconds=7, **more):
+    return dict({'state': 'present', 'role': 'middlebox', 'tag': tag, 'seconds': seconds,
+                 'ends': [LAN['c'], LAN['s']]}, **more)
+
+
+def end_request(tag):
+    return {'state': 'present', 'role': 'end', 'tag': tag, 'peer': LAN['s'], 'via': LAN['m']}
+
+
+def identity(name):
+    return _proc.netns_identity(os.path.join(_netns.NETNS_DIR, name))
+
+
+def journal_file(journal_dir):
+    return os.path.join(journal_dir, 'journal.json')
+
+
+def journalled(journal_dir):
+    path = journal_file(journal_dir)
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
+def gone_cookie(netns_factory):
+    """The cookie of a namespace that existed and is gone (deleted here)."""
+    name = netns_factory()
+    cookie = identity(name)[1]
+    sh('ip', 'netns', 'del', name)
+    return cookie
+
+
+def recycled(netns_factory, tmp_path, role, request, **edits):
+    """(journal, name, inode, cookie, old): request run in a new namespace of role (c or m), then its journal entry
+    edited to be a gone namespace's (cookie old) whose inode this one got (and edits)."""
+    journal = str(tmp_path / 'journal')
+    name = lan_host(netns_factory, role)
+    inode, cookie = identity(name)
+    in_ns(name, journal, **request)
+    old = gone_cookie(netns_factory)
+    edit_entry(journal, name, netns_cookie=old, **edits)
+    return journal, name, inode, cookie, old
+
+
+def edit_entry(journal_dir, name, drop=(), **changes):
+    """Change the journal entry of namespace name: set changes, remove the keys in drop."""
+    data = journalled(journal_dir)
+    entry = data[str(identity(name)[0])]
+    entry.update(changes)
+    for key in drop:
+        del entry[key]
+    with open(journal_file(journal_dir), 'w') as handle:
+        json.dump(data, handle)
+    return entry
+
+
+@needs_root
+def test_the_journal_records_the_cookie_with_the_inode(netns_factory, tmp_path):
+    journal = str(tmp_path / 'journal')
+    name = lan_host(netns_factory, 'm')
+    inode, cookie = identity(name)
+    result = in_ns(name, journal, **mb_request('tkh3-a'))
+    assert (result['netns_inode'], result['netns_cookie']) == (inode, cookie)
+    entry = journalled(journal)[str(inode)]
+    assert (entry['netns_inode'], entry['netns_cookie']) == (inode, cookie)
+    assert 'stale' not in result
+    assert in_ns(name, journal, state='absent', role='middlebox', tag='tkh3-a')['changed']
+
+
+@needs_root
+@needs_cookies
+def test_a_gone_namespaces_entry_is_never_undone_in_the_middlebox_that_got_its_inode(netns_factory, tmp_path):
+    journal, name, inode, cookie, old = recycled(netns_factory, tmp_path, 'm', mb_request('tkh3-a'))
+    during = ns_state(name, 'lan0')
+    text = open(journal_file(journal)).read()
+    checked = in_ns(name, journal, True, state='absent', role='middlebox', tag='tkh3-a')
+    assert checked['stale'] and checked['changed']
+    assert checked['msg'] == _middlebox.MSG_STALE_UNDO % (inode, 'tkh3-a', old, cookie, 'would drop')
+    assert open(journal_file(journal)).read() == text, 'check mode changed the journal'
+    result = in_ns(name, journal, state='absent', role='middlebox', tag='tkh3-a')
+    assert result['stale'] and result['changed'] and 'undone' not in result
+    assert result['msg'] == _middlebox.MSG_STALE_UNDO % (inode, 'tkh3-a', old, cookie, 'dropped')
+    assert (result['sysctls'], result['routes'], result['rules']) == ({}, [], [])
+    assert ns_state(name, 'lan0') == during, 'a gone namespace\'s originals were written to, or its rules removed from, this one'
+    assert not os.path.exists(journal_file(journal))
+    assert not in_ns(name, journal, state='absent', role='middlebox', tag='tkh3-a')['changed']
+
+
+@needs_root
+@needs_cookies
+def test_present_replaces_a_gone_namespaces_entry_and_is_not_busy_with_its_run(netns_factory, tmp_path):
+    # the gone namespace's originals were never this one's
+    journal, name, inode, cookie, old = recycled(netns_factory, tmp_path, 'm', mb_request('tkh3-a', seconds=7),
+                                                 sysctls=[[TIMEOUT, '12345']])
+    during = ns_state(name, 'lan0')
+    checked = in_ns(name, journal, True, **mb_request('tkh3-b', seconds=5))
+    assert checked['stale'] and checked['msg'].startswith(
+        _middlebox.MSG_STALE_PRESENT % ('would drop', inode, old, cookie) + '; would set ')
+    assert journalled(journal)[str(inode)]['netns_cookie'] == old, 'check mode changed the journal'
+    # the gone namespace's run tkh3-a does not make this middlebox busy
+    result = in_ns(name, journal, **mb_request('tkh3-b', seconds=5))
+    assert result['stale'] and result['msg'].startswith(_middlebox.MSG_STALE_PRESENT % ('dropped', inode, old, cookie))
+    entry = journalled(journal)[str(inode)]
+    assert entry['netns_cookie'] == cookie and sorted(entry['tags']) == ['tkh3-b']
+    assert dict(entry['sysctls'])[TIMEOUT] == '7', 'the originals must be this namespace\'s'
+    assert 'stale' not in in_ns(name, journal, **mb_request('tkh3-b', seconds=5))
+    result = in_ns(name, journal, state='absent', role='middlebox', tag='tkh3-b')
+    assert result['sysctls'] == {'net.netfilter.nf_conntrack_tcp_timeout_established': '7'}
+    assert ns_state(name, 'lan0') == during
+    assert not os.path.exists(journal_file(journal))
+
+
+@needs_root
+@needs_cookies
+def test_a_gone_namespaces_route_is_never_removed_from_the_end_that_got_its_inode(netns_factory, tmp_path):
+    journal, name, inode, cookie, old = recycled(netns_factory, tmp_path, 'c', end_request('tkh3-e'))
+    route = sh('ip', '-n', name, '-o', 'route', 'show', 'exact', LAN['s'] + '/32')
+    assert 'via %s dev lan0 proto 177' % LAN['m'] in route
+    during = ns_state(name, 'lan0')
+    checked = in_ns(name, journal, True, state='purged')
+    assert checked['stale'] and checked['msg'] == _middlebox.MSG_STALE_UNDO % (inode, 'tkh3-e', old, cookie, 'would drop')
+    assert journalled(journal)[str(inode)]['netns_cookie'] == old
+    result = in_ns(name, journal, state='purged')
+    assert result['stale'] and result['msg'] == _middlebox.MSG_STALE_UNDO % (inode, 'tkh3-e', old, cookie, 'dropped')
+    assert result['routes'] == [] and ns_state(name, 'lan0') == during
+    assert not os.path.exists(journal_file(journal))
+
+
+@needs_root
+@pytest.mark.parametrize('recorded', ['absent', 'null'])
+def test_an_entry_without_a_cookie_is_judged_by_its_inode(netns_factory, tmp_path, recorded):
+    """Entries written before cookies (no netns_cookie) or on a kernel without them (null) still undo; a
+    present that finds one records the cookie from then on."""
+    journal = str(tmp_path / 'journal')
+    box, end = lan_host(netns_factory, 'm'), lan_host(netns_factory, 'c')
+    before = {name: ns_state(name, 'lan0') for name in (box, end)}
+    in_ns(box, journal, **mb_request('tkh3-o'))
+    in_ns(end, journal, **end_request('tkh3-o'))
+    for name in (box, end):
+        if recorded == 'absent':
+            edit_entry(journal, name, drop=['netns_cookie'])
+        else:
+            edit_entry(journal, name, netns_cookie=None)
+    again = in_ns(box, journal, **mb_request('tkh3-o'))
+    assert not again['changed'] and 'stale' not in again
+    assert journalled(journal)[str(identity(box)[0])]['netns_cookie'] == identity(box)[1]
+    result = in_ns(end, journal, state='absent', role='end', tag='tkh3-o')
+    assert 'stale' not in result and result['undone'] == ['tkh3-o'] and result['routes']
+    result = in_ns(box, journal, state='purged')
+    assert 'stale' not in result and result['undone'] == ['tkh3-o'] and len(result['rules']) == 6
+    assert {name: ns_state(name, 'lan0') for name in (box, end)} == before
+    assert not os.path.exists(journal_file(journal))

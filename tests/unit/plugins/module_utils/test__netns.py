@@ -3,7 +3,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The one network-namespace helper, against the real kernel where it matters: names and their messages,
 resolving by name or pid, discovering named and process-only namespaces, running code inside one (forked
-setns child) and a program inside one (nsenter argv). Namespaces made here are tkns-* and removed again."""
+setns child, entering with _proc.setns_net) and a program inside one (nsenter argv); and the tests' own namespace
+helper (lab_netns), which deletes a namespace only while its inode and cookie are the ones it made. Namespaces made
+here are tkns-* and removed again."""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import time
 
 import pytest
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils import _netns, _sysctl
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _netns, _proc, _sysctl
 from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import NetnsError
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils import lab_netns
 
 NETNS_PREFIX = 'tkns-'   # the namespaces of the shared netns fixture (tests/unit/conftest.py)
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which('ip') is None,
@@ -135,6 +138,12 @@ def test_run_in_reads_and_writes_inside_only(netns):
     assert read_time() == before
 
 
+def test_run_in_enters_with_the_one_setns_of_the_collection():
+    # _proc.setns_net: os.setns, or the process's own libc (no ctypes.util.find_library, which runs ldconfig)
+    assert _netns.setns is _proc.setns_net
+    assert _netns.run_in.__defaults__[-1] is _proc.setns_net
+
+
 @needs_root
 def test_sysctl_access_checks_the_inode_inside(netns, holder):
     # the path now leads to another namespace than the one resolved: nothing is read or written there
@@ -156,3 +165,31 @@ def test_nsenter_argv_runs_the_program_inside(netns):
 
 def test_boot_netns_of_this_machine():
     assert _netns.boot_netns()[0] == os.stat('/proc/self/ns/net').st_ino
+
+
+@needs_root
+@pytest.mark.skipif(_proc.netns_identity()[1] is None, reason='the kernel has no SO_NETNS_COOKIE (Linux < 5.14): '
+                    'a namespace re-created with the same inode is told apart by nothing')
+def test_the_test_helper_deletes_only_the_namespace_it_made():
+    """lab_netns (the netns / netns_factory fixtures): a namespace re-created under the name, or one with the
+    recorded inode but another cookie (a recycled inode), is never deleted."""
+    renewed = None
+    try:
+        with lab_netns.namespaces(NETNS_PREFIX) as make:
+            name = make()
+            path = os.path.join(_netns.NETNS_DIR, name)
+            inode, cookie = _proc.netns_identity(path)
+            assert lab_netns.is_ours(name, inode, cookie)
+            assert not lab_netns.is_ours(name, inode + 1, cookie)
+            # the recorded cookie edited: the namespace has the inode of a gone one that was recorded
+            assert not lab_netns.is_ours(name, inode, cookie + 1)
+            assert not lab_netns.remove_if_ours(name, inode, cookie + 1) and os.path.exists(path)
+            subprocess.run(['ip', 'netns', 'del', name], check=True)
+            subprocess.run(['ip', 'netns', 'add', name], check=True)
+            renewed = _proc.netns_identity(path)
+            assert renewed != (inode, cookie)
+        assert os.path.exists(path), 'the helper deleted a namespace it did not make'
+    finally:
+        if renewed is not None:
+            assert lab_netns.remove_if_ours(name, *renewed)
+    assert not os.path.exists(path)
