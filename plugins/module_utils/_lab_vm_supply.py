@@ -16,11 +16,13 @@ the manifest records it before it starts and its pid and start time after.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._apt_proxy import AptProxy, AptProxyError
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_manifest import LabError
-from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_image import ImageCache, VmImageError
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_image import (
+    MIN_FREE_BYTES, ImageCache, VmImageError, check_free_space)
 
 PROXY_DIR = 'apt-proxy'
 
@@ -35,23 +37,53 @@ class LabVmSupply:
             raise LabError(str(exc))
 
     def ensure_images(self, hosts):
-        """The base image of each release the VMs use: built unless cached (always with image_rebuild)."""
+        """The base image of each release the VMs use: built unless cached (always with image_rebuild).
+
+        The releases' builds run side by side, one thread each (mmdebstrap waits on the archive as much as it
+        works): a lab of three releases on a machine without cached images is ready in about the time of its
+        slowest build instead of the sum. Each build has its own work directory and lock; the first failure
+        is raised once every build has ended (a failed build removes its own work directory)."""
         cache = self._cache()
-        for release in sorted({host['release'] for host in hosts}):
-            try:
-                if self.lab.check_mode:
-                    spec = cache.spec(release)
-                    info = None if self.rebuild else cache.cached(spec)
-                    if info is None:
-                        self.lab._note(['mmdebstrap', '--variant=apt', release, cache.entry_dir(spec)])
-                        info = {'release': release, 'key': spec['key'], 'build_id': None, 'built': True}
-                else:
-                    info = cache.ensure(release, rebuild=self.rebuild)
-                    if info['built']:
-                        self.lab._note(['mmdebstrap', '--variant=apt', release, info['dir']])
-            except VmImageError as exc:
-                raise LabError(str(exc))
-            self.images[release] = info
+        releases = sorted({host['release'] for host in hosts})
+        if self.lab.check_mode:
+            for release in releases:
+                self.images[release] = self._image_in_check_mode(cache, release)
+            return
+        self._room_for_builds(cache, releases)
+        with ThreadPoolExecutor(max_workers=max(1, len(releases)), thread_name_prefix='tcplab-image') as pool:
+            futures = [(release, pool.submit(self._image, cache, release)) for release in releases]
+        for release, future in futures:
+            self.images[release] = future.result()
+
+    def _room_for_builds(self, cache, releases):
+        """Builds side by side need room for all of them at once: refused before any starts."""
+        try:
+            cold = [r for r in releases if self.rebuild or cache.cached(cache.spec(r)) is None]
+            if len(cold) > 1:
+                os.makedirs(cache.cache_dir, mode=0o700, exist_ok=True)
+                check_free_space(cache.cache_dir, MIN_FREE_BYTES * len(cold))
+        except VmImageError as exc:
+            raise LabError(str(exc))
+
+    def _image(self, cache, release):
+        try:
+            info = cache.ensure(release, rebuild=self.rebuild)
+        except VmImageError as exc:
+            raise LabError(str(exc))
+        if info['built']:
+            self.lab._note(['mmdebstrap', '--variant=apt', release, info['dir']])
+        return info
+
+    def _image_in_check_mode(self, cache, release):
+        try:
+            spec = cache.spec(release)
+            info = None if self.rebuild else cache.cached(spec)
+        except VmImageError as exc:
+            raise LabError(str(exc))
+        if info is None:
+            self.lab._note(['mmdebstrap', '--variant=apt', release, cache.entry_dir(spec)])
+            info = {'release': release, 'key': spec['key'], 'build_id': None, 'built': True}
+        return info
 
     def _proxy(self, address, port):
         tools = {name: self.tools[name] for name in ('apt-cacher-ng', 'setpriv') if self.tools.get(name)}

@@ -173,6 +173,57 @@ def test_not_enough_disk_for_the_image_is_the_lab_error(tmp_path, monkeypatch):
     assert not os.path.exists(lab.state_dir)
 
 
+THREE = [{'name': 'vm-' + r, 'kind': 'vm', 'release': r} for r in ('bookworm', 'bullseye', 'trixie')]
+
+
+def fake_builds(monkeypatch, seconds=0.4, fail=None):
+    """ImageCache.ensure as a build that takes seconds (the real one is mmdebstrap: TCPLAB_VM_TESTS); the spans
+    of the builds, and a failure for release fail."""
+    spans = {}
+
+    def ensure(self, release, rebuild=False):
+        start = time.monotonic()
+        time.sleep(seconds)
+        spans[release] = (start, time.monotonic())
+        if release == fail:
+            raise VmImageError('the %s build failed' % release)
+        return {'release': release, 'key': 'k', 'dir': '/cache/' + release, 'built': True}
+    monkeypatch.setattr(ImageCache, 'ensure', ensure)
+    monkeypatch.setattr(ImageCache, 'spec', lambda self, release: {'release': release, 'key': 'k'})
+    monkeypatch.setattr(ImageCache, 'cached', lambda self, spec: None)
+    return spans
+
+
+def test_the_releases_images_are_built_side_by_side(tmp_path, monkeypatch):
+    lab = make_lab(tmp_path)
+    spans = fake_builds(monkeypatch)
+    lab.vms.ensure_images(THREE)
+    assert sorted(lab.vms.images) == ['bookworm', 'bullseye', 'trixie']
+    assert max(start for start, end in spans.values()) < min(end for start, end in spans.values())  # all at once
+    assert sorted(a[3] for a in lab.actions if a[0] == 'mmdebstrap') == ['/cache/bookworm', '/cache/bullseye', '/cache/trixie']
+
+
+def test_a_failed_build_is_the_lab_error_once_every_build_ended(tmp_path, monkeypatch):
+    lab = make_lab(tmp_path)
+    spans = fake_builds(monkeypatch, fail='bullseye')
+    with pytest.raises(LabError) as exc:
+        lab.vms.ensure_images(THREE)
+    assert str(exc.value) == 'the bullseye build failed'
+    assert sorted(spans) == ['bookworm', 'bullseye', 'trixie']  # the others were not abandoned half-built
+
+
+def test_builds_side_by_side_need_room_for_all_of_them(tmp_path, monkeypatch):
+    lab = make_lab(tmp_path)
+    spans = fake_builds(monkeypatch)
+    free = os.statvfs(str(tmp_path)).f_bavail * os.statvfs(str(tmp_path)).f_frsize
+    monkeypatch.setattr('ansible_collections.tcplab.keepalive.plugins.module_utils._lab_vm_supply.MIN_FREE_BYTES',
+                        free // 2)
+    with pytest.raises(LabError) as exc:
+        lab.vms.ensure_images(THREE)
+    assert str(exc.value).startswith('not enough free space in %s to build a lab VM image' % (tmp_path / 'cache'))
+    assert spans == {} and lab.vms.images == {}  # refused before any build started
+
+
 def test_bad_image_cache_is_refused(tmp_path):
     lab = make_lab(tmp_path, image_cache='relative/cache')
     with pytest.raises(LabError) as exc:
