@@ -33,6 +33,7 @@ WORK=$(mktemp -d -p "$STATE" it-slices.XXXXXX)
 cleanup() {
   ansible-playbook tcplab.keepalive.lab -e "$LAB_VARS" -e lab_state=absent >/dev/null || true
   rm -rf "$WORK"
+  rmdir "$STATE" 2>/dev/null || true  # only when empty: another run's directory keeps it
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
