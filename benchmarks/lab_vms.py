@@ -9,7 +9,8 @@ parallel <= 40 s, the VM experiment within 2x of the namespace one.
 Run as root after scripts/bootstrap.sh (or scripts/test.sh), from the checkout:
     .venv/bin/python benchmarks/lab_vms.py [--rounds 2] [--release bookworm]
         [--experiment-only] [--baseline COLLECTIONS_PATH]
-        [--vm-bridge B --ns-bridge B --vm-network N --ns-network N --netns-prefix P --state-dir D] [--keep-labs]
+        [--vm-bridge B --ns-bridge B --vm-network N --ns-network N --netns-prefix P --ns-netns-prefix P
+         --state-dir D] [--keep-labs]
 
 --experiment-only skips the image and boot figures. --baseline runs the VM
 experiment a second time per round with another checkout's collection (an
@@ -97,6 +98,7 @@ def lab_options(parser):
     parser.add_argument('--vm-network', default=VM_LAB['lab_network'])
     parser.add_argument('--ns-network', default=NS_LAB['lab_network'])
     parser.add_argument('--netns-prefix', help='namespace prefix of the VM lab (the namespace lab adds "n-")')
+    parser.add_argument('--ns-netns-prefix', help='namespace prefix of the namespace lab (instead of --netns-prefix "n-")')
     parser.add_argument('--state-dir', help='state directories of the labs: this with "-vms" and with "-ns" appended')
     parser.add_argument('--keep-labs', action='store_true', help='leave the two labs up at the end (to run again)')
 
@@ -106,6 +108,8 @@ def configure_labs(args):
     NS_LAB.update(lab_bridge=args.ns_bridge, lab_network=args.ns_network)
     if args.netns_prefix:
         VM_LAB['lab_netns_prefix'], NS_LAB['lab_netns_prefix'] = args.netns_prefix, args.netns_prefix + 'n-'
+    if args.ns_netns_prefix:
+        NS_LAB['lab_netns_prefix'] = args.ns_netns_prefix
     if args.state_dir:
         VM_LAB['lab_state_dir'], NS_LAB['lab_state_dir'] = args.state_dir + '-vms', args.state_dir + '-ns'
 

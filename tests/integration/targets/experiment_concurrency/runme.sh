@@ -113,7 +113,7 @@ rc3=0; wait "$B3" || rc3=$?
 rc4=0; wait "$B4" || rc4=$?
 cat "$LOGS/b3.log" "$LOGS/b4.log"
 if [ "$rc3" != 0 ] || [ "$rc4" != 0 ]; then echo "B2: two waiting runs on one host (rc $rc3, $rc4)"; exit 1; fi
-cat "$LOGS/b3.log" "$LOGS/b4.log" | grep -q 'RETRYING: .*Take the lease' || { echo "B2: no progress line while waiting"; exit 1; }
+cat "$LOGS/b3.log" "$LOGS/b4.log" | grep -q "RETRYING: .*Start the client's host: lease" || { echo "B2: no progress line while waiting"; exit 1; }
 [ "$(all_state)" = "$BEFORE" ] || { echo "B2: the hosts are not as before"; exit 1; }
 
 # C. the kernel's timer while the play waits: 4 s between probes leave the play time to sample the client's

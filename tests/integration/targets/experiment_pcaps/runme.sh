@@ -50,6 +50,6 @@ if compgen -G "$RECORDS/*exp-${RUN}a-client*" > /dev/null; then echo "the run's 
 mkdir -p "$CAPTURES" && chmod 0700 "$CAPTURES"
 echo "not a capture" > "$CAPTURES/exp-${RUN}b-client.pcap"
 if experiment "${RUN}b" "$@" > "$REPORTS/foreign.log" 2>&1; then echo "the run should have failed"; exit 1; fi
-grep -q 'The experiment failed at "Start the capture"' "$REPORTS/foreign.log"
+grep -q 'The experiment failed at "Start the client.s host: .*": capture ' "$REPORTS/foreign.log"
 [ "$(cat "$CAPTURES/exp-${RUN}b-client.pcap")" = "not a capture" ] || { echo "a file not ours was changed or removed"; exit 1; }
 grep -q "is not a pcap this module wrote" "$REPORTS/foreign.log"
