@@ -406,12 +406,20 @@ def open_tables(rule, executable, run, which):
     tables = {}
     for version in versions:
         name = family_program(executable, version) if executable else binary_name(version)
+        if rule['state'] == 'purged' and not executable and not which(name) and not _any_backend(version, which):
+            tables[version] = []  # no iptables program here: no rule of this collection can be in place
+            continue
         first = Iptables(run, find_program(name, version, which), rule['wait'], version)
         first.probe()
         tables[version] = [first]
         if rule['state'] == 'purged' or (rule['state'] == 'absent' and not executable):
             tables[version] += other_backends(first, run, which)
     return tables
+
+
+def _any_backend(version, which):
+    """Whether an iptables-nft or iptables-legacy program of version's family is installed."""
+    return any(which(binary_name(version) + suffix) for suffix in ('-nft', '-legacy'))
 
 
 def other_backends(first, run, which):
@@ -696,8 +704,10 @@ def _purge(rule, tables, timers, check_mode):
         'timers_cancelled': cancelled,
         'backend': backends[0] if backends else None,
         'backends': sorted(set(backends), key=backends.index),
-        'msg': '%s %d tagged rule(s) and %s %d timer(s) (looked in %s)' % (
+        'msg': '%s %d tagged rule(s) and %s %d timer(s) (%s)' % (
             would + 'remove' if check_mode else 'removed', len(removed),
-            'cancel' if check_mode else 'cancelled', cancelled, ', '.join(sorted(set(backends), key=backends.index))),
+            'cancel' if check_mode else 'cancelled', cancelled,
+            'looked in ' + ', '.join(sorted(set(backends), key=backends.index)) if backends
+            else 'no iptables program here: no rule of ours can be'),
         'diff': {'before': ''.join(item['rule_text'] + '\n' for item in removed), 'after': ''},
     }

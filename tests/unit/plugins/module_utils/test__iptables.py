@@ -459,6 +459,23 @@ def test_open_tables(monkeypatch, tmp_path, state, executable, legacy_filter, pr
     assert [program.binary for program in tables['4']] == programs
 
 
+def test_purged_on_a_host_without_iptables_finds_nothing_to_remove():
+    """A host without any iptables program (a lab VM's client: only the server needs one) cannot hold a rule of
+    ours: purged (rollback.yml) says so and succeeds; present still names the package to install."""
+    def run(argv, check=True, ok_rc=(0,), data=None, what=None):
+        raise AssertionError('nothing may run: %s' % argv)
+    rule = validate(params(state='purged', port=None, ip_version='both'))
+    tables = open_tables(rule, None, run, lambda name: None)
+    assert tables == {'4': [], '6': []}
+    result = manage(rule, tables, FakeTimers())
+    assert not result['changed'] and result['removed'] == [] and result['backends'] == []
+    assert result['msg'] == ('removed 0 tagged rule(s) and cancelled 0 timer(s) '
+                             '(no iptables program here: no rule of ours can be)')
+    with pytest.raises(RuleError) as exc:
+        open_tables(validate(params()), None, run, lambda name: None)
+    assert 'apt-get install' in str(exc.value)
+
+
 def test_legacy_tables_present(tmp_path):
     names = tmp_path / 'names'
     names.write_text('mangle\nfilter\n')
