@@ -76,7 +76,7 @@ def measure(proc, netns, paths, calls):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     parser.add_argument('--namespaces', type=int, default=20)
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--calls', type=int, default=200, help='calls per figure and round (fork: a tenth)')

@@ -370,7 +370,7 @@ notes:
   description:
     - What the lab chose on its own, e.g. the fall back from KVM to TCG, or a VM restarted on a new image.
     - A namespace of a lab host's name that is not the lab's (the kernel gave a new namespace the inode of the lab's
-      deleted one: another namespace cookie) is left alone and forgotten, and said so here.
+      deleted one, with another namespace cookie) is left alone and forgotten, and said so here.
   returned: always
   type: list
   elements: str
