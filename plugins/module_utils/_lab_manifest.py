@@ -128,8 +128,9 @@ def claim_netns(entry, inode, cookie=None):
 def recycled_netns(entry, inode, cookie):
     """Whether a namespace with the recorded inode is another one (both cookies known, unequal): the lab's was
     deleted and a new one got its inode."""
-    return (entry is not None and inode is not None and entry.get('inode') == inode
-            and not cookie_matches(entry.get('cookie'), cookie))
+    if entry is None or inode is None or entry.get('inode') != inode:
+        return False
+    return not cookie_matches(entry.get('cookie'), cookie)
 
 
 def claim_link(entry, link, kind):

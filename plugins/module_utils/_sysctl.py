@@ -398,13 +398,19 @@ def live_netns_inodes(netns_dir=NETNS_DIR):
     return _netns.live_inodes(netns_dir)
 
 
+def _dead(entry, live, stale):
+    """Whether a journal entry's namespace is gone: its inode is not live, or a namespace with another cookie has it."""
+    inode = entry.get('netns_inode')
+    if inode not in live:
+        return True
+    return inode in stale and entry_cookie(entry) == stale[inode]
+
+
 def prune_dead(data, live, stale=None):
     """Drop journal entries of namespaces that no longer exist (their inode may be reused): the inode is not in
     live, or stale ({inode: cookie}) says the namespace with that inode now is another one than the entry's."""
     stale = stale or {}
-    dead = [key for key, entry in data.items() if isinstance(entry, dict) and (
-        entry.get('netns_inode') not in live
-        or (entry.get('netns_inode') in stale and entry_cookie(entry) == stale[entry['netns_inode']]))]
+    dead = [key for key, entry in data.items() if isinstance(entry, dict) and _dead(entry, live, stale)]
     for key in dead:
         del data[key]
     return dead
