@@ -16,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,11 @@ def test_a_start_and_an_end_in_one_module_run_each(host):
     # the sample was taken before the client connected: no socket of the client port yet
     assert client['kernel']['socket'] is None and 'tcp_keepalive' in client['kernel']['counters']
     assert set(started['seconds']) == {'sysctl', 'captures', 'endpoints'}
+    # the capture writes the handshake a moment after the client connected (on a loaded machine, later):
+    # the end is asked once the pcap holds more than its file header
+    deadline = time.monotonic() + 10
+    while os.path.getsize(host['pcap']) <= 24 and time.monotonic() < deadline:
+        time.sleep(0.1)
 
     ended = end(host)
     assert ended['_status'] == 'CHANGED', ended
