@@ -210,6 +210,28 @@ matrix_line() {  # VERSION: one line of the summary
   return "$failed"
 }
 
+# What failed in VERSION, for the stage's output (CI keeps nothing else): the unit suite's short summary and
+# the first lines of each failure's traceback; the last lines of a failed sanity, doc or experiment log.
+matrix_failures() {
+  local version=$1 dir="$MATRIX_DIR/$1" part log
+  for part in $MATRIX_PARTS; do
+    [ "$(cut -d' ' -f1 "$dir/$part.result" 2>/dev/null)" = ok ] && continue
+    case $part in
+      unit) log=$dir/unit.log ;;
+      sanity) log=$dir/sanity.log ;;
+      doc) log=$dir/ansible-doc.log ;;
+      experiment) log=$dir/experiment.log ;;
+    esac
+    echo "---- matrix: ansible-core $version: $part failed ($log) ----"
+    if [ "$part" = unit ]; then
+      grep -E '^(FAILED|ERROR) ' "$log"
+      sed -n '/^=* FAILURES =*$/,/^=* short test summary/p' "$log" | head -150
+    else
+      tail -40 "$log"
+    fi
+  done
+}
+
 # 2.19's line: the figures of the main stages of this scripts/test.sh run, when they ran.
 matrix_main_line() {
   local unit="${SUMMARY[unit]:-}" sanity="${SUMMARY[sanity]:-}" build="${SUMMARY[build]:-}"
@@ -264,6 +286,7 @@ stage_matrix() {
     lines+=("$(printf '%-6s %s' "$MATRIX_MAIN_VERSION" "$(matrix_main_line)")")
   fi
   printf '%s\n' "${lines[@]}" | tee "$MATRIX_DIR/summary.txt"
+  for version in $MATRIX_VERSIONS; do matrix_failures "$version"; done
   # one line per version, under the summary column of scripts/test.sh
   SUMMARY[matrix]="$(echo "$MATRIX_VERSIONS" | wc -w) versions in $(( $(date +%s) - start )) s:"
   for line in "${lines[@]}"; do SUMMARY[matrix]+=$(printf '\n%30s%s' '' "$line"); done

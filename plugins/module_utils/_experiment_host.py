@@ -39,6 +39,9 @@ and must not be used from outside tcplab.keepalive.
 
 from __future__ import annotations
 
+import base64
+import os
+import stat
 import sys
 import time
 
@@ -61,6 +64,9 @@ DROP_DEFAULTS = {
     'in_interface': None, 'out_interface': None, 'ip_version': '4', 'tag': None, 'state': 'absent',
     'position': 'insert', 'wait': 30, 'expire_after': None, 'allow_lockout': False, 'executable': None,
 }
+MSG_CONTENT_UNREAD = '%s was not returned: %s (it stays on the host)'
+MSG_CONTENT_LARGE = '%s was not returned: %d bytes, more than %d (it stays on the host: fetch it)'
+CONTENT_MAX = 8 * 1024 * 1024
 ENDPOINT_STATE_DIR = '/run/tcplab-keepalive/endpoint'
 # an endpoint in these states has not ended by itself (the endpoint module's outcome.state)
 RUNNING = ('starting', 'connected', 'running')
@@ -153,7 +159,10 @@ def _captures(module, items, state):
                 result = capture.started(dict(item, path=path, handle=None, netns=None))
             else:
                 result = capture.stopped(path, None, expect=item.get('expect'), tolerance=item.get('tolerance'))
-                if item.get('remove'):   # the caller has fetched it: it goes with its record and log (ours only)
+                if item.get('return_content'):
+                    result.update(pcap_content(path))
+                # the caller has fetched it, or has its content: it goes with its record and log (ours only)
+                if item.get('remove') and 'content_skipped' not in result:
                     result['removed'] = capture.absent(path, None)['removed']
         except CommandError as exc:
             raise StepError(MSG_STEP % (step, exc.as_result().get('msg', exc))) from exc
@@ -164,6 +173,21 @@ def _captures(module, items, state):
         return result
 
     return _each(items, state, one, lambda item: {'path': item['path']})
+
+
+def pcap_content(path, limit=CONTENT_MAX):
+    """{'content': the pcap base64-encoded} or {'content_skipped': why} (none, not a regular file, over limit)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        return {'content_skipped': MSG_CONTENT_UNREAD % (path, exc.strerror or exc)}
+    with os.fdopen(fd, 'rb') as handle:
+        size = os.fstat(fd)
+        if not stat.S_ISREG(size.st_mode):
+            return {'content_skipped': MSG_CONTENT_UNREAD % (path, 'not a regular file')}
+        if size.st_size > limit:
+            return {'content_skipped': MSG_CONTENT_LARGE % (path, size.st_size, limit)}
+        return {'content': base64.b64encode(handle.read(limit + 1)).decode('ascii')}
 
 
 def _drop_rule(module, params):

@@ -35,7 +35,8 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils import _report_ma
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _in_flight as in_flight
 from ansible_collections.tcplab.keepalive.plugins.module_utils._report_input import (  # noqa: F401 pylint: disable=unused-import
     FAULT, MSG_BAD_VALUE, MSG_DEST_NOT_DIR, MSG_DEST_PARENT, MSG_MISSING_KEY, MSG_NOT_DICT, MSG_PCAP, MSG_PCAP_MISSING,
-    MSG_UNKNOWN_KEYS, OPTIONAL, REQUIRED, TRIPLE, ReportError, _tolerance, check_pcaps, plan_dest, validate)
+    MSG_UNKNOWN_KEYS, OPTIONAL, REQUIRED, TRIPLE, ReportError, _tolerance, check_pcaps, decode_pcap_files, plan_dest,
+    validate)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._report_idle import (  # noqa: F401 pylint: disable=unused-import
     DEATH, MSG_IDLE_DIED, MSG_IDLE_SURVIVED, idle_sentences, judge_idle, what_met)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._report_judge import (  # noqa: F401 pylint: disable=unused-import
@@ -49,12 +50,17 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._report_packets i
 MSG_WRITE = 'cannot write the report in %s: %s'
 
 
-def write_experiment(dest, data):
+def write_experiment(dest, data, pcap_files=None):
     """Write report.json, report.md and timeline.png into dest; returns (report dict, markdown).
 
-    Everything is checked and rendered before the first write; on a failure the files and directories this call
-    created are removed again."""
+    pcap_files (name, base64 content: the pcaps experiment_host returned) are written first as <dest>/<name>.pcap,
+    where data['pcaps'] names them; they stay when the report fails later, since they are the run's evidence and
+    their hosts no longer have them. Everything else is checked and rendered before the first write of the report;
+    on a failure the report's files and the directories this call created are removed again."""
     data = validate(data)
+    evidence = decode_pcap_files(pcap_files)
+    if evidence:
+        _write_all(dest, plan_dest(dest), evidence)
     pcaps, pcap_notes = check_pcaps(data['pcaps'])
     to_create = plan_dest(dest)
     client_port = data['client_port']

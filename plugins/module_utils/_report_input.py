@@ -11,6 +11,8 @@ and must not be used from outside tcplab.keepalive.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import os
 
@@ -30,6 +32,9 @@ MSG_DEST_NOT_DIR = 'dest %s exists and is not a directory: give the path of a di
 MSG_DEST_PARENT = 'dest %s cannot be created: %s is not a directory; give a path under a directory'
 MSG_PCAP = 'data.pcaps: %s'
 MSG_PCAP_MISSING = 'pcap %s not found: the timeline picture shows no packets from it'
+MSG_PCAP_FILE_NAME = ('pcap_files[].name must be a file name without "/" (the capture host\'s name; written as '
+                      '<dest>/<name>.pcap), got %r')
+MSG_PCAP_FILE_CONTENT = 'pcap_files[].content of %s must be the pcap base64-encoded (experiment_host returns it so): %s'
 
 TRIPLE = 'a dict with time, intvl and probes (integers >= 1)'
 REQUIRED = {
@@ -170,6 +175,22 @@ def _tolerance(value):
             if number is None or not 0 <= number <= high:
                 raise ReportError(MSG_BAD_VALUE % ('tolerance', what, value))
             out[key] = number
+    return out
+
+
+def decode_pcap_files(items):
+    """[(file name, bytes)] of pcap_files (name: the capture host's, content: the pcap base64-encoded), all checked
+    before anything is written."""
+    out = []
+    for item in items or []:
+        name = item.get('name')
+        if not isinstance(name, str) or name in ('', '.', '..') or '/' in name or '\0' in name or len(name) > 200:
+            raise ReportError(MSG_PCAP_FILE_NAME % (name,))
+        try:
+            content = base64.b64decode(item.get('content') or '', validate=True)
+        except (binascii.Error, ValueError, TypeError) as exc:
+            raise ReportError(MSG_PCAP_FILE_CONTENT % (name, exc)) from exc
+        out.append((name + '.pcap', content))
     return out
 
 

@@ -144,9 +144,19 @@ options:
       remove:
         description:
           - With V(stopped), remove the pcap, its state record and log after the analysis, as the capture module's
-            state V(absent) does - only a pcap its record proves the capture wrote (the caller has fetched it).
+            state V(absent) does - only a pcap its record proves the capture wrote (the caller has fetched it, or
+            has it in C(content) with O(captures[].return_content)).
         type: bool
         default: false
+      return_content:
+        description:
+          - With V(stopped), return the pcap itself, base64-encoded, in C(content) of the capture's result (read once
+            the capture has stopped), so that the caller needs no fetch of its own - on a lab VM under software
+            emulation a fetch costs two module runs. A pcap larger than 8 MiB is not returned (C(content_skipped)
+            says why) and is then not removed by O(captures[].remove) either, so the caller can fetch it.
+        type: bool
+        default: false
+        version_added: 0.2.0
   drop_rule:
     description:
       - With V(stopped) only, M(tcplab.keepalive.drop_rule) with state V(absent) - the tagged rule goes and its
@@ -286,7 +296,8 @@ watch:
 captures:
   description:
     - The capture module's result per pcap (with V(stopped), C(analysis); with O(captures[].remove), C(removed), the files
-      removed); a failed one has C(failed) and C(msg).
+      removed; with O(captures[].return_content), C(content) - the pcap base64-encoded - or C(content_skipped)); a
+      failed one has C(failed) and C(msg).
   returned: always
   type: list
   elements: dict
@@ -336,7 +347,8 @@ def main():
                 path=dict(type='path', required=True), iface=dict(type='str'), filter=dict(type='str'),
                 backend=dict(type='str'), max_seconds=dict(type='int'), max_packets=dict(type='int'),
                 max_bytes=dict(type='int'), snaplen=dict(type='int'), state_dir=dict(type='path'),
-                expect=dict(type='dict'), tolerance=dict(type='dict'), remove=dict(type='bool', default=False))),
+                expect=dict(type='dict'), tolerance=dict(type='dict'), remove=dict(type='bool', default=False),
+                return_content=dict(type='bool', default=False))),
             drop_rule=dict(type='dict', options=dict(
                 port=dict(type='raw', required=True), destination=dict(type='str'), source=dict(type='str'),
                 chain=dict(type='str', choices=['INPUT', 'OUTPUT'], default='INPUT'), tag=dict(type='str', required=True))),

@@ -23,7 +23,7 @@ description:
     keepalive activity), the local pcaps are analysed for the client port, so that the report says what the capture
     holds - for example a connection closed by a FIN from the server before any probe.
   - The input is checked before anything is written, and the three files are written only when all of them could be
-    rendered; a failure leaves nothing of this run behind (no empty directory).
+    rendered; a failure leaves nothing of this run behind (no empty directory) but the pcaps of O(pcap_files).
 author: tcplab.keepalive developers (@tcplab)
 extends_documentation_fragment:
   - tcplab.keepalive.attributes
@@ -152,6 +152,26 @@ options:
             C(prediction), C(observed.ended_by) and C(observed.retransmissions).
         type: dict
         version_added: 0.2.0
+  pcap_files:
+    description:
+      - Pcaps handed over as content rather than fetched (the C(content) that M(tcplab.keepalive.experiment_host)
+        returns with O(tcplab.keepalive.experiment_host#module:captures[].return_content)), each written as
+        C(<dest>/<name>.pcap) before the report is rendered; name them in O(data.pcaps) too, in the order the report
+        reads them.
+      - They are checked (a plain file name, valid base64) before anything is written, and they stay when the report
+        fails later, since they are the run's evidence and their hosts no longer have them.
+    type: list
+    elements: dict
+    version_added: 0.2.0
+    suboptions:
+      name:
+        description: The file's name without C(.pcap) (the capture host's inventory name); no C(/).
+        type: str
+        required: true
+      content:
+        description: The pcap, base64-encoded.
+        type: str
+        required: true
 requirements:
   - matplotlib on the controller (for C(timeline.png))
 '''
@@ -264,12 +284,16 @@ def main():
                 kernel=dict(type='dict'),
                 in_flight=dict(type='dict'),
             )),
+            pcap_files=dict(type='list', elements='dict', options=dict(
+                name=dict(type='str', required=True),
+                content=dict(type='str', required=True, no_log=False),
+            )),
         ),
         supports_check_mode=False,
     )
     dest = module.params['dest']
     try:
-        report, text = write_experiment(dest, module.params['data'])
+        report, text = write_experiment(dest, module.params['data'], module.params['pcap_files'])
     except ReportError as exc:
         module.fail_json(msg=str(exc))
     files = [os.path.join(dest, name) for name in ('report.json', 'report.md', 'timeline.png')]

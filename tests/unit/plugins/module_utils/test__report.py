@@ -7,6 +7,7 @@
 # a report over a generated capture whose server closed the connection.
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils import _pcap, _pcap_wait, _report
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _pcap, _pcap_wait, _report, _report_input
 from ansible_collections.tcplab.keepalive.plugins.module_utils._report import judge, observe, timeline, write_experiment
 
 _spec = importlib.util.spec_from_file_location('tcplab_test__pcap_r', str(Path(__file__).with_name('test__pcap.py')))
@@ -257,3 +258,49 @@ def test_no_analysis_is_not_called_an_empty_capture():
     verdict, reasons = judge(EXPECT, observed, {}, 1, TOL)
     assert _report.MSG_NO_ANALYSIS in reasons
     assert not any('holds no connection' in reason for reason in reasons)
+
+
+# ---------------------------------------------------------------- pcaps handed over as content (experiment_host)
+
+PCAP = Path(__file__).parent / 'data' / 'time300-probe-copy.pcap'
+
+
+def test_pcap_files_are_written_where_data_pcaps_names_them(tmp_path):
+    dest = tmp_path / 'reports' / 'r1'
+    content = base64.b64encode(PCAP.read_bytes()).decode('ascii')
+    report, _text = write_experiment(str(dest), good_data(pcaps=[str(dest / 'vm1.pcap')]),
+                                     [{'name': 'vm1', 'content': content}])
+    assert (dest / 'vm1.pcap').read_bytes() == PCAP.read_bytes()
+    assert report['pcaps'] == [str(dest / 'vm1.pcap')] and not any('not found' in n for n in report['notes'])
+    assert sorted(p.name for p in dest.iterdir()) == ['report.json', 'report.md', 'timeline.png', 'vm1.pcap']
+
+
+@pytest.mark.parametrize('item, message', [
+    ({'name': '../x', 'content': ''}, _report_input.MSG_PCAP_FILE_NAME % ('../x',)),
+    ({'name': '..', 'content': ''}, _report_input.MSG_PCAP_FILE_NAME % ('..',)),
+    ({'name': '', 'content': ''}, _report_input.MSG_PCAP_FILE_NAME % ('',)),
+    ({'name': 'vm1', 'content': 'not base64!'}, None),
+], ids=['slash', 'dotdot', 'empty', 'not-base64'])
+def test_bad_pcap_files_are_refused_before_anything_is_written(tmp_path, item, message):
+    dest = tmp_path / 'reports' / 'r1'
+    good = {'name': 'vm0', 'content': base64.b64encode(b'\xd4\xc3\xb2\xa1').decode('ascii')}
+    with pytest.raises(_report.ReportError) as exc:
+        write_experiment(str(dest), good_data(), [good, item])
+    if message:
+        assert str(exc.value) == message
+    else:
+        assert str(exc.value).startswith(_report_input.MSG_PCAP_FILE_CONTENT.split('%s', 1)[0] + 'vm1 must be')
+    assert not (tmp_path / 'reports').exists()
+
+
+def test_pcap_files_stay_when_the_report_fails_later(tmp_path, monkeypatch):
+    dest = tmp_path / 'r1'
+
+    def broken(*_args, **_kwargs):
+        raise _report.ReportError('rendering failed')
+    monkeypatch.setattr(_report, 'markdown', broken)
+    with pytest.raises(_report.ReportError):
+        write_experiment(str(dest), good_data(pcaps=[str(dest / 'vm1.pcap')]),
+                         [{'name': 'vm1', 'content': base64.b64encode(PCAP.read_bytes()).decode('ascii')}])
+    # the run's evidence, no longer on its host, is kept; no report file was written
+    assert sorted(p.name for p in dest.iterdir()) == ['vm1.pcap']

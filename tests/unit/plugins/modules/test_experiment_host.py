@@ -9,6 +9,7 @@ names its step and leaves the rest to the end, an end runs every step and report
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -206,3 +207,44 @@ def test_an_end_runs_every_step_and_reports_every_failure(host):
 def test_bad_input_is_refused_with_the_fix(host, args, msg):
     result = run_module(host, 'experiment_host', args)
     assert result['_status'] == 'FAILED!' and result['msg'] == msg
+
+
+def test_one_wait_follows_the_unanswered_probes_and_the_end_returns_the_pcap(host):
+    assert start(host)['_status'] == 'CHANGED'   # keepalive 1/1/2
+    answered = run_module(host, 'pcap_info', {'path': host['pcap'],
+                                              'wait_for': {'port': CLIENT, 'answered': 1, 'timeout': 60}})
+    assert answered['waited']['met'], answered
+    drop = {'port': SERVER, 'destination': '127.0.0.1', 'tag': 'eh-test'}
+    assert run_module(host, 'drop_rule', dict(drop, expire_after=120))['_status'] == 'CHANGED'
+    # one module run to the RST, a kernel sample at each unanswered probe it saw (the role's wait on the client)
+    waited = run_module(host, 'pcap_info', {
+        'path': host['pcap'], 'wait_for': {'port': CLIENT, 'rst': True, 'timeout': 60, 'sample_unanswered': True},
+        'kernel_sample': {'port': CLIENT, 'peer_port': SERVER}})
+    assert waited['waited']['met'] and waited['waited']['unanswered'] == 2, waited
+    samples = waited['kernel_samples']
+    assert 1 <= len(samples) <= 2 and samples[0]['socket']['timer'] == 'keepalive', samples
+    assert samples[0]['socket']['timer_count'] >= 1 and samples[0]['time'] < waited['kernel']['time']
+    ended = end(host, settle=30, drop_rule=drop, captures=[
+        {'path': host['pcap'], 'expect': {'time': 1, 'intvl': 1, 'probes': 2}, 'remove': True, 'return_content': True}])
+    assert ended['_status'] == 'CHANGED', ended
+    capture = ended['captures'][0]
+    pcap = base64.b64decode(capture['content'])
+    # the whole capture, to the client's RST, came back; then the pcap, its record and log went
+    assert pcap[:4] in (b'\xd4\xc3\xb2\xa1', b'\xa1\xb2\xc3\xd4') and len(pcap) > 24 * 8, capture
+    assert capture['analysis']['connections'][0]['rst'] is not None
+    assert not os.path.exists(host['pcap']) and len(capture['removed']) == 3
+
+
+def test_a_pcap_is_returned_only_when_it_is_a_regular_file_within_the_limit(tmp_path):
+    small = tmp_path / 'small.pcap'
+    small.write_bytes(b'\xd4\xc3\xb2\xa1' + b'\0' * 20)
+    assert base64.b64decode(eh.pcap_content(str(small))['content']) == small.read_bytes()
+    # over the limit: not returned, and the caller is told to fetch it (the end then leaves it on the host)
+    assert eh.pcap_content(str(small), limit=10) == {'content_skipped': eh.MSG_CONTENT_LARGE % (small, 24, 10)}
+    fifo = tmp_path / 'fifo.pcap'
+    os.mkfifo(fifo)
+    assert eh.pcap_content(str(fifo)) == {'content_skipped': eh.MSG_CONTENT_UNREAD % (fifo, 'not a regular file')}
+    link = tmp_path / 'link.pcap'
+    link.symlink_to(small)
+    assert 'content' not in eh.pcap_content(str(link))
+    assert 'content' not in eh.pcap_content(str(tmp_path / 'none.pcap'))
