@@ -67,6 +67,8 @@ DROP_DEFAULTS = {
 MSG_CONTENT_UNREAD = '%s was not returned: %s (it stays on the host)'
 MSG_CONTENT_LARGE = '%s was not returned: %d bytes, more than %d (it stays on the host: fetch it)'
 CONTENT_MAX = 8 * 1024 * 1024
+MSG_SAMPLE_PROBES = ('sample_probes needs settle (seconds to await the client\'s end) and kernel_sample (the client\'s '
+                     'port and its peer\'s): give both, or leave sample_probes false')
 ENDPOINT_STATE_DIR = '/run/tcplab-keepalive/endpoint'
 # an endpoint in these states has not ended by itself (the endpoint module's outcome.state)
 RUNNING = ('starting', 'connected', 'running')
@@ -260,16 +262,40 @@ def _settle(module, items):
     for item in items:
         try:
             cfg = validate(item)
+            if item.get('sample_probes') and not (item.get('kernel_sample') and item.get('settle')):
+                raise EndpointError(MSG_SAMPLE_PROBES)
             endpoints = Endpoints(item.get('state_dir') or ENDPOINT_STATE_DIR, sys.executable, {}, module.check_mode)
             deadline = time.monotonic() + max(0.0, float(item.get('settle') or 0))
+            probes = ProbeSamples(take_sample, item['kernel_sample']) if item.get('sample_probes') else None
             state = endpoints.status(cfg)['outcome']['state']
             while state in RUNNING and time.monotonic() < deadline:
+                if probes is not None:
+                    probes.poll()
                 time.sleep(SETTLE_POLL)
                 state = endpoints.status(cfg)['outcome']['state']
             out[cfg['name']] = {'settled': state not in RUNNING, 'kernel': take_sample(item.get('kernel_sample'))}
+            if probes is not None:
+                out[cfg['name']]['kernel_samples'] = probes.samples
         except (EndpointError, KernelSampleError, OSError) as exc:
             errors.append(MSG_STEP % ('endpoint %s' % item.get('name'), exc))
     return out, errors
+
+
+class ProbeSamples:
+    """The settle's samples: one each time the client socket's count of unanswered keepalive probes grows (its
+    keepalive timer's count, as inet_diag reports it)."""
+
+    def __init__(self, take, spec):
+        self.take, self.spec = take, spec
+        self.samples, self.count = [], 0
+
+    def poll(self):
+        sample = self.take(self.spec)
+        sock = sample.get('socket') or {}
+        count = sock.get('timer_count') or 0
+        if sock.get('timer') == 'keepalive' and count > self.count:
+            self.count = count
+            self.samples.append(sample)
 
 
 class Clock:

@@ -349,11 +349,3 @@ def sample(port=None, peer_port=None, now=time.time):
             'socket': _compact(client) if client else None, 'ours': [_compact(row) for row in ours],
             'others': [_compact(row) for row in others[:OTHERS_LISTED]], 'others_count': len(others),
             'sockets_count': len(rows), 'addresses': local_addresses()}
-
-
-def progress(sample_result, probes):
-    """'probe 2/3 unanswered (kernel)' from a sample's socket, or '' without one."""
-    sock = (sample_result or {}).get('socket') or {}
-    if sock.get('timer') != 'keepalive':
-        return ''
-    return 'probe %s/%s unanswered (kernel)' % (sock.get('timer_count'), probes)

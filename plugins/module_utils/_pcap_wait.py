@@ -180,14 +180,11 @@ def capture_gone(waited, alive):
     return waited
 
 
-def wait_for(path, cond, clock=time.monotonic, sleep=time.sleep, alive=None, progress=None, **kwargs):
+def wait_for(path, cond, clock=time.monotonic, sleep=time.sleep, alive=None, **kwargs):
     """analyse() repeatedly until cond is met, the connection ended, or cond['timeout'] passed.
 
     alive, when given, tells whether the capture that writes the file still runs (capture's liveness()); a
     capture that died ends the wait at once, since nothing more will come.
-
-    progress, when given, is called with the `waited` dict each time the count of answered or unanswered probes
-    has changed while the connection is still open (pcap_info takes a kernel sample there).
 
     Without a connection filter the analysis is focused on the client's port (a connection without probes is
     listed then, and its end seen). A file that does not exist yet or has no complete header yet is read again;
@@ -196,7 +193,6 @@ def wait_for(path, cond, clock=time.monotonic, sleep=time.sleep, alive=None, pro
     if not kwargs.get('connection'):
         kwargs['connection'] = {'port': cond['port']}
     start = clock()
-    counts = (0, 0)
     while True:
         try:
             result = analyse(path, **kwargs)   # refuses a FIFO, a directory, a device before opening it
@@ -206,9 +202,6 @@ def wait_for(path, cond, clock=time.monotonic, sleep=time.sleep, alive=None, pro
             sleep(cond['interval'])
             continue
         waited = judge_wait(result, cond, clock() - start)
-        if progress is not None and not waited['ended'] and (waited['answered'], waited['unanswered']) != counts:
-            counts = (waited['answered'], waited['unanswered'])
-            progress(waited)
         if not (waited['met'] or waited['ended']):
             waited = capture_gone(waited, alive)
         if waited['met'] or waited['ended'] or clock() - start >= cond['timeout']:

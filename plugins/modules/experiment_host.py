@@ -237,6 +237,15 @@ options:
             C(settled). 0 (the default) stops it at once.
         type: float
         default: 0
+      sample_probes:
+        description:
+          - With V(stopped), O(endpoints[].settle) and O(endpoints[].kernel_sample), also take a kernel sample during
+            the settle each time the socket's count of unanswered keepalive probes grows (C(kernel_samples) in the
+            endpoint's result, oldest first), so that the end follows the kernel's timer through the unanswered
+            probes to the client's failure in the same module run.
+        type: bool
+        default: false
+        version_added: 0.2.0
       kernel_sample:
         description:
           - The kernel's counters of the namespace and the socket's timer, as M(tcplab.keepalive.kernel_counters)
@@ -308,8 +317,8 @@ drop_rule:
 endpoints:
   description:
     - The endpoint module's result per process (C(outcome); with O(endpoints[].kernel_sample), C(kernel); with
-      V(stopped) and O(endpoints[].settle) or O(endpoints[].kernel_sample), C(settled)); a failed one has C(failed)
-      and C(msg).
+      V(stopped) and O(endpoints[].settle) or O(endpoints[].kernel_sample), C(settled); with
+      O(endpoints[].sample_probes), C(kernel_samples)); a failed one has C(failed) and C(msg).
   returned: always
   type: list
   elements: dict
@@ -359,7 +368,7 @@ def main():
                 local_port=dict(type='int'), keepalive_time=dict(type='int'), user_timeout_ms=dict(type='int'),
                 request_timeout=dict(type='float'), timeout=dict(type='float', default=10),
                 state_dir=dict(type='path', default='/run/tcplab-keepalive/endpoint'), settle=dict(type='float', default=0),
-                kernel_sample=SAMPLE)),
+                sample_probes=dict(type='bool', default=False), kernel_sample=SAMPLE)),
         ),
         supports_check_mode=True,
     )

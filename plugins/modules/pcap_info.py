@@ -132,16 +132,6 @@ options:
         description: Seconds between two reads of the file, 0.01..60.
         type: float
         default: 0.1
-      sample_unanswered:
-        description:
-          - With O(kernel_sample), also take a sample each time the wait sees one more unanswered probe while the
-            connection is still open, so that one module run follows the kernel's keepalive timer through every
-            unanswered probe up to the RST (RV(kernel_samples)).
-          - The experiment role waits for the unanswered probes and the RST this way when the capture runs on the
-            client.
-        type: bool
-        default: false
-        version_added: 0.2.0
   kernel_sample:
     description:
       - Also read the kernel's keepalive counters and TCP sockets of the network namespace the module runs in once the
@@ -211,14 +201,6 @@ kernel:
       C(others_count), C(sockets_count), C(source)).
   returned: when O(kernel_sample) is given
   type: dict
-  version_added: 0.2.0
-kernel_samples:
-  description:
-    - With O(wait_for.sample_unanswered), the samples taken during the wait, one each time one more unanswered
-      probe was seen (the same keys as RV(kernel)), oldest first; empty when no unanswered probe was seen.
-  returned: when O(wait_for.sample_unanswered) is true
-  type: list
-  elements: dict
   version_added: 0.2.0
 msg:
   description: With O(wait_for), RV(waited.reason).
@@ -626,21 +608,6 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap_wait import
 from ansible_collections.tcplab.keepalive.plugins.module_utils._pcap import PcapError, analyse, truncation_note
 
 
-MSG_SAMPLE_UNANSWERED = ('wait_for.sample_unanswered needs kernel_sample (port: the client\'s local port, peer_port: the '
-                         'server\'s port), nothing was read: add it or leave sample_unanswered false')
-
-
-def sample_unanswered(spec, samples):
-    """The wait's progress callback: a kernel sample into samples each time one more unanswered probe is seen."""
-    seen = [0]
-
-    def progress(waited):
-        if waited['unanswered'] > seen[0]:
-            seen[0] = waited['unanswered']
-            samples.append(take_sample(spec))
-    return progress
-
-
 def capture_alive(path, state_dir):
     """A callable telling whether the capture that writes path still runs (None: no capture of ours writes it)."""
     def alive():
@@ -677,33 +644,23 @@ def main():
                 rst=dict(type='bool', default=False),
                 timeout=dict(type='float', default=5),
                 interval=dict(type='float', default=0.1),
-                sample_unanswered=dict(type='bool', default=False),
             )),
             kernel_sample=KERNEL_SAMPLE,
         ),
         supports_check_mode=True,
     )
     p = module.params
-    samples = None
     try:
         check_sample(p['kernel_sample'])
         if p['wait_for']:
-            cond = dict(p['wait_for'])
-            if cond.pop('sample_unanswered'):
-                samples = []
-            if samples is not None and not p['kernel_sample']:
-                module.fail_json(msg=MSG_SAMPLE_UNANSWERED)
-            result = wait_for(p['path'], cond, expect=p['expect'], connection=p['connection'],
+            result = wait_for(p['path'], p['wait_for'], expect=p['expect'], connection=p['connection'],
                               tolerance=p['tolerance'], return_frames=p['return_frames'],
-                              alive=capture_alive(p['path'], p['capture_state_dir']),
-                              progress=None if samples is None else sample_unanswered(p['kernel_sample'], samples))
+                              alive=capture_alive(p['path'], p['capture_state_dir']))
         else:
             result = analyse(p['path'], expect=p['expect'], connection=p['connection'], tolerance=p['tolerance'],
                              return_frames=p['return_frames'])
         if p['kernel_sample']:
             result['kernel'] = take_sample(p['kernel_sample'])
-        if samples is not None:
-            result['kernel_samples'] = samples
     except (PcapError, KernelSampleError) as exc:
         module.fail_json(msg=str(exc))
     if result['truncated']:

@@ -10,13 +10,14 @@ setsid ansible-playbook -i "$INV" tcplab.keepalive.experiment \
   -e '{"experiment_keepalive": {"time": 2, "intvl": 1, "probes": 3}, "experiment_idle_probes": 2}' \
   -e "experiment_client=$HOST experiment_report_dir=$REPORTS experiment_install_deps=true" > "$LOG" 2>&1 &
 PLAY=$!
-# the task after the DROP names the unanswered probes: the rule is in by then
+# the task after the DROP hands the unanswered probes to the client's end: the rule is in by then
+AFTER_DROP="Let the end on the client's host await the client's failure"
 for _ in $(seq 1 900); do
-  if grep -q 'Wait for unanswered keepalive probe 1' "$LOG"; then break; fi
+  if grep -q "$AFTER_DROP" "$LOG"; then break; fi
   if ! kill -0 "$PLAY" 2>/dev/null; then cat "$LOG"; echo "the experiment ended before it could be killed"; exit 1; fi
   sleep 0.2
 done
-grep -q 'Wait for unanswered keepalive probe 1' "$LOG" || { cat "$LOG"; echo "never reached the DROP"; exit 1; }
+grep -q "$AFTER_DROP" "$LOG" || { cat "$LOG"; echo "never reached the DROP"; exit 1; }
 # ansible-core runs each task's worker in a session of its own: kill the whole
 # tree of the controller (frozen first so that nothing forks meanwhile), as a
 # crash of the controller machine would

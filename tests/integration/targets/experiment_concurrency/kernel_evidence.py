@@ -9,8 +9,8 @@
       /proc/net/netstat texts of the client's namespace read by runme.sh around the run, the report's deltas are the
       kernel's, read independently of the role.
   kernel_evidence.py timers REPORT.json NETSTAT_BEFORE NETSTAT_AFTER
-      as check, and the play sampled the client's keepalive timer while it waited: a sample has the socket with
-      its keepalive timer and one unanswered probe or more.
+      as check, and the client's end sampled its keepalive timer at each unanswered probe while it awaited the
+      client's failure: one sample per probe, counting 1, 2, ... of them, each with tcpi_probes alike.
   kernel_evidence.py forge REPORT_DIR OUT.json DEST
       the arguments of a report module call (writing into DEST) over the run's pcap whose kernel end sample counts one probe more than the
       kernel did (a disagreement the verdict must fail on); prints the forged TCPKeepAlive delta.
@@ -58,9 +58,10 @@ def check(path, before=None, after=None):
 def timers(path, before, after):
     check(path, before, after)
     with open(path) as handle:
-        samples = json.load(handle)['evidence']['kernel']['timer_samples']
-    assert any(s['timer'] == 'keepalive' and s['unanswered'] >= 1 and s['tcpi_probes'] == s['unanswered']
-               for s in samples), samples
+        report = json.load(handle)
+    samples = report['evidence']['kernel']['timer_samples']
+    assert [s['unanswered'] for s in samples] == list(range(1, report['settings']['probes'] + 1)), samples
+    assert all(s['timer'] == 'keepalive' and s['tcpi_probes'] == s['unanswered'] for s in samples), samples
 
 
 def forge(report_dir, out, dest):

@@ -340,7 +340,6 @@ def test_the_kernel_counts_what_the_code_reads(lab):
         assert sock['timer'] == 'keepalive' and sock['probes'] == k and sock['local'] == '%s:%d' % (C_ADDR, C_PORT)
         assert 0 < sock['expires_s'] <= 2.3
         assert ss_timer(NS_C, C_PORT) in (('keepalive', k), ('keepalive', k + 1))   # ss, read here
-        assert ke.progress(one, 3) == 'probe %d/3 unanswered (kernel)' % k
         seen[k] = one['counters']['tcp_keepalive'] - start['counters']['tcp_keepalive']
     assert client.stdout.readline().split() == ['error', '110']   # ETIMEDOUT
     end = sample_in(NS_C, C_PORT)

@@ -287,15 +287,3 @@ def test_a_killed_server_is_noticed_at_once(tmp_path):
     assert 'the server process stopped or closed the connection?' in got['msg']
     assert got['msg'].endswith('before unanswered keepalive probe 1 was seen (%d answered and 0 unanswered probes by '
                                'then)' % waited['answered'])
-
-
-def test_progress_is_told_each_change_while_the_connection_is_open(monkeypatch):
-    clock = Clock()
-    answers = iter([result(2), result(2), result(2, 1), result(2, 1), result(2, 2), result(2, 3), result(2, 3, rst=True)])
-    monkeypatch.setattr(_pcap_wait, 'analyse', lambda path, **kw: next(answers))
-    seen = []
-    got = wait_for('x.pcap', {'port': 22345, 'rst': True, 'timeout': 5, 'interval': 0.5}, clock, clock.sleep,
-                   progress=lambda waited: seen.append((waited['answered'], waited['unanswered'])))
-    assert got['waited']['met'] and got['waited']['unanswered'] == 3
-    # once per change, in order; not for the RST that ended the connection
-    assert seen == [(2, 0), (2, 1), (2, 2), (2, 3)]

@@ -209,30 +209,46 @@ def test_bad_input_is_refused_with_the_fix(host, args, msg):
     assert result['_status'] == 'FAILED!' and result['msg'] == msg
 
 
-def test_one_wait_follows_the_unanswered_probes_and_the_end_returns_the_pcap(host):
+def test_the_end_follows_the_unanswered_probes_to_the_failure_and_returns_the_pcap(host):
     assert start(host)['_status'] == 'CHANGED'   # keepalive 1/1/2
     answered = run_module(host, 'pcap_info', {'path': host['pcap'],
                                               'wait_for': {'port': CLIENT, 'answered': 1, 'timeout': 60}})
     assert answered['waited']['met'], answered
     drop = {'port': SERVER, 'destination': '127.0.0.1', 'tag': 'eh-test'}
     assert run_module(host, 'drop_rule', dict(drop, expire_after=120))['_status'] == 'CHANGED'
-    # one module run to the RST, a kernel sample at each unanswered probe it saw (the role's wait on the client)
-    waited = run_module(host, 'pcap_info', {
-        'path': host['pcap'], 'wait_for': {'port': CLIENT, 'rst': True, 'timeout': 60, 'sample_unanswered': True},
-        'kernel_sample': {'port': CLIENT, 'peer_port': SERVER}})
-    assert waited['waited']['met'] and waited['waited']['unanswered'] == 2, waited
-    samples = waited['kernel_samples']
-    assert 1 <= len(samples) <= 2 and samples[0]['socket']['timer'] == 'keepalive', samples
-    assert samples[0]['socket']['timer_count'] >= 1 and samples[0]['time'] < waited['kernel']['time']
-    ended = end(host, settle=30, drop_rule=drop, captures=[
-        {'path': host['pcap'], 'expect': {'time': 1, 'intvl': 1, 'probes': 2}, 'remove': True, 'return_content': True}])
+    # no wait of its own: the end awaits the client's failure and samples the kernel at each unanswered probe
+    ends = [dict(e, settle=60, sample_probes=True) if e['role'] == 'client' else e
+            for e in reversed(endpoints(host, sample=True))]
+    ended = run_module(host, 'experiment_host', {
+        'state': 'stopped', 'sysctl': {'lease': host['holder']}, 'drop_rule': drop,
+        'captures': [{'path': host['pcap'], 'expect': {'time': 1, 'intvl': 1, 'probes': 2}, 'remove': True,
+                      'return_content': True}],
+        'endpoints': [{k: v for k, v in e.items() if k != 'local_port'} for e in ends]})
     assert ended['_status'] == 'CHANGED', ended
+    client = ended['endpoints'][0]
+    assert client['settled'] and client['outcome']['errno'] == 'ETIMEDOUT', client
+    samples = client['kernel_samples']
+    counts = [s['socket']['timer_count'] for s in samples]
+    # probe 1 and 2 unanswered, each seen by its own sample (a busy machine may see the first one late: then 2 only)
+    assert counts in ([1, 2], [2]) and all(s['socket']['timer'] == 'keepalive' for s in samples), samples
+    assert samples[-1]['time'] < client['kernel']['time'] and client['kernel']['socket'] is None
     capture = ended['captures'][0]
     pcap = base64.b64decode(capture['content'])
     # the whole capture, to the client's RST, came back; then the pcap, its record and log went
     assert pcap[:4] in (b'\xd4\xc3\xb2\xa1', b'\xa1\xb2\xc3\xd4') and len(pcap) > 24 * 8, capture
     assert capture['analysis']['connections'][0]['rst'] is not None
     assert not os.path.exists(host['pcap']) and len(capture['removed']) == 3
+
+
+def test_sample_probes_needs_settle_and_kernel_sample(host):
+    assert start(host)['_status'] == 'CHANGED'
+    client = dict(endpoints(host, sample=False)[1], sample_probes=True, settle=1)
+    client.pop('local_port')
+    ended = run_module(host, 'experiment_host', {'state': 'stopped', 'endpoints': [client]})
+    assert ended['_status'] == 'FAILED!' and eh.MSG_SAMPLE_PROBES in ended['msg'], ended
+    # the end went on: the client stopped all the same
+    assert ended['endpoints'][0]['running'] is False
+    assert end(host)['_status'] != 'FAILED!'
 
 
 def test_a_pcap_is_returned_only_when_it_is_a_regular_file_within_the_limit(tmp_path):
