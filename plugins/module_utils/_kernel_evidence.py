@@ -83,6 +83,8 @@ DIAG_MSG = struct.Struct('=BBBBHH16s16sIQIIIII')
 RTA_HDR = struct.Struct('=HH')
 # the head of struct tcp_info: state, ca_state, retransmits, probes, backoff
 TCP_INFO_HEAD = struct.Struct('=BBBBB')
+# tcpi_last_data_sent and tcpi_last_data_recv (ms since the socket last sent and received data), at their offsets
+TCP_INFO_LAST_DATA = ((struct.Struct('=I'), 44), (struct.Struct('=I'), 52))
 
 MSG_NETSTAT = 'cannot read %s (%s): this kernel does not expose the TcpExt counters here'
 MSG_NO_TCPEXT = '%s has no TcpExt counter %s: a kernel without it cannot give keepalive evidence'
@@ -209,28 +211,32 @@ def _address(family, raw, port):
 
 
 def _tcp_info(payload, offset):
-    """(probes, backoff) from the INET_DIAG_INFO attribute after the message, or (None, None)."""
+    """(probes, backoff, last_data_sent_ms, last_data_recv_ms) from the INET_DIAG_INFO attribute after the message;
+    None for what it does not hold."""
     while offset + RTA_HDR.size <= len(payload):
         length, kind = RTA_HDR.unpack_from(payload, offset)
         if length < RTA_HDR.size:
             break
+        start = offset + RTA_HDR.size
         if kind == INET_DIAG_INFO and length >= RTA_HDR.size + TCP_INFO_HEAD.size:
-            head = TCP_INFO_HEAD.unpack_from(payload, offset + RTA_HDR.size)
-            return head[3], head[4]
+            head = TCP_INFO_HEAD.unpack_from(payload, start)
+            last = [field.unpack_from(payload, start + at)[0] if length >= RTA_HDR.size + at + field.size else None
+                    for field, at in TCP_INFO_LAST_DATA]
+            return (head[3], head[4]) + tuple(last)
         offset += (length + 3) & ~3
-    return None, None
+    return None, None, None, None
 
 
 def parse_diag(payload):
     """One inet_diag_msg (with its tcp_info) as a socket row."""
     (family, state, timer, retrans, sport, dport, src, dst, _ifindex, _cookie, expires, _rq, _wq, _uid,
      inode) = DIAG_MSG.unpack_from(payload)
-    probes, backoff = _tcp_info(payload, DIAG_MSG.size)
+    probes, backoff, data_sent, data_recv = _tcp_info(payload, DIAG_MSG.size)
     sport, dport = socket.ntohs(sport), socket.ntohs(dport)
     return {'local': _address(family, src, sport), 'remote': _address(family, dst, dport), 'lport': sport,
             'rport': dport, 'state': STATES.get(state, str(state)), 'state_n': state, 'timer': TIMERS.get(timer, str(timer)),
             'timer_n': timer, 'expires_s': round(expires / 1000.0, 3), 'timer_count': retrans, 'probes': probes,
-            'backoff': backoff, 'inode': inode}
+            'backoff': backoff, 'inode': inode, 'last_data_sent_ms': data_sent, 'last_data_recv_ms': data_recv}
 
 
 def diag_sockets(family, opener=socket.socket):

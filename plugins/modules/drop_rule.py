@@ -116,6 +116,32 @@ options:
         timer armed earlier; to make a timed rule permanent, remove it (O(state=absent)) and add it again.
       - Only with O(state=present).
     type: int
+  when_idle:
+    description:
+      - Insert the rule only once the TCP connection between O(port) (a single port, this host's end) and
+        O(when_idle.peer_port) in this host's network namespace has carried no data for O(when_idle.seconds)
+        seconds, waiting for that moment in this module run (read from the kernel's tcp_info through inet_diag;
+        keepalive probes carry no data, so they do not end the idle time).
+      - The experiment role silences the server this way between the client's last answered probe and the next
+        one, without a wait of the controller's own (one module run less, the DROP when planned).
+      - Nothing is inserted, and the module fails saying why, when the connection ends while it waits, is not
+        there, or does not become idle within O(when_idle.timeout) seconds. Only with O(state=present); check mode
+        does not wait.
+    type: dict
+    version_added: 0.2.0
+    suboptions:
+      peer_port:
+        description: The other end's port (the keepalive client's), 1..65535.
+        type: int
+        required: true
+      seconds:
+        description: Seconds without data on the connection before the rule goes in, 0..86400.
+        type: float
+        required: true
+      timeout:
+        description: Seconds to wait at most.
+        type: float
+        default: 60
   allow_lockout:
     description: Allow a rule that would drop the SSH connection Ansible manages the host over.
     type: bool
@@ -215,6 +241,13 @@ expiry:
       description: The command the timer runs to remove the rule.
       type: list
       elements: str
+when_idle:
+  description:
+    - With O(when_idle), how the wait went - C(idle_s) (the connection's idle seconds when the rule went in),
+      C(waited_s) and C(inserted_at) (seconds since the epoch on this host, right after the insert).
+  returned: when O(when_idle) is given and the rule was inserted
+  type: dict
+  version_added: 0.2.0
 removed:
   description: The rules O(state=purged) removed.
   returned: when O(state=purged)
@@ -247,9 +280,13 @@ msg:
   sample: 'already present, re-armed the timer: removes the rule at 2025-01-01 12:10:00 UTC (600 s from now)'
 '''
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, Runner
+from ansible_collections.tcplab.keepalive.plugins.module_utils._drop_when_idle import (
+    IdleError, await_idle, check as check_idle)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._iptables import (
     SBIN_DIRS, RuleError, Timers, find_ssh_connection, manage, open_tables, validate)
 
@@ -273,6 +310,11 @@ def main():
             expire_after=dict(type='int'),
             allow_lockout=dict(type='bool', default=False),
             executable=dict(type='str'),
+            when_idle=dict(type='dict', options=dict(
+                peer_port=dict(type='int', required=True),
+                seconds=dict(type='float', required=True),
+                timeout=dict(type='float', default=60),
+            )),
         ),
         supports_check_mode=True,
     )
@@ -280,10 +322,17 @@ def main():
         rule = validate(module.params)
         tables = open_tables(rule, module.params['executable'], Runner(module),
                              lambda name: module.get_bin_path(name, opt_dirs=list(SBIN_DIRS)))
+        idle = None
+        if module.params['when_idle'] and module.params['state'] == 'present':
+            idle = check_idle(module.params['when_idle'], module.params['port'])
+            if not module.check_mode:
+                idle = await_idle(idle)
         result = manage(rule, tables, Timers(), module.check_mode, find_ssh_connection())
+        if idle is not None and not module.check_mode:
+            result['when_idle'] = dict(idle, inserted_at=time.time())
     except CommandError as exc:
         module.fail_json(**exc.as_result())
-    except (RuleError, OSError) as exc:
+    except (RuleError, IdleError, OSError) as exc:
         module.fail_json(msg=str(exc))
     if not module._diff:
         result.pop('diff')

@@ -93,9 +93,10 @@ grep -q 'The experiment failed at "Start the client.s host: .*": capture ' "$REP
 [ "$(host_state)" = "$BEFORE" ] || { echo "a failing step left the host changed"; exit 1; }
 rm -f /var/tmp/tcplab-keepalive/captures/exp-faultyrun-faulty.pcap
 
-# A process dies mid-run: the server is killed while the client waits for
-# its answered probes. The play stops at once (not after the retry budget)
-# and says which process died and how; the host ends as before.
+# A process dies mid-run: the server is killed while the server's host waits
+# for the moment of the DROP (the answered probes). The play stops at once (not
+# after the wait's budget) and says which process died and how; the host ends
+# as before.
 server_running() { in_ns 'tcplab-keepalive-endpoint:exp-.*-server'; }
 START=$(date +%s)
 setsid ansible-playbook -i "$INV" tcplab.keepalive.experiment \
@@ -113,8 +114,9 @@ PLAY_PID=
 ELAPSED=$(( $(date +%s) - START ))
 cat "$REPORTS/died.log"
 [ "$rc" != 0 ] || { echo "the experiment should have failed when its server died"; exit 1; }
-grep -q 'The experiment failed at "Stop when a process or the capture ended the run early"' "$REPORTS/died.log"
-grep -q 'from the server' "$REPORTS/died.log"
+# the server's host waits for the moment of the DROP (when_idle): the connection that ended meanwhile fails it
+grep -q 'The experiment failed at "Stop when the DROP could not go in, saying why"' "$REPORTS/died.log"
+grep -q 'ended before the DROP' "$REPORTS/died.log"
 grep -q 'the server (pid [0-9]*, python) .*SIGKILL' "$REPORTS/died.log"
 if grep -q 'Unknown error' "$REPORTS/died.log"; then echo "the failure must say why"; exit 1; fi
 # the kernel timeline alone is 3 answered probes x 3 s + 3 x 1 s + margin: the play must not wait it out

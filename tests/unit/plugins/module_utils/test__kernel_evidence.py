@@ -110,7 +110,7 @@ def test_diag_messages_round_trip():
     msg = ke.DIAG_MSG.pack(socket.AF_INET, 1, 2, 2, socket.htons(22345), socket.htons(5000),
                            socket.inet_aton('198.19.61.2') + b'\0' * 12, socket.inet_aton('198.19.61.3') + b'\0' * 12,
                            0, 0, 980, 0, 0, 0, 77)
-    info = ke.TCP_INFO_HEAD.pack(1, 0, 0, 2, 0) + b'\0' * 3
+    info = ke.TCP_INFO_HEAD.pack(1, 0, 0, 2, 0) + b'\0' * 3 + b'\0' * 36 + struct.pack('=III', 1500, 0, 1250) + b'\0' * 4
     attr = ke.RTA_HDR.pack(ke.RTA_HDR.size + len(info), ke.INET_DIAG_INFO) + info
     payload = msg + attr
     data = ke.NLMSG_HDR.pack(16 + len(payload), ke.SOCK_DIAG_BY_FAMILY, 2, 1, 0) + payload
@@ -120,6 +120,10 @@ def test_diag_messages_round_trip():
     row = ke.parse_diag(body)
     assert (row['local'], row['remote'], row['timer'], row['expires_s'], row['timer_count'], row['probes'], row['backoff'],
             row['inode']) == ('198.19.61.2:22345', '198.19.61.3:5000', 'keepalive', 0.98, 2, 2, 0, 77)
+    assert (row['last_data_sent_ms'], row['last_data_recv_ms']) == (1500, 1250)
+    # a tcp_info cut after its head (an old kernel's): no data times
+    short = ke.RTA_HDR.pack(ke.RTA_HDR.size + 8, ke.INET_DIAG_INFO) + info[:8]
+    assert ke.parse_diag(msg + short)['last_data_recv_ms'] is None
 
 
 @pytest.mark.parametrize('port, peer', [(0, None), (70000, None), (22345, -1)])

@@ -218,3 +218,62 @@ def test_executables_that_are_not_iptables(netns, tmp_path):
     assert v6['msg'].startswith('executable /bin/false did not behave like ip6tables: ')
     assert v6['msg'].endswith('give the path of ip6tables, ip6tables-legacy or ip6tables-nft')
     assert all_rules(netns) == before
+
+
+# a connection in the namespace: the server's end on 5091, the client's on 22391; data both ways, then idle
+CONNECTION = '''
+import socket, sys, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 5091))
+srv.listen(1)
+cli = socket.socket()
+cli.bind(("127.0.0.1", 22391))
+cli.connect(("127.0.0.1", 5091))
+conn = srv.accept()[0]
+cli.sendall(b"request")
+conn.recv(7)
+conn.sendall(b"answer")
+cli.recv(6)
+print("idle", flush=True)
+time.sleep(float(sys.argv[1]))
+'''
+
+
+def connection(ns, seconds):
+    proc = subprocess.Popen(['ip', 'netns', 'exec', ns, sys.executable, '-c', CONNECTION, str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == 'idle'
+    return proc
+
+
+def test_when_idle_inserts_the_rule_once_the_connection_has_been_idle(netns, tmp_path):
+    proc = connection(netns, 60)
+    try:
+        started = time.time()
+        result = run_module(netns, tmp_path, port=5091, destination='127.0.0.1', tag='idle',
+                            when_idle={'peer_port': 22391, 'seconds': 1.5})
+        assert result['changed'] and not result.get('failed'), result
+        idle = result['when_idle']
+        # the wait ended when the connection had been idle for 1.5 s (read from tcp_info), and not much later
+        assert 1.5 <= idle['idle_s'] < 2.5 and started < idle['inserted_at'] < started + 10, idle
+        assert 'tcplab-keepalive:idle' in rules(netns, 'iptables-nft')
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_when_idle_inserts_nothing_when_the_connection_ends_meanwhile(netns, tmp_path):
+    proc = connection(netns, 1)   # closes both ends after 1 s of idle time
+    try:
+        result = run_module(netns, tmp_path, port=5091, destination='127.0.0.1', tag='idle',
+                            when_idle={'peer_port': 22391, 'seconds': 5})
+        assert result.get('failed') and 'ended before the DROP' in result['msg'], result
+        assert 'tcplab-keepalive:idle' not in rules(netns, 'iptables-nft')
+    finally:
+        proc.wait()
+    # no such connection at all: it says so after the timeout, and inserts nothing either
+    result = run_module(netns, tmp_path, port=5091, destination='127.0.0.1', tag='idle',
+                        when_idle={'peer_port': 22391, 'seconds': 1, 'timeout': 1})
+    assert result.get('failed') and result['msg'].startswith('no ESTABLISHED connection of port 5091'), result
+    assert 'tcplab-keepalive:idle' not in rules(netns, 'iptables-nft')
