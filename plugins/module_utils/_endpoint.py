@@ -285,6 +285,16 @@ def ready(cfg, pid):
     return False
 
 
+def recorded(path, deadline, clock=time.monotonic, sleep=time.sleep):
+    """Wait (until deadline) for the client's own record of its connection: its socket is ESTABLISHED a moment
+    before the program writes 'connected', and a start that returns in between would report it merely running."""
+    while clock() < deadline:
+        if (_read_json(path) or {}).get('state') not in (None, 'starting'):
+            return True
+        sleep(0.02)
+    return False
+
+
 # -- outcome ------------------------------------------------------------------
 
 FINAL = ('failed', 'closed', 'answered')
@@ -514,6 +524,8 @@ class Endpoints:
                 if ready(cfg, proc.pid):
                     info['program'] = self._program(proc.pid)
                     self._save(info)
+                    if cfg['role'] == 'client':
+                        recorded(paths['outcome'], deadline)
                     return self.report(cfg, info, True, 'started')
                 time.sleep(0.02)
             detail = self._failure(cfg['name'], proc.poll() is None, cfg['role'])

@@ -85,27 +85,15 @@ class StepError(Exception):
 
 def _sysctl(module, params, state):
     """The sysctl module's present (lease + shorten) or restored (lease's originals back) in this namespace."""
-    from ansible_collections.tcplab.keepalive.plugins.module_utils import _sysctl  # pylint: disable=import-outside-toplevel
     from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import NETNS_DIR  # pylint: disable=import-outside-toplevel
+    from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl import SysctlError  # pylint: disable=import-outside-toplevel
+    from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl_task import run  # pylint: disable=import-outside-toplevel
     p = dict(SYSCTL_DEFAULTS, netns_dir=NETNS_DIR)
     p.update((k, v) for k, v in params.items() if v is not None)
     p['state'] = state
     try:
-        wanted = _sysctl.validate_values(p)
-        if state == 'present' and not wanted:
-            raise _sysctl.SysctlError(_sysctl.MSG_NOTHING)
-        lease = _sysctl.lease_request(p)
-        _sysctl.check_paths(p)
-        journal = _sysctl.Journal(p['journal_dir'])
-        persist_journal = _sysctl.Journal(p['persist_journal_dir'], 'persist_journal_dir')
-        ns = _sysctl.mark_boot(_sysctl.resolve_netns(None, p['netns_dir']), _sysctl.boot_netns())
-        engine = _sysctl.KeepaliveSysctl(ns, _sysctl.ProcAccess(), journal, persist_journal, check_mode=module.check_mode,
-                                         live_inodes=lambda: _sysctl.live_netns_inodes(p['netns_dir']))
-        if state == 'present':
-            result = engine.present(wanted, None, lease)
-        else:
-            result = engine.restored(None, p['persist_path'], lease)
-    except _sysctl.SysctlError as exc:
+        result = run(p, module.check_mode)
+    except SysctlError as exc:
         raise StepError(MSG_STEP % ('sysctl', exc), **exc.extra) from exc
     except OSError as exc:
         raise StepError(MSG_STEP % ('sysctl', '%s: %s' % (exc.strerror or exc, exc.filename) if exc.filename else exc)) from exc

@@ -208,6 +208,7 @@ def check_paths(params):
 # -- namespaces ---------------------------------------------------------------
 
 OWN_NETNS = _netns.OWN
+ALL = 'all'   # netns: all (restored only: every journalled namespace; _sysctl_all.py)
 
 
 class Namespace:

@@ -36,7 +36,6 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import (
 from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl import (
     OWN_NETNS, KeepaliveSysctl, Namespace, NetnsAccess, ProcAccess, SysctlError, entry_cookie, mark_boot, prune_dead)
 
-ALL = 'all'
 MSG_ALL_STATE = ('netns: all works only with state: restored (it restores every journalled namespace of the host); '
                  'to set values, name one namespace in netns (a name under netns_dir or a pid)')
 MSG_ALL_SAVED = ('saved holds the originals of one namespace: drop it with netns: all (the journal on the host is '

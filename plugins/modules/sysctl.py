@@ -447,34 +447,8 @@ ansible_facts:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import NETNS_DIR
-from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl import (
-    MSG_NOTHING, Journal, KeepaliveSysctl, NetnsAccess, ProcAccess, SysctlError, boot_netns, check_paths,
-    check_persist, lease_request, live_netns_inodes, mark_boot, resolve_netns, validate_values)
-from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl_all import ALL, check_all, restore_all
-
-
-def run(module, p):
-    """The task's result; SysctlError when refused or failed."""
-    wanted = validate_values(p)
-    if p['netns'] == ALL:
-        check_all(p)
-    elif p['state'] == 'present' and not wanted:
-        raise SysctlError(MSG_NOTHING)
-    lease = lease_request(p)
-    check_paths(p)
-    journal = Journal(p['journal_dir'])
-    persist_journal = Journal(p['persist_journal_dir'], 'persist_journal_dir')
-    if p['netns'] == ALL:
-        return restore_all(journal, persist_journal, p['netns_dir'], module.check_mode, p['persist_path'], lease)
-    ns = mark_boot(resolve_netns(p['netns'], p['netns_dir']), boot_netns())
-    if p['persist'] and p['state'] == 'present':
-        check_persist(ns, p['persist_path'], boot_netns())
-    access = ProcAccess() if ns.own else NetnsAccess(ns.path, ns.inode)
-    engine = KeepaliveSysctl(ns, access, journal, persist_journal, check_mode=module.check_mode,
-                             live_inodes=lambda: live_netns_inodes(p['netns_dir']))
-    if p['state'] == 'present':
-        return engine.present(wanted, p['persist_path'] if p['persist'] else None, lease)
-    return engine.restored(p['saved'], p['persist_path'], lease)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl import SysctlError
+from ansible_collections.tcplab.keepalive.plugins.module_utils._sysctl_task import run
 
 
 def main():
@@ -499,7 +473,7 @@ def main():
         supports_check_mode=True,
     )
     try:
-        result = run(module, module.params)
+        result = run(module.params, module.check_mode)
     except SysctlError as exc:
         module.fail_json(msg=str(exc), **exc.extra)
     except OSError as exc:

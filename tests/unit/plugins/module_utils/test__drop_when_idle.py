@@ -40,9 +40,11 @@ SPEC = {'port': 5000, 'peer_port': 22345, 'seconds': 5.0, 'timeout': 30.0}
 
 def test_the_rule_goes_in_once_the_connection_has_been_idle_long_enough():
     clock = Clock()
+
     # the connection's last data at t=-1 (idle 1 s when the wait starts); the client's other socket and a foreign
     # connection of the same port are not it
-    rows = lambda now: [row(now + 1.0, lport=22345, rport=5000), row(99, rport=40000), row(now + 1.0)]
+    def rows(now):
+        return [row(now + 1.0, lport=22345, rport=5000), row(99, rport=40000), row(now + 1.0)]
     got = dwi.await_idle(SPEC, reader(clock, rows), clock, clock.sleep)
     assert got == {'idle_s': 5.0, 'waited_s': 4.0}
     assert max(clock.slept) <= dwi.POLL   # looked at least every POLL seconds, to see data in between
@@ -50,14 +52,18 @@ def test_the_rule_goes_in_once_the_connection_has_been_idle_long_enough():
 
 def test_data_restarts_the_idle_time():
     clock = Clock()
+
     # data at t=0 and again at t=3: idle 5 s only at t=8
-    rows = lambda now: [row(now if now < 3 else now - 3)]
+    def rows(now):
+        return [row(now if now < 3 else now - 3)]
     assert dwi.await_idle(SPEC, reader(clock, rows), clock, clock.sleep)['waited_s'] == 8.0
 
 
 def test_a_connection_that_ends_fails_at_once():
     clock = Clock()
-    rows = lambda now: [row(now)] if now < 2 else [row(now, state='CLOSE_WAIT')]
+
+    def rows(now):
+        return [row(now)] if now < 2 else [row(now, state='CLOSE_WAIT')]
     with pytest.raises(dwi.IdleError) as err:
         dwi.await_idle(SPEC, reader(clock, rows), clock, clock.sleep)
     assert str(err.value).startswith('the connection of port 5000 with peer port 22345 ended before the DROP')

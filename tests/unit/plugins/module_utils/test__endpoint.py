@@ -224,3 +224,19 @@ def test_curl_client_reports_its_keepalive_override(netns, tmp_path):
     assert status['outcome']['errno'] == 'ETIMEDOUT'
     stock = in_ns(netns, state, [{'id': 'c', 'op': 'status', 'cfg': dict(CLIENT, kind='curl')}])['c']
     assert stock['keepalive_time'] == 1  # the running client's own value is reported
+
+
+def test_a_client_start_awaits_the_client_s_own_record_of_its_connection(tmp_path):
+    from ansible_collections.tcplab.keepalive.plugins.module_utils import _endpoint  # pylint: disable=import-outside-toplevel
+    path = tmp_path / 'outcome.json'
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+        if now[0] >= 0.1:   # the program writes its record a moment after its socket is ESTABLISHED
+            path.write_text('{"state": "connected", "connected_at": 1.0}')
+    assert _endpoint.recorded(str(path), 5.0, lambda: now[0], sleep) and 0.1 <= now[0] < 0.2
+    # a record that never comes: the start returns at its deadline all the same (the outcome then says running)
+    path.unlink()
+    now[0] = 0.0
+    assert not _endpoint.recorded(str(path), 0.05, lambda: now[0], lambda s: now.__setitem__(0, now[0] + s))
