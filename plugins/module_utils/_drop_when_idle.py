@@ -26,6 +26,7 @@ and must not be used from outside tcplab.keepalive.
 
 from __future__ import annotations
 
+import os
 import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._kernel_evidence import read_sockets
@@ -41,6 +42,8 @@ MSG_BUSY = ('the connection of port %d with peer port %d was not idle for %.1f s
 MSG_NO_TIMES = ('the kernel reports no tcp_info data times for the connection of port %d with peer port %d '
                 '(inet_diag unavailable: %s): when_idle cannot time the DROP here; leave it out and time the DROP '
                 'from the controller')
+MSG_ORPHANED = ('the process that ran this module ended while it waited for the moment of the DROP (the controller '
+                'was killed?): nothing was inserted')
 POLL = 0.2   # at most this long between two looks, so that data in between is seen
 
 
@@ -77,12 +80,21 @@ def idle_seconds(row):
     return min(sent, recv) / 1000.0
 
 
-def await_idle(spec, read=read_sockets, clock=time.monotonic, sleep=time.sleep):
+def parent_gone(parent=None):
+    """A callable telling whether the process that started this one has ended (this one was re-parented)."""
+    parent = os.getppid() if parent is None else parent
+    return lambda: os.getppid() != parent
+
+
+def await_idle(spec, read=read_sockets, clock=time.monotonic, sleep=time.sleep, orphaned=lambda: False):
     """Return {'idle_s', 'waited_s'} once the connection has been idle for spec['seconds']; IdleError when it ends,
-    never appears, never goes idle in time, or the kernel gives no data times."""
+    never appears, never goes idle in time, the kernel gives no data times, or orphaned() says that whoever ran
+    this module is gone - a rule must not go in after a killed controller's rollback has looked for it."""
     start = clock()
     seen, most = None, 0.0
     while True:
+        if orphaned():
+            raise IdleError(MSG_ORPHANED)
         rows, source, why = read()
         row = connection(rows, spec['port'], spec['peer_port'])
         waited = clock() - start

@@ -125,8 +125,9 @@ options:
       - The experiment role silences the server this way between the client's last answered probe and the next
         one, without a wait of the controller's own (one module run less, the DROP when planned).
       - Nothing is inserted, and the module fails saying why, when the connection ends while it waits, is not
-        there, or does not become idle within O(when_idle.timeout) seconds. Only with O(state=present); check mode
-        does not wait.
+        there, or does not become idle within O(when_idle.timeout) seconds - and when the process that ran it ends
+        meanwhile (a killed controller), so that no rule goes in after a rollback has looked for it. Only with
+        O(state=present); check mode does not wait.
     type: dict
     version_added: 0.2.0
     suboptions:
@@ -286,7 +287,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import CommandError, Runner
 from ansible_collections.tcplab.keepalive.plugins.module_utils._drop_when_idle import (
-    IdleError, await_idle, check as check_idle)
+    IdleError, await_idle, check as check_idle, parent_gone)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._iptables import (
     SBIN_DIRS, RuleError, Timers, find_ssh_connection, manage, open_tables, validate)
 
@@ -326,7 +327,7 @@ def main():
         if module.params['when_idle'] and module.params['state'] == 'present':
             idle = check_idle(module.params['when_idle'], module.params['port'])
             if not module.check_mode:
-                idle = await_idle(idle)
+                idle = await_idle(idle, orphaned=parent_gone())
         result = manage(rule, tables, Timers(), module.check_mode, find_ssh_connection())
         if idle is not None and not module.check_mode:
             result['when_idle'] = dict(idle, inserted_at=time.time())

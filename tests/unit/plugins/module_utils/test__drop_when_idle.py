@@ -104,3 +104,17 @@ def test_bad_options_are_refused(spec, port):
 def test_options_normalised():
     assert dwi.check({'peer_port': '22345', 'seconds': '2.5', 'timeout': None}, '5000') == {
         'port': 5000, 'peer_port': 22345, 'seconds': 2.5, 'timeout': 60.0}
+
+
+def test_a_wait_whose_caller_is_gone_inserts_nothing():
+    clock = Clock()
+    calls = []
+
+    def orphaned():
+        calls.append(clock.now)
+        return clock.now >= 1.0   # the controller was killed a second into the wait
+
+    with pytest.raises(dwi.IdleError) as err:
+        dwi.await_idle(SPEC, reader(clock, lambda now: [row(now)]), clock, clock.sleep, orphaned)
+    assert str(err.value) == dwi.MSG_ORPHANED and 1.0 <= clock.now < 1.3
+    assert dwi.parent_gone()() is False   # this test's own parent is still there

@@ -277,3 +277,35 @@ def test_when_idle_inserts_nothing_when_the_connection_ends_meanwhile(netns, tmp
                         when_idle={'peer_port': 22391, 'seconds': 1, 'timeout': 1})
     assert result.get('failed') and result['msg'].startswith('no ESTABLISHED connection of port 5091'), result
     assert 'tcplab-keepalive:idle' not in rules(netns, 'iptables-nft')
+
+
+def test_when_idle_inserts_nothing_once_whoever_ran_it_is_gone(netns, tmp_path):
+    """A killed controller: the module waiting for the idle moment notices that its parent has gone and exits
+    without inserting (a rollback may already have looked for the rule)."""
+    proc = connection(netns, 120)
+    out = tmp_path / 'out.json'
+    args = tmp_path / 'args.json'
+    args.write_text(json.dumps({'ANSIBLE_MODULE_ARGS': {
+        'port': 5091, 'destination': '127.0.0.1', 'tag': 'orphan', 'when_idle': {'peer_port': 22391, 'seconds': 60}}}))
+    try:
+        parent = subprocess.Popen(
+            ['bash', '-c', '"$@" > "$OUT" 2>&1 & echo $!; wait', 'parent', 'nsenter', '--net=/run/netns/' + netns,
+             sys.executable, str(MODULE), str(args)],
+            stdout=subprocess.PIPE, text=True, cwd='/',
+            env=dict(os.environ, OUT=str(out), PYTHONPATH=str(COLLECTIONS), LANG='C', LC_ALL='C'))
+        child = int(parent.stdout.readline())
+        time.sleep(4)   # the module has started and waits for 60 s of idle time
+        assert not gone(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while not gone(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert gone(child), 'the orphaned module still waits'
+        text = out.read_text()
+        result = json.loads(text[text.index('{'):])
+        assert result.get('failed') and 'ended while it waited for the moment of the DROP' in result['msg'], result
+        assert 'tcplab-keepalive:orphan' not in rules(netns, 'iptables-nft')
+    finally:
+        proc.kill()
+        proc.wait()
