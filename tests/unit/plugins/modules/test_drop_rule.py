@@ -255,8 +255,9 @@ def test_when_idle_inserts_the_rule_once_the_connection_has_been_idle(netns, tmp
                             when_idle={'peer_port': 22391, 'seconds': 1.5})
         assert result['changed'] and not result.get('failed'), result
         idle = result['when_idle']
-        # the wait ended when the connection had been idle for 1.5 s (read from tcp_info), and not much later
-        assert 1.5 <= idle['idle_s'] < 2.5 and started < idle['inserted_at'] < started + 10, idle
+        # the wait ended once the connection had been idle for 1.5 s (read from tcp_info; a loaded machine may look
+        # a little late)
+        assert 1.5 <= idle['idle_s'] < 4 and started < idle['inserted_at'] < started + 15, idle
         assert 'tcplab-keepalive:idle' in rules(netns, 'iptables-nft')
     finally:
         proc.kill()
