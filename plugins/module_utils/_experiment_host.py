@@ -269,15 +269,27 @@ def _settle(module, items):
     return out, errors
 
 
+def probe_count(spec):
+    """The client socket's count of unanswered keepalive probes (its keepalive timer's count) from the socket table
+    alone - a whole sample (counters, every socket, the addresses) costs a slow target far more, ten times a second."""
+    from ansible_collections.tcplab.keepalive.plugins.module_utils._kernel_evidence import (  # pylint: disable=import-outside-toplevel
+        classify, read_sockets)
+    client = classify(read_sockets()[0], spec['port'], spec.get('peer_port'))[0]
+    return client['timer_count'] if client and client['timer'] == 'keepalive' else 0
+
+
 class ProbeSamples:
     """The settle's samples: one each time the client socket's count of unanswered keepalive probes grows (its
-    keepalive timer's count, as inet_diag reports it)."""
+    keepalive timer's count, as inet_diag reports it). The count is read alone; the whole sample is taken when it
+    has grown."""
 
-    def __init__(self, take, spec):
-        self.take, self.spec = take, spec
+    def __init__(self, take, spec, count=probe_count):
+        self.take, self.spec, self.read_count = take, spec, count
         self.samples, self.count = [], 0
 
     def poll(self):
+        if self.read_count(self.spec) <= self.count:
+            return
         sample = self.take(self.spec)
         sock = sample.get('socket') or {}
         count = sock.get('timer_count') or 0
