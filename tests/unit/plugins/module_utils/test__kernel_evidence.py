@@ -338,8 +338,14 @@ def test_the_kernel_counts_what_the_code_reads(lab):
     sh('ip', 'netns', 'exec', NS_S, 'iptables', '-w', '10', '-I', 'INPUT', '-p', 'tcp', '--dport', str(S_PORT), '-j', 'DROP')
     seen = {}
     for k in (1, 2, 3):
-        one = poll('unanswered probe %d' % k, lambda: sample_in(NS_C, C_PORT),
-                   lambda s, k=k: (s['socket'] or {}).get('timer_count') == k)
+
+        def shows_k(sample, k=k):
+            return (sample['socket'] or {}).get('timer_count') == k
+
+        poll('unanswered probe %d' % k, lambda: sample_in(NS_C, C_PORT), shows_k)
+        # a sample reads the counters, then the sockets: the one that first shows probe k may have read the
+        # counters just before it went out; the next sample that still shows it has counted it
+        one = poll('unanswered probe %d counted' % k, lambda: sample_in(NS_C, C_PORT), shows_k, seconds=1.5)
         sock = one['socket']
         assert sock['timer'] == 'keepalive' and sock['probes'] == k and sock['local'] == '%s:%d' % (C_ADDR, C_PORT)
         assert 0 < sock['expires_s'] <= 2.3
