@@ -1,11 +1,18 @@
-"""The vms scenario, checked over ssh on each VM (testinfra through the lab
-inventory) and in the reports on the controller."""
+"""The vms scenario, checked over ssh on each VM and in the reports on the controller.
+
+Each VM is reached with testinfra's ssh backend, as the lab inventory says (address, the
+non-root login, the lab's key, the VM's own known_hosts), over one shared ssh connection
+per VM: a check is a command over ssh, not an Ansible module run (under software
+emulation each of those starts Python and imports ansible-core's module code, seconds
+per check)."""
 from __future__ import annotations
 
 import os
 import sys
 
 import pytest
+import testinfra
+import yaml
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'resources', 'tests'))
 from scenario_files import REPORTS, load_json, scenario_vars  # noqa: E402 pylint: disable=wrong-import-position
@@ -13,6 +20,31 @@ from scenario_files import REPORTS, load_json, scenario_vars  # noqa: E402 pylin
 VARS = scenario_vars('vms.yml')
 RELEASES = {entry['name']: entry['release'] for entry in scenario_vars('lab.yml')['lab_hosts']}
 PYTHONS = {'bullseye': '3.9', 'bookworm': '3.11', 'trixie': '3.13'}
+LAB_INVENTORY = os.path.join(scenario_vars('lab.yml')['lab_state_dir'], 'inventory.yml')
+
+
+def lab_hosts():
+    """The lab inventory's hosts (name: its variables), as the lab role wrote them."""
+    with open(LAB_INVENTORY) as handle:
+        return yaml.safe_load(handle)['all']['children']['lab']['hosts']
+
+
+@pytest.fixture(scope='module')
+def control_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp('ssh')
+
+
+@pytest.fixture(params=sorted(RELEASES), scope='module')
+def vm(request, control_dir):
+    """A VM of the lab over ssh (testinfra's ssh backend), with the inventory's login, key and known_hosts."""
+    name = request.param
+    hostvars = lab_hosts()[name]
+    extra = '%s -o ControlMaster=auto -o ControlPersist=120s -o ControlPath=%s' % (
+        hostvars['ansible_ssh_common_args'], os.path.join(str(control_dir), name))
+    lab_vm = testinfra.get_host('ssh://%s@%s' % (hostvars['ansible_user'], hostvars['ansible_host']),
+                                ssh_identity_file=hostvars['ansible_ssh_private_key_file'], ssh_extra_args=extra, timeout=60)
+    lab_vm.lab_name = name
+    return lab_vm
 
 
 def load(*parts):
@@ -57,34 +89,34 @@ def test_audit_after_reboot_is_compliant():
         assert [f for f in host['findings'] if f['severity'] in ('error', 'warning')] == [], name
 
 
-def vm_state(host):
-    return [int(host.file('/proc/sys/net/ipv4/tcp_keepalive_%s' % key).content_string)
+def vm_state(vm):
+    return [int(vm.file('/proc/sys/net/ipv4/tcp_keepalive_%s' % key).content_string)
             for key in ('time', 'intvl', 'probes')]
 
 
-def test_runtime_values_are_the_persisted_ones(host):
-    runtime = vm_state(host)
+def test_runtime_values_are_the_persisted_ones(vm):
+    runtime = vm_state(vm)
     assert runtime != [7200, 75, 9]  # remediated or seeded, and kept over the reboot
-    name = host.backend.get_hostname()
+    name = vm.lab_name
     if name == VARS['vms_dropin_host']:
         assert runtime == [120, 15, 6]
     else:
-        assert host.file('/etc/sysctl.d/90-tcplab-keepalive.conf').exists
+        assert vm.file('/etc/sysctl.d/90-tcplab-keepalive.conf').exists
 
 
-def test_nothing_of_the_experiments_is_left(host):
-    with host.sudo():
+def test_nothing_of_the_experiments_is_left(vm):
+    with vm.sudo():
         for tool in ('iptables-nft', 'iptables-legacy'):
-            if host.exists(tool):
-                assert 'tcplab-keepalive' not in host.check_output('%s -w 10 -S' % tool)
-        processes = host.check_output('ps -eo args')
+            if vm.exists(tool):
+                assert 'tcplab-keepalive' not in vm.check_output('%s -w 10 -S' % tool)
+        processes = vm.check_output('ps -eo args')
     assert 'tcplab-keepalive-' not in processes
 
 
-def test_the_vm_is_its_own_release_with_its_system_python_and_no_scapy(host):
-    name = host.backend.get_hostname()
+def test_the_vm_is_its_own_release_with_its_system_python_and_no_scapy(vm):
+    name = vm.lab_name
     release = RELEASES[name]
-    assert host.system_info.codename == release
-    version = host.check_output("/usr/bin/python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'")
+    assert vm.system_info.codename == release
+    version = vm.check_output("/usr/bin/python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'")
     assert version == PYTHONS[release]
-    assert host.run("/usr/bin/python3 -c 'import scapy'").rc != 0
+    assert vm.run("/usr/bin/python3 -c 'import scapy'").rc != 0
