@@ -15,12 +15,12 @@ import testinfra
 import yaml
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'resources', 'tests'))
-from scenario_files import REPORTS, load_json, scenario_vars  # noqa: E402 pylint: disable=wrong-import-position
+from scenario_files import INVENTORY, REPORTS, load_json, scenario_vars  # noqa: E402 pylint: disable=wrong-import-position
 
 VARS = scenario_vars('vms.yml')
 RELEASES = {entry['name']: entry['release'] for entry in scenario_vars('lab.yml')['lab_hosts']}
 PYTHONS = {'bullseye': '3.9', 'bookworm': '3.11', 'trixie': '3.13'}
-LAB_INVENTORY = os.path.join(scenario_vars('lab.yml')['lab_state_dir'], 'inventory.yml')
+LAB_INVENTORY = os.path.join(INVENTORY, 'lab.yml')   # where create.yml has the lab role write it
 
 
 def lab_hosts():
