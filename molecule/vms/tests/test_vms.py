@@ -39,8 +39,10 @@ def vm(request, control_dir):
     """A VM of the lab over ssh (testinfra's ssh backend), with the inventory's login, key and known_hosts."""
     name = request.param
     hostvars = lab_hosts()[name]
-    extra = '%s -o ControlMaster=auto -o ControlPersist=120s -o ControlPath=%s' % (
-        hostvars['ansible_ssh_common_args'], os.path.join(str(control_dir), name))
+    # the inventory's own connection options (known_hosts, ControlMaster and ControlPersist), with a
+    # ControlPath of this session's: testinfra sets none itself
+    extra = '%s %s -o ControlPath=%s' % (hostvars['ansible_ssh_common_args'], hostvars['ansible_ssh_args'],
+                                         os.path.join(str(control_dir), name))
     lab_vm = testinfra.get_host('ssh://%s@%s' % (hostvars['ansible_user'], hostvars['ansible_host']),
                                 ssh_identity_file=hostvars['ansible_ssh_private_key_file'], ssh_extra_args=extra, timeout=60)
     lab_vm.lab_name = name
