@@ -35,6 +35,8 @@ MSG_OPTIONS = ('when_idle needs peer_port (the client\'s port, 1..65535), second
                '> 0), and a single port of the rule (the server\'s): got %s')
 MSG_GONE = ('the connection of port %d with peer port %d ended before the DROP (after %.1f s of waiting, idle for '
             '%.1f s when last seen): a process closed or reset it; nothing was inserted')
+MSG_GONE_FIRST = ('the connection of port %d with peer port %d ended before the DROP (established before the wait, '
+                  'it was gone at its first look): a process closed or reset it; nothing was inserted')
 MSG_NEVER = ('no ESTABLISHED connection of port %d with peer port %d in this network namespace within %.1f s: '
              'nothing was inserted (is the client connected to this host?)')
 MSG_BUSY = ('the connection of port %d with peer port %d was not idle for %.1f s within %.1f s (data kept flowing: '
@@ -52,10 +54,10 @@ class IdleError(Exception):
 
 
 def check(spec, port):
-    """spec normalised: peer_port, seconds, timeout; IdleError naming the fix otherwise."""
+    """spec normalised: peer_port, seconds, timeout, established; IdleError naming the fix otherwise."""
     try:
         out = {'peer_port': int(spec['peer_port']), 'seconds': float(spec['seconds']),
-               'timeout': float(spec.get('timeout') or 60)}
+               'timeout': float(spec.get('timeout') or 60), 'established': bool(spec.get('established'))}
         server = int(port)
     except (KeyError, TypeError, ValueError) as exc:
         raise IdleError(MSG_OPTIONS % (dict(spec, port=port),)) from exc
@@ -89,7 +91,9 @@ def parent_gone(parent=None):
 def await_idle(spec, read=read_sockets, clock=time.monotonic, sleep=time.sleep, orphaned=lambda: False):
     """Return {'idle_s', 'waited_s'} once the connection has been idle for spec['seconds']; IdleError when it ends,
     never appears, never goes idle in time, the kernel gives no data times, or orphaned() says that whoever ran
-    this module is gone - a rule must not go in after a killed controller's rollback has looked for it."""
+    this module is gone - a rule must not go in after a killed controller's rollback has looked for it.
+    With spec['established'] (the caller saw the connection up before this wait) a connection missing at the
+    first look has ended: that fails at once rather than after waiting for one to appear."""
     start = clock()
     seen, most = None, 0.0
     while True:
@@ -107,6 +111,8 @@ def await_idle(spec, read=read_sockets, clock=time.monotonic, sleep=time.sleep, 
                 return {'idle_s': round(idle, 3), 'waited_s': round(waited, 3)}
         elif seen is not None:
             raise IdleError(MSG_GONE % (spec['port'], spec['peer_port'], waited, seen))
+        elif spec.get('established'):
+            raise IdleError(MSG_GONE_FIRST % (spec['port'], spec['peer_port']))
         if waited >= spec['timeout']:
             if seen is None:
                 raise IdleError(MSG_NEVER % (spec['port'], spec['peer_port'], spec['timeout']))

@@ -143,6 +143,14 @@ options:
         description: Seconds to wait at most.
         type: float
         default: 60
+      established:
+        description:
+          - The connection was up before this module run (the caller saw it connect). Not there at the first
+            look, it has ended - a process closed or reset it - and the module fails at once saying so, instead
+            of waiting up to O(when_idle.timeout) for a connection to appear.
+        type: bool
+        default: false
+        version_added: 0.2.0
   allow_lockout:
     description: Allow a rule that would drop the SSH connection Ansible manages the host over.
     type: bool
@@ -315,6 +323,7 @@ def main():
                 peer_port=dict(type='int', required=True),
                 seconds=dict(type='float', required=True),
                 timeout=dict(type='float', default=60),
+                established=dict(type='bool', default=False),
             )),
         ),
         supports_check_mode=True,

@@ -13,12 +13,21 @@ LAB_VARS="{\"lab_hosts\": [\"faulty\"], \"lab_state_dir\": \"$LAB_DIR\", \"lab_b
 INV="$LAB_DIR/inventory.yml"
 REPORTS=$(mktemp -d)
 PLAY_PID=
+HOLDER=
 
 cleanup() {
   if [ -n "$PLAY_PID" ]; then kill -9 -- "-$PLAY_PID" 2>/dev/null || true; fi
   ansible-playbook -i "$INV" rollback.yml >/dev/null 2>&1 || true
+  # rollback stops the killed runs' captures and keeps their pcaps for a look by hand: this
+  # target's go with their state records and logs, each proven ours by its record
+  local pcap
+  for pcap in /var/tmp/tcplab-keepalive/captures/exp-*-faulty.pcap; do
+    [ -e "$pcap" ] || continue
+    ansible -i "$INV" faulty -m tcplab.keepalive.capture -a "path=$pcap state=absent" >/dev/null 2>&1 || true
+  done
   ansible-playbook tcplab.keepalive.lab -e "$LAB_VARS" -e lab_state=absent "$@" >/dev/null
-  # the pcaps of this target's runs: exp-<run id>-faulty.pcap (and a killed capture's log and state)
+  if [ -n "$HOLDER" ]; then kill "$HOLDER" 2>/dev/null || true; fi
+  # the pcaps of this target's runs: exp-<run id>-<nonce>-faulty.pcap (and a killed capture's log and state)
   rm -rf "$REPORTS" /var/tmp/tcplab-keepalive/captures/exp-*-faulty.pcap*
 }
 trap cleanup EXIT
@@ -78,20 +87,27 @@ for point in sysctl client drop waiting; do
   [ "$(host_state)" = "$BEFORE" ] || { echo "rollback after a kill at '$point' did not restore the host"; exit 1; }
 done
 
-# A failing step: the capture cannot start (its path holds a file that is not
-# a capture). The play fails with the reason, and the host is as before.
-mkdir -p /var/tmp/tcplab-keepalive/captures
-chmod 0700 /var/tmp/tcplab-keepalive/captures
-echo "not a capture" > /var/tmp/tcplab-keepalive/captures/exp-faultyrun-faulty.pcap
+# A failing step: the client cannot start (its local port is held by a
+# listener that is not the run's). The play fails with the reason, and the
+# host is as before, the listener untouched.
+ip netns exec "$NS" python3 -c 'import socket, time
+s = socket.socket(); s.bind(("0.0.0.0", 22345)); s.listen(1); time.sleep(600)' &
+HOLDER=$!
+port_held() { ip netns exec "$NS" ss -Hltn 'sport = :22345' | grep -q .; }
+wait_for "the port held" port_held
+HELD=$(host_state)
 if ansible-playbook -i "$INV" tcplab.keepalive.experiment \
     -e '{"experiment_keepalive": {"time": 2, "intvl": 1, "probes": 3}}' \
     -e "experiment_client=faulty experiment_report_dir=$REPORTS experiment_run_id=faultyrun" "$@" > "$REPORTS/failed.log" 2>&1; then
   echo "the experiment should have failed"; exit 1
 fi
-# the start of the client's host (one module run: lease, capture, server, client) fails at its capture step
-grep -q 'The experiment failed at "Start the client.s host: .*": capture ' "$REPORTS/failed.log"
-[ "$(host_state)" = "$BEFORE" ] || { echo "a failing step left the host changed"; exit 1; }
-rm -f /var/tmp/tcplab-keepalive/captures/exp-faultyrun-faulty.pcap
+# the start of the client's host (one module run: lease, capture, server, client) fails at its client step
+grep -q 'The experiment failed at "Start the client.s host: .*": .*client' "$REPORTS/failed.log"
+grep -q -i 'address already in use' "$REPORTS/failed.log"
+[ "$(host_state)" = "$HELD" ] || { echo "a failing step left the host changed"; exit 1; }
+port_held || { echo "the listener that is not the run's was touched"; exit 1; }
+kill "$HOLDER"; wait "$HOLDER" || true
+[ "$(host_state)" = "$BEFORE" ]
 
 # A process dies mid-run: the server is killed while the server's host waits
 # for the moment of the DROP (the answered probes). The play stops at once (not

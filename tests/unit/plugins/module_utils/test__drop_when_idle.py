@@ -70,6 +70,21 @@ def test_a_connection_that_ends_fails_at_once():
     assert 2.0 <= clock.now < 2.3
 
 
+def test_an_established_connection_gone_at_the_first_look_fails_at_once():
+    # the server died before the wait began: the connection the caller saw up is not there
+    clock = Clock()
+    with pytest.raises(dwi.IdleError) as err:
+        dwi.await_idle(dict(SPEC, established=True), reader(clock, lambda now: [row(now, state='CLOSE_WAIT')]),
+                       clock, clock.sleep)
+    assert str(err.value) == dwi.MSG_GONE_FIRST % (5000, 22345)
+    assert str(err.value).startswith('the connection of port 5000 with peer port 22345 ended before the DROP')
+    assert clock.now == 0.0
+    # there at the first look, it is waited for as without the option
+    clock = Clock()
+    got = dwi.await_idle(dict(SPEC, established=True), reader(clock, lambda now: [row(now + 1.0)]), clock, clock.sleep)
+    assert got == {'idle_s': 5.0, 'waited_s': 4.0}
+
+
 def test_no_connection_and_no_idle_moment_fail_after_the_timeout():
     clock = Clock()
     with pytest.raises(dwi.IdleError) as err:
@@ -103,7 +118,8 @@ def test_bad_options_are_refused(spec, port):
 
 def test_options_normalised():
     assert dwi.check({'peer_port': '22345', 'seconds': '2.5', 'timeout': None}, '5000') == {
-        'port': 5000, 'peer_port': 22345, 'seconds': 2.5, 'timeout': 60.0}
+        'port': 5000, 'peer_port': 22345, 'seconds': 2.5, 'timeout': 60.0, 'established': False}
+    assert dwi.check({'peer_port': 1, 'seconds': 0, 'established': True}, 5)['established'] is True
 
 
 def test_a_wait_whose_caller_is_gone_inserts_nothing():

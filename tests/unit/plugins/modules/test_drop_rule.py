@@ -278,6 +278,13 @@ def test_when_idle_inserts_nothing_when_the_connection_ends_meanwhile(netns, tmp
                         when_idle={'peer_port': 22391, 'seconds': 1, 'timeout': 1})
     assert result.get('failed') and result['msg'].startswith('no ESTABLISHED connection of port 5091'), result
     assert 'tcplab-keepalive:idle' not in rules(netns, 'iptables-nft')
+    # a connection the caller saw up (established) and that is gone at the first look has ended: at once, not
+    # after the timeout
+    started = time.monotonic()
+    result = run_module(netns, tmp_path, port=5091, destination='127.0.0.1', tag='idle',
+                        when_idle={'peer_port': 22391, 'seconds': 1, 'timeout': 30, 'established': True})
+    assert result.get('failed') and 'ended before the DROP' in result['msg'], result
+    assert time.monotonic() - started < 20 and 'tcplab-keepalive:idle' not in rules(netns, 'iptables-nft')
 
 
 def test_when_idle_inserts_nothing_once_whoever_ran_it_is_gone(netns, tmp_path):
