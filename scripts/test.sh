@@ -66,8 +66,15 @@ rootns_state() {
 project_netns() {
   find /run/netns -mindepth 1 -maxdepth 1 \( -name 'tcplab*' -o -name 'tk*' \) -printf '%f\n' 2>/dev/null | sort
 }
+# Captures kept on this machine (pcaps, state records): a file the suite adds and leaves is
+# reported below the summary (not failed on: a capture a killed run leaves is kept by design, for
+# a look by hand, and rollback keeps pcaps).
+kept_captures() {
+  find /var/tmp/tcplab-keepalive/captures /var/lib/tcplab-keepalive/capture -type f 2>/dev/null | sort
+}
 rootns_state > "$OUT/rootns.before"
 project_netns > "$OUT/netns.before"
+kept_captures > "$OUT/captures.before"
 if [ -s "$OUT/netns.before" ]; then
   echo "namespaces left by an earlier run (the targets that journalled them recover them):"
   sed 's/^/  /' "$OUT/netns.before"
@@ -357,8 +364,38 @@ else
   SUMMARY[rootns]="keepalive sysctls, iptables -S, ip6tables -S of the root namespace unchanged; no namespace left behind"
 fi
 
+# The first lines that say why, of each failed stage and molecule scenario: printed last, right
+# below the summary, where a reader of a long log's tail sees them (the whole logs are above).
+why_failed() {  # LABEL FILE
+  [ -s "$2" ] || return 0
+  printf '%s:\n' "$1"
+  grep -n -m 12 -E '^(fatal|failed): |FAILED!|\[ERROR\]|^E  |^FAILED |Traceback|AssertionError|^ERROR|never saw|should have' "$2" \
+    | cut -c1-400 | sed 's/^/  /' || true
+}
+
 printf '\n######## summary (%s s) ########\n' "$(( $(date +%s) - SUITE_START ))"
 for stage in $STAGES rootns; do
   printf '%-12s %-16s %s\n' "$stage" "${RESULT[$stage]}" "${SUMMARY[$stage]:-}"
 done
+kept_captures > "$OUT/captures.after"
+KEPT=$(comm -13 "$OUT/captures.before" "$OUT/captures.after")
+if [ -n "$KEPT" ]; then
+  printf '\ncapture files the suite left on this machine (%d):\n' "$(wc -l <<< "$KEPT")"
+  head -20 <<< "$KEPT" | sed 's/^/  /'
+fi
+if [ "$FAILED" != 0 ]; then
+  printf '\n######## why (first lines of each failure; whole logs above) ########\n'
+  for stage in $STAGES; do
+    [ "${RESULT[$stage]%% *}" = ok ] && continue
+    if [ "$stage" = molecule ]; then
+      for result in "$OUT"/molecule-*.result; do
+        [ -e "$result" ] || continue
+        name=${result##*/molecule-}
+        [ "$(cut -d' ' -f1 "$result")" = ok ] || why_failed "molecule ${name%.result}" "${result%.result}.log"
+      done
+    else
+      why_failed "$stage" "$OUT/$stage.out"
+    fi
+  done
+fi
 exit "$FAILED"

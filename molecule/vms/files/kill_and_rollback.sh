@@ -10,9 +10,12 @@ setsid ansible-playbook -i "$INV" tcplab.keepalive.experiment \
   -e '{"experiment_keepalive": {"time": 2, "intvl": 1, "probes": 3}, "experiment_idle_probes": 2}' \
   -e "experiment_client=$HOST experiment_report_dir=$REPORTS experiment_install_deps=true" > "$LOG" 2>&1 &
 PLAY=$!
-# the task after the DROP hands the unanswered probes to the client's end: the rule is in by then
+# the task after the DROP hands the unanswered probes to the client's end: the rule is in by then.
+# Up to 600 s: alone the run gets there in about a minute, but under software emulation beside
+# other scenarios its preflight and starts on the VM take several times that (the loop ends
+# at once when the play does).
 AFTER_DROP="Let the end on the client's host await the client's failure"
-for _ in $(seq 1 900); do
+for _ in $(seq 1 3000); do
   if grep -q "$AFTER_DROP" "$LOG"; then break; fi
   if ! kill -0 "$PLAY" 2>/dev/null; then cat "$LOG"; echo "the experiment ended before it could be killed"; exit 1; fi
   sleep 0.2
