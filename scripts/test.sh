@@ -369,7 +369,7 @@ fi
 why_failed() {  # LABEL FILE
   [ -s "$2" ] || return 0
   printf '%s:\n' "$1"
-  grep -n -m 12 -E '^(fatal|failed): |FAILED!|\[ERROR\]|^E  |^FAILED |Traceback|AssertionError|^ERROR|never saw|should have' "$2" \
+  grep -n -m 12 -E '^(fatal|failed): |FAILED!|\[ERROR\]|^E  |^FAILED |^Failed: |^[a-z-]+\[[a-z-]+\]: |Traceback|AssertionError|^ERROR|never saw|should have' "$2" \
     | cut -c1-400 | sed 's/^/  /' || true
 }
 

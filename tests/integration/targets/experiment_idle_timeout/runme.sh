@@ -19,6 +19,13 @@ PLAY_PID=
 cleanup() {
   if [ -n "$PLAY_PID" ]; then kill -9 -- "-$PLAY_PID" 2>/dev/null || true; fi
   ansible-playbook -i "$INV" rollback.yml >/dev/null 2>&1 || true
+  # rollback stops the killed run's capture and keeps its pcap for a look by hand: this
+  # target's go with their state records and logs, each proven ours by its record
+  local pcap
+  for pcap in /var/tmp/tcplab-keepalive/captures/exp-tkit*-client.pcap; do
+    [ -e "$pcap" ] || continue
+    ansible -i "$INV" client -m tcplab.keepalive.capture -a "path=$pcap state=absent" >/dev/null 2>&1 || true
+  done
   ansible-playbook tcplab.keepalive.lab -e "$LAB_VARS" -e lab_state=absent "$@" >/dev/null
   # the pcaps of this target's runs only (run ids tkit-*: tags exp-tkit*)
   rm -rf "$REPORTS" /var/tmp/tcplab-keepalive/captures/exp-tkit*-client.pcap*
