@@ -54,7 +54,9 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_qemu import D
 VM_DIR = 'vms'
 VM_PYTHON = '/usr/bin/python3'
 TAP_PREFIX = 'tkv'
-BOOT_TIMEOUT = 300
+# boot to an ssh login: about 20 s alone under TCG; three VMs beside a loaded suite have taken
+# over 150 s to get as far as their NIC (the wait ends as soon as the login works)
+BOOT_TIMEOUT = 600
 STOP_TIMEOUT = 30
 KVM_PROBE_TIMEOUT = 10
 MEMORY_RANGE = (128, 65536)

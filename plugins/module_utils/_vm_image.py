@@ -156,7 +156,20 @@ echo "$hostname" > /proc/sys/kernel/hostname
     printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' "$hostname"
 } > /etc/hosts
 
-# net.ifnames=0 makes the one NIC eth0 (this unit starts once udev has announced it)
+# net.ifnames=0 makes the one NIC eth0. This unit starts once udev has announced it, or
+# once systemd stops waiting for it (90 s): on a loaded host under TCG udev has taken longer,
+# so the NIC is waited for here too (up to 600 s, the unit's TimeoutStartSec allows it).
+nic_present() {
+    for dev in /sys/class/net/*; do [ "${dev##*/}" = lo ] || return 0; done
+    return 1
+}
+tries=0
+until nic_present; do
+    [ "$tries" -lt 1200 ] || fail "no network device after 600 s (is the VM's virtio-net device there?)"
+    [ "$tries" -gt 0 ] || say "waiting for the network device"
+    tries=$((tries + 1))
+    sleep 0.5
+done
 iface=eth0
 for dev in /sys/class/net/*; do
     dev_mac=''
@@ -199,6 +212,8 @@ Before=network-pre.target network.target ssh.service systemd-user-sessions.servi
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/local/sbin/tcplab-seed
+# the script waits up to 600 s for a NIC that udev announces late (a loaded host under TCG)
+TimeoutStartSec=660
 StandardOutput=journal+console
 
 [Install]

@@ -347,6 +347,8 @@ def test_seed_unit_runs_before_network_and_sshd():
     assert {'network-pre.target', 'network.target', 'ssh.service'} <= set(before)
     assert 'After=' in unit and 'sys-subsystem-net-devices-eth0.device' in unit
     assert 'ExecStart=/usr/local/sbin/tcplab-seed' in unit
+    # the script's own wait for a late NIC (600 s) fits in the unit's start timeout
+    assert 'TimeoutStartSec=660' in unit and 'tries" -lt 1200' in _vm_image.SEED_SCRIPT
     assert _vm_image.SEED_FW_CFG in _vm_image.SEED_SCRIPT
 
 
