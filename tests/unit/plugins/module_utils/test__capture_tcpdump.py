@@ -462,11 +462,15 @@ def test_limits_end_a_tcpdump_capture(netns, capture_dir, state_dir):
     capture = _make(state_dir, capture_dir)
     base = {'netns': netns, 'filter': 'tcp port 4500', 'backend': 'tcpdump'}
     by_packets = capture.started(dict(base, max_packets=3))
-    by_seconds = capture.started(dict(base, max_seconds=1))
     by_bytes = capture.started(dict(base, max_bytes=1024))
+    # started last, right before the traffic, with room for it on a loaded machine: a 1 s window
+    # opened before the other start once closed before the traffic came (0 packets)
+    by_seconds = capture.started(dict(base, max_seconds=3))
     _ns(netns, sys.executable, '-c', TRAFFIC, 4500, 5)
-    time.sleep(1.5)
     stopper = Capture(sys.executable, state_dir=state_dir)
+    deadline = time.monotonic() + 30
+    while stopper.status(by_seconds['path'])['running'] and time.monotonic() < deadline:
+        time.sleep(0.2)   # until max_seconds has ended it
     results = [stopper.stopped(s['path'], analyse=False) for s in (by_packets, by_seconds, by_bytes)]
     assert [r['stop_reason'] for r in results] == ['max_packets', 'max_seconds', 'max_bytes']
     assert all(r['changed'] is False and r['backend'] == 'tcpdump' for r in results)
