@@ -315,7 +315,9 @@ def _state_path(eps, name):
 
 def test_a_stop_that_leaves_the_process_running_fails(tmp_path, monkeypatch):
     tag = TAG + 'client-41060'
-    proc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', tag],  # pylint: disable=consider-using-with
+    # it outlives any stall of a loaded suite (once, the test took 60 s and the process had ended by itself); the
+    # finally below kills it
+    proc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)', tag],  # pylint: disable=consider-using-with
                             start_new_session=True)
     try:
         eps = Endpoints(str(tmp_path))

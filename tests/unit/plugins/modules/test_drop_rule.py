@@ -265,10 +265,12 @@ def test_when_idle_inserts_the_rule_once_the_connection_has_been_idle(netns, tmp
 
 
 def test_when_idle_inserts_nothing_when_the_connection_ends_meanwhile(netns, tmp_path):
-    proc = connection(netns, 1)   # closes both ends after 1 s of idle time
+    # closes both ends after 8 s of idle time: the module's first look (a second after its start here, several under
+    # a loaded suite) sees it up, and it ends during the wait for 30 s of idle time
+    proc = connection(netns, 8)
     try:
         result = run_module(netns, tmp_path, port=5091, destination='127.0.0.1', tag='idle',
-                            when_idle={'peer_port': 22391, 'seconds': 5})
+                            when_idle={'peer_port': 22391, 'seconds': 30})
         assert result.get('failed') and 'ended before the DROP' in result['msg'], result
         assert 'tcplab-keepalive:idle' not in rules(netns, 'iptables-nft')
     finally:
