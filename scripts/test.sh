@@ -39,6 +39,8 @@ set -uo pipefail
 . "$(dirname "$0")/stage_matrix.sh" || exit 1
 # shellcheck source=scripts/unit_private.sh
 . "$(dirname "$0")/unit_private.sh" || exit 1
+# shellcheck source=scripts/cpu_account.sh
+. "$(dirname "$0")/cpu_account.sh" || exit 1
 # shellcheck source=scripts/collection_copy.sh
 . "$(dirname "$0")/collection_copy.sh" || exit 1
 
@@ -271,9 +273,11 @@ molecule_stamp() {
 molecule_one() {  # NAME: `molecule test` of one scenario; its log and "ok|FAILED <seconds>" in .build/test
   local name=$1 start rc
   start=$(date +%s)
+  cpu_account_enter "molecule/$name"
   MOLECULE_GLOB='molecule/*/molecule.yml' NO_COLOR=1 molecule test -s "$name" 2>&1 | molecule_stamp > "$OUT/molecule-$name.log"
   rc=${PIPESTATUS[0]}
   echo "$([ "$rc" -eq 0 ] && echo ok || echo FAILED) $(( $(date +%s) - start ))" > "$OUT/molecule-$name.result"
+  cpu_account_seconds "molecule/$name" > "$OUT/molecule-$name.cpu"
   return "$rc"
 }
 
@@ -282,7 +286,7 @@ molecule_one() {  # NAME: `molecule test` of one scenario; its log and "ok|FAILE
 # by side. (molecule's --workers runs the scenarios without their create and destroy steps, for
 # scenarios that share one infrastructure: ours each create their own.)
 stage_molecule() {
-  local names name rc=0 result figures=""
+  local names name rc=0 result cpu figures=""
   names=$(molecule_order)
   for name in $names; do
     while [ "$(jobs -rp | wc -l)" -ge "$MOLECULE_WORKERS" ]; do wait -n; done
@@ -298,9 +302,10 @@ stage_molecule() {
     else
       rc=1; cat "$OUT/molecule-$name.log"
     fi
-    figures="$figures $name ${result#* } s${result%% *}"
+    cpu=$(cat "$OUT/molecule-$name.cpu" 2>/dev/null)
+    figures="$figures $name ${result#* } s${cpu:+ (cpu $cpu s)}${result%% *}"
   done
-  figures=$(sed 's/ sok/ s,/g; s/ sFAILED/ s FAILED,/g; s/,$//' <<< "$figures")
+  figures=$(sed 's/ \(s)\{0,1\}\)ok/ \1,/g; s/ \(s)\{0,1\}\)FAILED/ \1 FAILED,/g; s/,$//' <<< "$figures")
   SUMMARY[molecule]="$(wc -w <<< "$names") scenarios, $MOLECULE_WORKERS at a time:$figures"
   return "$rc"
 }
@@ -309,14 +314,16 @@ stage_molecule() {
 # printed in one piece when the stage ends (lanes print one at a time); its summary line and result
 # in .build/test/<stage>.summary and .result for the summary below.
 run_lane() {
-  local stage start rc
+  local stage start rc cpu
   for stage in "$@"; do
     start=$(date +%s)
     echo "[$(date +%T)] stage $stage started" | flock "$OUT/.print" cat
+    cpu_account_enter "$stage"
     "stage_$stage" > "$OUT/$stage.out" 2>&1
     rc=$?
+    cpu=$(cpu_account_seconds "$stage")
     printf '%s' "${SUMMARY[$stage]:-}" > "$OUT/$stage.summary"
-    echo "$([ "$rc" -eq 0 ] && echo ok || echo FAILED) ($(( $(date +%s) - start )) s)" > "$OUT/$stage.result"
+    echo "$([ "$rc" -eq 0 ] && echo ok || echo FAILED) ($(( $(date +%s) - start )) s${cpu:+, cpu $cpu s})" > "$OUT/$stage.result"
     { printf '\n######## stage %s: %s, ended %s ########\n' "$stage" "$(cat "$OUT/$stage.result")" "$(date +%T)"
       cat "$OUT/$stage.out"; } | flock "$OUT/.print" cat
   done
@@ -324,6 +331,7 @@ run_lane() {
 
 # The lanes of LANES, each limited to the stages of STAGES, side by side.
 SUITE_START=$(date +%s)
+cpu_account_init
 lane_pids=()
 IFS='|' read -ra lanes <<< "$LANES"
 for lane in "${lanes[@]}"; do
@@ -339,6 +347,9 @@ for stage in $STAGES; do
   [[ " ${LANES//|/ } " == *" $stage "* ]] || { echo "stage $stage is in no lane of LANES ($LANES)"; FAILED=1; }
 done
 for pid in "${lane_pids[@]}"; do wait "$pid"; done
+CPU_TOTAL=0
+for stage in $STAGES; do CPU_TOTAL=$(( CPU_TOTAL + $(cpu_account_seconds "$stage" || true) + 0 )); done
+CPU_LEFT=$(cpu_account_end)
 for stage in $STAGES; do
   RESULT[$stage]=$(cat "$OUT/$stage.result" 2>/dev/null || echo "FAILED (did not run)")
   SUMMARY[$stage]=$(cat "$OUT/$stage.summary" 2>/dev/null)
@@ -373,10 +384,12 @@ why_failed() {  # LABEL FILE
     | cut -c1-400 | sed 's/^/  /' || true
 }
 
-printf '\n######## summary (%s s) ########\n' "$(( $(date +%s) - SUITE_START ))"
+printf '\n######## summary (%s s%s) ########\n' "$(( $(date +%s) - SUITE_START ))" \
+  "$([ -n "$CPU_ACCOUNT_DIR" ] && echo ", cpu $CPU_TOTAL s of the stages")"
 for stage in $STAGES rootns; do
   printf '%-12s %-16s %s\n' "$stage" "${RESULT[$stage]}" "${SUMMARY[$stage]:-}"
 done
+[ -z "$CPU_LEFT" ] || printf '\n%s\n' "$CPU_LEFT"
 kept_captures > "$OUT/captures.after"
 KEPT=$(comm -13 "$OUT/captures.before" "$OUT/captures.after")
 if [ -n "$KEPT" ]; then
