@@ -147,6 +147,9 @@ def test_mmdebstrap_argv(tmp_path):
     spec = cache(tmp_path).spec('bookworm')
     argv = mmdebstrap_argv('/usr/bin/mmdebstrap', spec, '/x/rootfs', ['--essential-hook=copy-in /s/a /etc'])
     assert argv[:4] == ['/usr/bin/mmdebstrap', '--mode=root', '--variant=apt', '--format=directory']
+    # the package lists the build fetched stay in the image: a VM's first apt-get update fetches what changed since
+    assert '--skip=cleanup/apt/lists' in argv
+    assert 'Acquire::Languages "none";' in _vm_image.BAKED_FILES['/etc/apt/apt.conf.d/50tcplab-no-translations'][0]
     assert '--include=%s' % ','.join(sorted(_vm_image.PACKAGES)) in argv
     assert '--essential-hook=copy-in /s/a /etc' in argv
     assert argv[-5:] == ['bookworm', '/x/rootfs'] + spec['sources']
