@@ -56,6 +56,10 @@ class CaptureStop:
                 and time.monotonic() < deadline:
             time.sleep(0.02)
             record = read_record(self.state_dir, path) or record
+        if not record.get('finished') and not record.get('died'):
+            # the monitor writes before it exits: the read above may have come just before its write, and the
+            # look at it just after its exit; once it is gone, what it wrote is there to read
+            record = read_record(self.state_dir, path) or record
         return record
 
     @staticmethod

@@ -710,3 +710,23 @@ def test_stop_returns_the_keepalive_analysis(netns, capture_dir, state_dir):
     assert prober['count'] == prober['answered'] == summary['keepalive'] and prober['unanswered'] == 0
     assert all(0.9 < idle < 1.3 for idle in prober['idle_times'])
     assert connection['rst'] is None
+
+
+def test_settled_reads_the_record_once_more_after_the_monitor_is_gone(monkeypatch):
+    """The monitor writes how the sniffer ended, then exits. A status whose last read came just before that write
+    and whose look at the monitor came just after its exit must read once more (once, a loaded suite reported
+    'it left no account of how (its monitor ... is gone too)' for a sniffer killed by SIGKILL)."""
+    from ansible_collections.tcplab.keepalive.plugins.module_utils import _capture_stop  # pylint: disable=import-outside-toplevel
+    stale = {'pid': 41, 'monitor': {'pid': 40, 'starttime': 1}}
+    written = dict(stale, died={'signal': 'SIGKILL', 'exit_code': None})
+    reads = iter([stale, written])
+    alive = iter([True, False])
+    monkeypatch.setattr(_capture_stop, 'read_record', lambda state_dir, path: next(reads))
+    monkeypatch.setattr(_capture_stop, 'monitor_alive', lambda record: next(alive))
+    monkeypatch.setattr(_capture_stop.time, 'sleep', lambda seconds: None)
+
+    class Stop(_capture_stop.CaptureStop):
+        state_dir = '/nonexistent'
+
+    settled = Stop()._settled('/x.pcap', stale)
+    assert settled['died'] == {'signal': 'SIGKILL', 'exit_code': None}
