@@ -25,6 +25,20 @@ TAG = 'tcplab-keepalive-endpoint:'
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason='needs root for ip netns')
 
 
+def sleeper(tag):
+    """A process whose command line carries tag, returned once /proc shows that command line: Popen can return
+    while the kernel is still setting up the new program (its vfork parent runs on once exec has replaced the memory),
+    and a /proc/<pid>/cmdline read at once lacks the new argv most of the time (209 of 300 tries here), so that an
+    ownership proof by command line fails."""
+    proc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', tag],  # pylint: disable=consider-using-with
+                            start_new_session=True)
+    deadline = time.monotonic() + 10
+    while tag not in _proc.cmdline(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert tag in _proc.cmdline(proc.pid)
+    return proc
+
+
 def _netns(name):
     subprocess.run(['ip', 'netns', 'add', name], check=True)
     subprocess.run(['ip', '-n', name, 'link', 'set', 'lo', 'up'], check=True)
@@ -315,10 +329,7 @@ def _state_path(eps, name):
 
 def test_a_stop_that_leaves_the_process_running_fails(tmp_path, monkeypatch):
     tag = TAG + 'client-41060'
-    # it outlives any stall of a loaded suite (once, the test took 60 s and the process had ended by itself); the
-    # finally below kills it
-    proc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)', tag],  # pylint: disable=consider-using-with
-                            start_new_session=True)
+    proc = sleeper(tag)
     try:
         eps = Endpoints(str(tmp_path))
         path = _state_path(eps, 'client-41060')
@@ -336,6 +347,7 @@ def test_a_stop_that_leaves_the_process_running_fails(tmp_path, monkeypatch):
         assert 'could not stop client client-41060' in str(exc.value)
         assert proc.poll() is None
     finally:
+        monkeypatch.undo()  # os.kill, which Popen.kill uses, back before the kill (else the wait lasts the sleep)
         proc.kill()
         proc.wait()
 
@@ -346,8 +358,7 @@ def test_stop_ends_a_program_its_supervisor_left_running(tmp_path):
     """PR_SET_PDEATHSIG normally ends the program with its supervisor; should it not (the record is all that is
     left), stop finds the program by its own recorded pid and start time."""
     tag = TAG + 'client-41080'
-    program = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', tag],  # pylint: disable=consider-using-with
-                               start_new_session=True)
+    program = sleeper(tag)
     dead = subprocess.Popen(['true'])  # pylint: disable=consider-using-with
     dead.wait()
     try:
