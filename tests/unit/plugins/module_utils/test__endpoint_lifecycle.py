@@ -19,6 +19,7 @@ import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _endpoint, _proc
 from ansible_collections.tcplab.keepalive.plugins.module_utils._endpoint import EndpointError, Endpoints, validate
+from ansible_collections.tcplab.keepalive.tests.unit.plugins.module_utils.test__detached import SLEEPER
 
 STATE_ROOT = '/run/tcplab-test-endpoint'
 TAG = 'tcplab-keepalive-endpoint:'
@@ -26,16 +27,14 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason='needs root for ip net
 
 
 def sleeper(tag):
-    """A process whose command line carries tag, returned once /proc shows that command line: Popen can return
+    """test__detached's SLEEPER with tag on its command line, returned once it has said "ready": Popen can return
     while the kernel is still setting up the new program (its vfork parent runs on once exec has replaced the memory),
-    and a /proc/<pid>/cmdline read at once lacks the new argv most of the time (209 of 300 tries here), so that an
-    ownership proof by command line fails."""
-    proc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', tag],  # pylint: disable=consider-using-with
-                            start_new_session=True)
-    deadline = time.monotonic() + 10
-    while tag not in _proc.cmdline(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert tag in _proc.cmdline(proc.pid)
+    and a /proc/<pid>/cmdline read at once lacked the new argv 209 of 300 times here, so that an ownership proof by
+    command line failed."""
+    proc = subprocess.Popen([sys.executable, '-c', SLEEPER, tag, 'default'],  # pylint: disable=consider-using-with
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    with proc.stdout:
+        assert proc.stdout.readline() == 'ready\n'
     return proc
 
 
