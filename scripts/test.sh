@@ -303,9 +303,9 @@ stage_molecule() {
       rc=1; cat "$OUT/molecule-$name.log"
     fi
     cpu=$(cat "$OUT/molecule-$name.cpu" 2>/dev/null)
-    figures="$figures $name ${result#* } s${cpu:+ (cpu $cpu s)}${result%% *}"
+    figures="$figures${figures:+,} $name ${result#* } s${cpu:+ (cpu $cpu s)}"
+    [ "${result%% *}" = ok ] || figures="$figures FAILED"
   done
-  figures=$(sed 's/ \(s)\{0,1\}\)ok/ \1,/g; s/ \(s)\{0,1\}\)FAILED/ \1 FAILED,/g; s/,$//' <<< "$figures")
   SUMMARY[molecule]="$(wc -w <<< "$names") scenarios, $MOLECULE_WORKERS at a time:$figures"
   return "$rc"
 }
