@@ -31,7 +31,7 @@
 #   MATRIX_VERSIONS="2.16" MATRIX_PARTS="unit sanity" bash scripts/stage_matrix.sh
 #   MATRIX_UNIT_ARGS="tests/unit" ...         other pytest arguments than "-m ansible_core tests/unit"
 #                                             (this one: every unit test, for each version)
-#   MATRIX_UNIT_JOBS=2 ...                    that many versions' unit suites at a time (default 1: one after the other)
+#   MATRIX_UNIT_JOBS=1 ...                    that many versions' unit suites at a time (default 2)
 #   bash scripts/stage_matrix.sh --lock      re-resolve requirements-matrix/*.txt from their .in files
 #
 # Sourced (by scripts/test.sh) it only defines stage_matrix.
@@ -262,13 +262,13 @@ stage_matrix() {
     matrix_venv "$version" || { echo "matrix: no environment for ansible-core $version"; rc=1; }
   done
   [ "$rc" -eq 0 ] || return 1
-  # the unit suites in the background, MATRIX_UNIT_JOBS at a time: 1 (the default) one after the other, beside the
-  # rest of this stage and the lab stages of scripts/test.sh (three suites at once beside the vms scenario's VMs took
-  # the load to 9, where timing tests of the capture fail); N: N at a time ...
+  # the unit suites in the background, MATRIX_UNIT_JOBS (default 2) at a time, beside the rest of this stage and the
+  # lab stages of scripts/test.sh (they mostly wait; three at once beside the vms scenario's VMs took the load to 9,
+  # where timing tests of the capture fail) ...
   if [[ " $MATRIX_PARTS " == *" unit "* ]]; then
     ( rc=0 unit_pids=()
       for version in $MATRIX_VERSIONS; do
-        while [ "$(jobs -rp | wc -l)" -ge "${MATRIX_UNIT_JOBS:-1}" ]; do wait -n; done
+        while [ "$(jobs -rp | wc -l)" -ge "${MATRIX_UNIT_JOBS:-2}" ]; do wait -n; done
         matrix_timed "$version" unit & unit_pids+=($!)
       done
       for pid in "${unit_pids[@]}"; do wait "$pid" || rc=1; done  # bash keeps each status for its pid
