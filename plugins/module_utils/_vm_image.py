@@ -51,9 +51,12 @@ LOGIN_USER = 'tcplab'
 SEED_FW_CFG = 'opt/tcplab/seed'
 
 # What a minimal cloud image holds; iptables, nftables, tcpdump and scapy are left out on purpose.
+# python3-apt: Debian's cloud images carry it (their unattended-upgrades needs it), and ansible's apt
+# module uses it. Without it, that module's first run on a VM fetches the package lists, installs it and
+# starts again (under TCG a large part of installing the experiment's tools).
 PACKAGES = (
     'systemd-sysv', 'udev', 'dbus', 'libpam-systemd', 'kmod', 'e2fsprogs', 'tiny-initramfs',
-    'linux-image-amd64', 'iproute2', 'openssh-server', 'sudo', 'python3',
+    'linux-image-amd64', 'iproute2', 'openssh-server', 'sudo', 'python3', 'python3-apt',
 )
 ABSENT_PACKAGES = ('python3-scapy', 'tcpdump', 'iptables', 'nftables')
 DPKG_EXCLUDES = (

@@ -138,8 +138,8 @@ def test_key_follows_every_input(tmp_path, monkeypatch):
 
 
 def test_packages_are_minimal():
-    assert {'python3', 'openssh-server', 'sudo', 'iproute2', 'linux-image-amd64', 'systemd-sysv', 'udev'} <= set(
-        _vm_image.PACKAGES)
+    assert {'python3', 'openssh-server', 'sudo', 'iproute2', 'linux-image-amd64', 'systemd-sysv', 'udev',
+            'python3-apt'} <= set(_vm_image.PACKAGES)
     assert not set(_vm_image.PACKAGES) & {'python3-scapy', 'tcpdump', 'iptables', 'nftables'}
 
 
