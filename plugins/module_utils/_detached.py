@@ -162,8 +162,11 @@ def terminate(processes, term_wait=TERM_WAIT, kill_wait=KILL_WAIT, kill=True):
     if isinstance(processes, Process):
         processes = [processes]
     sent = None
+    # proven ours once, before any signal; after that, awaited by pid and start time alone: a process that is
+    # exiting has already lost its command line (the proof) but has not gone yet
+    running = [one for one in processes if one.ours()]
     for signum, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, kill_wait)):
-        running = [one for one in processes if one.ours()]
+        running = [one for one in running if not one.wait_gone(0)]
         if not running:
             return Ended(True, sent)
         if signum == signal.SIGKILL and not kill:
@@ -173,7 +176,7 @@ def terminate(processes, term_wait=TERM_WAIT, kill_wait=KILL_WAIT, kill=True):
                 sent = signal.Signals(signum).name
         if _wait_all(running, wait):
             return Ended(True, sent)
-    return Ended(not any(one.ours() for one in processes), sent)
+    return Ended(all(one.wait_gone(0) for one in running), sent)
 
 
 # -- the programs ------------------------------------------------------------------

@@ -129,6 +129,20 @@ def test_terminate_a_process_group(sleeper):
     assert proc.wait(5) == -signal.SIGTERM
 
 
+def test_terminate_awaits_a_process_that_lost_its_proof_while_exiting(sleeper):
+    """An exiting process has released its memory, so its command line (the proof) reads empty, before it has
+    gone. Under load, the slow SIGTERM below ended that way between the waits: terminate said gone while it was
+    still there (test__iptables, the suite in ci8). Once proven ours, a process is awaited by pid and start time."""
+    proc = sleeper('slow')
+    start = _proc.starttime(proc.pid)
+    proofs = iter([True, True])   # proven before the SIGTERM and as it is sent; then the marker is gone
+
+    def proof(argv):
+        return next(proofs, False) and MARKER in argv
+    assert terminate(Process(proc.pid, start, proof), 0.05, 5) == Ended(True, 'SIGTERM')
+    assert not running(proc.pid) and proc.wait(5) == 0
+
+
 def test_terminate_of_what_has_gone_sends_nothing(sleeper):
     proc = sleeper()
     start = _proc.starttime(proc.pid)
