@@ -74,9 +74,16 @@ project_netns() {
 kept_captures() {
   find /var/tmp/tcplab-keepalive/captures /var/lib/tcplab-keepalive/capture -type f 2>/dev/null | sort
 }
+# The job files of async tasks (poll: 0) on this controller: each task that starts one removes it
+# (async_status mode: cleanup) once the job has ended; one the suite adds and leaves is reported
+# below the summary, like a capture.
+async_job_files() {
+  find ~/.ansible_async -mindepth 1 -maxdepth 1 -type f -printf '%f\n' 2>/dev/null | sort
+}
 rootns_state > "$OUT/rootns.before"
 project_netns > "$OUT/netns.before"
 kept_captures > "$OUT/captures.before"
+async_job_files > "$OUT/async.before"
 if [ -s "$OUT/netns.before" ]; then
   echo "namespaces left by an earlier run (the targets that journalled them recover them):"
   sed 's/^/  /' "$OUT/netns.before"
@@ -395,6 +402,15 @@ KEPT=$(comm -13 "$OUT/captures.before" "$OUT/captures.after")
 if [ -n "$KEPT" ]; then
   printf '\ncapture files the suite left on this machine (%d):\n' "$(wc -l <<< "$KEPT")"
   head -20 <<< "$KEPT" | sed 's/^/  /'
+fi
+async_job_files > "$OUT/async.after"
+JOBS_LEFT=$(comm -13 "$OUT/async.before" "$OUT/async.after")
+if [ -n "$JOBS_LEFT" ]; then
+  printf '\nasync job files the suite left in %s (%d; the task that started each should remove it):\n' \
+    ~/.ansible_async "$(wc -l <<< "$JOBS_LEFT")"
+  for job in $(head -20 <<< "$JOBS_LEFT"); do
+    printf '  %s: %s\n' "$job" "$(head -c 160 ~/.ansible_async/"$job" | tr '\n' ' ')"
+  done
 fi
 if [ "$FAILED" != 0 ]; then
   printf '\n######## why (first lines of each failure; whole logs above) ########\n'
