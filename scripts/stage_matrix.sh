@@ -241,14 +241,7 @@ matrix_failures() {
 matrix_main_line() {
   local unit="${SUMMARY[unit]:-}" sanity="${SUMMARY[sanity]:-}" build="${SUMMARY[build]:-}"
   if [ -z "$unit$sanity$build" ]; then
-    # the matrix in a lane of its own (scripts/test.sh): those stages run in another lane, at the same time
-    local main="" stage
-    for stage in unit sanity build; do [[ " ${STAGES:-} " == *" $stage "* ]] && main+="${main:+, }$stage"; done
-    if [ -n "$main" ]; then
-      echo "the main stages of this run, in another lane: $main (their lines in this summary)"
-    else
-      echo "covered by the main stages (unit, sanity, build, integration, molecule with .venv); not run in this invocation"
-    fi
+    echo "covered by the main stages (unit, sanity, build, integration, molecule with .venv); not run in this invocation"
     return 0
   fi
   echo "from the main stages of this run: unit ${unit:-not run}; sanity ${sanity:-not run}; build ${build:-not run}" \
