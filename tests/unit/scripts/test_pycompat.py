@@ -80,7 +80,6 @@ def test_the_declared_minimum_is_the_same_everywhere():
 # -- this checkout -------------------------------------------------------------
 
 def test_this_collection_passes_on_every_installed_target_python(pythons):
-    started = time.time()
     rc, out = run_checker('--min', DECLARED_MINIMUM, '--require', ','.join(pythons))
     assert rc == 0, out
     for minor in pythons:
@@ -91,7 +90,6 @@ def test_this_collection_passes_on_every_installed_target_python(pythons):
     checked = int(re.search(r'; (\d+) files,', out.splitlines()[0]).group(1))
     assert checked >= len(list((REPO_ROOT / 'plugins' / 'module_utils').glob('*.py'))), out
     assert ' 0 problems' in out
-    assert time.time() - started < 60, out
 
 
 def test_a_required_python_that_is_missing_is_named(pythons):
