@@ -60,7 +60,9 @@ def pythons():
     return found
 
 
-def run_checker(*args, timeout=120):
+def run_checker(*args, timeout=900):
+    # a guard against a hang, not a bound on speed: on every interpreter, beside a loaded suite, the whole
+    # checker took 66 s in one run's matrix and over 120 s in another
     proc = subprocess.run([sys.executable, str(SCRIPT)] + list(args), capture_output=True, text=True,
                           timeout=timeout, check=False)
     return proc.returncode, proc.stdout + proc.stderr
