@@ -6,10 +6,11 @@
 # The matrix stage: the ansible-core versions that meta/runtime.yml claims (requires_ansible
 # ">=2.16.0"), each in its own virtual environment .build/matrix/<version>/venv (Python 3.11, the
 # pinned requirements-matrix/ansible-core-<version>.txt; docs/development.md):
-#   unit         pytest -m ansible_core tests/unit: the unit tests that run ansible-core's code (modules,
-#                playbooks, the inventory, the filter and connection plugins, AnsiballZ on every target
-#                Python; tests/unit/conftest.py lists them and test_matrix_marker.py keeps the list
-#                complete). The other unit tests run module_utils code that imports nothing of
+#   unit         pytest -m "ansible_core and not once" tests/unit: the unit tests that run ansible-core's
+#                code (modules, playbooks, the inventory, the filter and connection plugins, AnsiballZ on
+#                every target Python; tests/unit/conftest.py lists them and test_matrix_marker.py keeps the
+#                list complete), less those marked once (the collection's own logic through an interface
+#                the file's other tests cover; pytest.ini). The other unit tests run module_utils code that imports nothing of
 #                ansible-core - the same code on the same Python 3.11 in every version - and run once, in
 #                the unit stage. Each version's suite runs in private network, mount (/run) and PID
 #                namespaces (scripts/unit_private.sh), beside the lab stages, although its tests use
@@ -29,7 +30,7 @@
 #   bash scripts/stage_matrix.sh             the stage on its own (as root)
 #   STAGES=matrix bash scripts/test.sh        the same through the test suite
 #   MATRIX_VERSIONS="2.16" MATRIX_PARTS="unit sanity" bash scripts/stage_matrix.sh
-#   MATRIX_UNIT_ARGS="tests/unit" ...         other pytest arguments than "-m ansible_core tests/unit"
+#   MATRIX_UNIT_ARGS="tests/unit" ...         other pytest arguments than '-m "ansible_core and not once" tests/unit'
 #                                             (this one: every unit test, for each version)
 #   MATRIX_UNIT_JOBS=1 ...                    that many versions' unit suites at a time (default 2)
 #   bash scripts/stage_matrix.sh --lock      re-resolve requirements-matrix/*.txt from their .in files
@@ -102,8 +103,12 @@ matrix_lock() {
 matrix_unit() {
   local version=$1 venv out
   venv=$(matrix_venv_dir "$version"); out="$MATRIX_DIR/$version"
-  # shellcheck disable=SC2086  # MATRIX_UNIT_ARGS: pytest arguments
-  unit_private "$venv/bin/python" "matrix-$version" "$out/unit.log" "$out/unit.junit.xml" ${MATRIX_UNIT_ARGS:--m ansible_core tests/unit}
+  if [ -n "${MATRIX_UNIT_ARGS:-}" ]; then
+    # shellcheck disable=SC2086  # MATRIX_UNIT_ARGS: pytest arguments
+    unit_private "$venv/bin/python" "matrix-$version" "$out/unit.log" "$out/unit.junit.xml" $MATRIX_UNIT_ARGS
+  else
+    unit_private "$venv/bin/python" "matrix-$version" "$out/unit.log" "$out/unit.junit.xml" -m "ansible_core and not once" tests/unit
+  fi
 }
 
 # ansible-test bootstraps pip in its sanity environments with a script that it downloads: put our

@@ -247,10 +247,31 @@ stage_integration() {
     SUMMARY[integration]="no targets yet"; return 0
   fi
   dir=$(collection_copy integration)
-  (cd "$dir" && ansible-test integration --local --python 3.11 --color no --allow-destructive --allow-root 2>&1) | tee "$OUT/integration.log"
+  (cd "$dir" && ansible-test integration --local --python 3.11 --color no --allow-destructive --allow-root 2>&1) \
+    | tee "$OUT/integration.log" | integration_stamps > "$OUT/integration.targets"
   rc=${PIPESTATUS[0]}
-  SUMMARY[integration]="$(grep -cE '^Running .* integration test (role|script)' "$OUT/integration.log") of $targets targets run"
+  SUMMARY[integration]="$(grep -cE '^Running .* integration test (role|script)' "$OUT/integration.log") of $targets targets run; $(integration_longest "$OUT/integration.targets")"
   return "$rc"
+}
+
+# ansible-test's output on stdin, printed; each target's start and the end, with the epoch second, on
+# stdout (bash's own clock: no process per line).
+integration_stamps() {
+  local line
+  while IFS= read -r line; do
+    printf '%s\n' "$line" >&2
+    [[ $line =~ ^Running\ ([^ ]+)\ integration\ test\ (role|script)$ ]] && printf '%(%s)T %s\n' -1 "${BASH_REMATCH[1]}"
+  done
+  printf '%(%s)T end\n' -1
+}
+
+# "longest: <target> <seconds> s, ..." (three) from integration_stamps' lines in FILE.
+integration_longest() {
+  awk 'NR > 1 { secs[name] = $1 - start } { start = $1; name = $2 }
+    END { n = 0; for (t in secs) order[++n] = t
+          for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (secs[order[j]] > secs[order[i]]) { x = order[i]; order[i] = order[j]; order[j] = x }
+          out = "longest:"; for (i = 1; i <= n && i <= 3; i++) out = out sprintf("%s %s %d s", (i > 1 ? "," : ""), order[i], secs[order[i]])
+          print out }' "$1"
 }
 
 # The scenarios, the long ones first (so the pool ends together); the rest in name order.

@@ -1,11 +1,13 @@
 # Copyright (c) tcplab.keepalive developers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The version matrix runs the unit tests marked ansible_core (scripts/stage_matrix.sh): every test file
-that runs ansible-core's code must be marked, or a version could break it unseen."""
+"""The version matrix runs the unit tests marked ansible_core and not once (scripts/stage_matrix.sh): every
+test file that runs ansible-core's code must be marked, or a version could break it unseen, and each such
+file keeps at least one test that the matrix runs."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -30,6 +32,36 @@ def test_a_file_that_runs_ansible_core_is_in_the_matrix(path):
         assert ansible_core_test(path), (
             '%s runs ansible-core code: add it to ANSIBLE_CORE_FILES in tests/unit/conftest.py so that the '
             'version matrix runs it' % path.relative_to(UNIT))
+
+
+def _tests_marked_once(path):
+    """{test function name: marked once} of a test file."""
+    def once(decorator):
+        return ast.unparse(decorator) == 'pytest.mark.once'
+    return {node.name: any(once(d) for d in node.decorator_list)
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.FunctionDef) and node.name.startswith('test_')}
+
+
+@pytest.mark.parametrize('path', _test_files(), ids=lambda p: str(p.relative_to(UNIT)))
+def test_the_matrix_keeps_a_test_of_each_file_and_once_marks_only_its_files(path):
+    marked = _tests_marked_once(path)
+    if ansible_core_test(path):
+        assert not marked or not all(marked.values()), (
+            '%s: every test is marked once, so no ansible-core version but the main one runs the file: '
+            'keep the mark off a test of its interface' % path.relative_to(UNIT))
+    else:
+        assert not any(marked.values()), (
+            '%s: once only means something in a file that runs ansible-core code (ANSIBLE_CORE_FILES in '
+            'tests/unit/conftest.py): remove the mark' % path.relative_to(UNIT))
+
+
+def test_once_marks_are_seen(tmp_path):
+    path = tmp_path / 'test_x.py'
+    path.write_text('import pytest\n\n\n@pytest.mark.once\ndef test_a():\n    pass\n\n\n'
+                    '@pytest.mark.parametrize("x", [1])\n@pytest.mark.once\ndef test_b(x):\n    pass\n\n\n'
+                    'def test_c():\n    pass\n\n\ndef helper():\n    pass\n')
+    assert _tests_marked_once(path) == {'test_a': True, 'test_b': True, 'test_c': False}
 
 
 def test_every_listed_file_exists():

@@ -81,6 +81,7 @@ def test_the_declared_minimum_is_the_same_everywhere():
 
 # -- this checkout -------------------------------------------------------------
 
+@pytest.mark.once
 def test_this_collection_passes_on_every_installed_target_python(pythons):
     rc, out = run_checker('--min', DECLARED_MINIMUM, '--require', ','.join(pythons))
     assert rc == 0, out
@@ -94,6 +95,7 @@ def test_this_collection_passes_on_every_installed_target_python(pythons):
     assert ' 0 problems' in out
 
 
+@pytest.mark.once
 def test_a_required_python_that_is_missing_is_named(pythons):
     minor, path = next(iter(pythons.items()))
     rc, out = run_checker('--no-discover', '--no-vermin', '--python', path, '--require', '%s,3.99' % minor)
@@ -101,6 +103,7 @@ def test_a_required_python_that_is_missing_is_named(pythons):
     assert 'PROBLEM: Python 3.99 (required) is required but not installed: pyenv install 3.99' in out
 
 
+@pytest.mark.once
 def test_no_release_python_is_a_failure(pythons):
     others = [path for minor, path in pythons.items() if minor not in RELEASES]
     if not others:
@@ -220,6 +223,7 @@ def oldest_release_python(pythons):
     return [pythons[minor] for minor in RELEASES if minor in pythons][0]
 
 
+@pytest.mark.once
 def test_a_clean_collection_passes(tmp_path, pythons):
     root = make_collection(tmp_path)
     rc, out = run_checker('--root', str(root), '--no-discover', '--python', oldest_release_python(pythons))
@@ -230,6 +234,7 @@ def test_a_clean_collection_passes(tmp_path, pythons):
 
 
 @pytest.mark.parametrize('case', sorted(BROKEN))
+@pytest.mark.once
 def test_each_incompatibility_is_caught(tmp_path, pythons, case):
     rel, text, expected = BROKEN[case]
     root = make_collection(tmp_path, (rel, text))
@@ -333,6 +338,7 @@ def read_json(path):
 
 
 @pytest.mark.parametrize('minor', list(RELEASES) + [DECLARED_MINIMUM])
+@pytest.mark.once
 def test_the_endpoint_programs_run_on_each_release_python(tmp_path, pythons, minor):
     """Server, supervisor and python client on loopback: the client connects, the server goes away, the client
     records the end and the supervisor records the client's exit."""
@@ -371,6 +377,7 @@ def test_the_endpoint_programs_run_on_each_release_python(tmp_path, pythons, min
 
 
 @pytest.mark.parametrize('minor', list(RELEASES) + [DECLARED_MINIMUM])
+@pytest.mark.once
 def test_the_rule_timer_program_runs_on_each_release_python(tmp_path, pythons, minor):
     """The dead-man timer: at expiry it checks the rule, deletes it while it exists, and removes its state file."""
     if minor not in pythons:

@@ -180,6 +180,7 @@ CLIENT = {'role': 'client', 'kind': 'python', 'port': 41345, 'local_port': 41346
 
 @needs_root
 @pytest.mark.parametrize('server_kind', ['python', 'nc'])
+@pytest.mark.once
 def test_client_times_out_when_the_server_goes_silent(netns, tmp_path, server_kind):
     state = str(tmp_path / 'ep')
     server = dict(SERVER, kind=server_kind)

@@ -195,6 +195,7 @@ time.sleep(120)
 
 @needs_root
 @pytest.mark.parametrize('op', ['stopped', 'purged'])
+@pytest.mark.once
 def test_killing_the_curl_wrapper_orphans_no_curl(lab, op):
     ns, dummy, state = lab
     # a server that is not an endpoint: purge leaves it alone, so curl's connection stays up unless curl is ended
@@ -222,6 +223,7 @@ def test_killing_the_curl_wrapper_orphans_no_curl(lab, op):
 
 @needs_root
 @pytest.mark.parametrize('kind', ['python', 'curl'])
+@pytest.mark.once
 def test_a_killed_client_is_reported_killed_not_stopped(lab, kind):
     ns, dummy, state = lab
     cfg = client('c', 41020, kind=kind, local_port=41021)
@@ -248,6 +250,7 @@ def test_a_killed_client_is_reported_killed_not_stopped(lab, kind):
 
 @needs_root
 @pytest.mark.parametrize('kind, sig', [('python', signal.SIGKILL), ('nc', signal.SIGTERM)])
+@pytest.mark.once
 def test_a_dead_server_is_reported_at_once(lab, kind, sig):
     ns, dummy, state = lab
     srv, cli = server('s', 41030, kind=kind), client('c', 41030, local_port=41031)
@@ -297,6 +300,7 @@ def test_timeout_in_range_is_taken():
 # -- item 6: a name means this namespace's endpoint; purge acts on this namespace only
 
 @needs_root
+@pytest.mark.once
 def test_stop_and_purge_act_only_in_their_own_namespace(lab):
     ns_a, ns_b, state = lab
     srv = server('srv', 41050)

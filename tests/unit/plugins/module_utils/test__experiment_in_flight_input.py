@@ -91,6 +91,7 @@ def play(tmp_path, *args):
 
 
 @real
+@pytest.mark.once
 def test_check_mode_of_data_in_flight_names_tcp_retries2_and_the_user_timeout(hosts, tmp_path):
     before = sysctl(hosts['client'], 'tcp_retries2')
     rc, out = play(tmp_path, '--check', '--diff', '-e', 'experiment_in_flight=true experiment_tcp_retries2=3',

@@ -62,6 +62,7 @@ def report(tmp_path, name, hosts, slice_id):
     return out
 
 
+@pytest.mark.once
 def test_slices_written_by_audit_report_merge_like_one_run(tmp_path):
     whole = report(tmp_path, 'whole', ['a', 'b', 'c', 'd'], 'whole')
     first = report(tmp_path, 'slices/one', ['a', 'c'], 'one')

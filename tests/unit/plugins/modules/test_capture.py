@@ -232,6 +232,7 @@ def run_in(ns, args):
 
 
 @real
+@pytest.mark.once
 def test_purged_stops_only_the_captures_of_its_own_namespace(tmp_path, netns):
     state_dir = str(tmp_path / 'state')
     ns_a, ns_b = netns(), netns()

@@ -90,6 +90,7 @@ def gone(pid):
     return starttime(pid) is None
 
 
+@pytest.mark.once
 def test_purge_covers_both_backends_and_their_timers(netns, tmp_path):
     foreign_rules(netns)
     before = all_rules(netns)
@@ -159,6 +160,7 @@ def test_no_legacy_table_is_created_where_there_was_none(netns, tmp_path):
     assert 'filter' not in subprocess.run(names, capture_output=True, text=True, check=False).stdout
 
 
+@pytest.mark.once
 def test_expire_after_rearms_the_timer(netns, tmp_path):
     rule = {'port': 50001, 'tag': 'tkdr-a', 'destination': '198.19.50.1'}
     first = run_module(netns, tmp_path, expire_after=300, **rule)
@@ -264,6 +266,7 @@ def test_when_idle_inserts_the_rule_once_the_connection_has_been_idle(netns, tmp
         proc.wait()
 
 
+@pytest.mark.once
 def test_when_idle_inserts_nothing_when_the_connection_ends_meanwhile(netns, tmp_path):
     # closes both ends after 8 s of idle time: the module's first look (a second after its start here, several under
     # a loaded suite) sees it up, and it ends during the wait for 30 s of idle time
@@ -289,6 +292,7 @@ def test_when_idle_inserts_nothing_when_the_connection_ends_meanwhile(netns, tmp
     assert time.monotonic() - started < 20 and 'tcplab-keepalive:idle' not in rules(netns, 'iptables-nft')
 
 
+@pytest.mark.once
 def test_when_idle_inserts_nothing_once_whoever_ran_it_is_gone(netns, tmp_path):
     """A killed controller: the module waiting for the idle moment notices that its parent has gone and exits
     without inserting (a rollback may already have looked for the rule)."""

@@ -64,6 +64,7 @@ def test_timeout_without_sense_is_refused_and_nothing_written(netns, tmp_path):
     assert not os.path.exists(state)
 
 
+@pytest.mark.once
 def test_a_killed_server_is_reported_died_at_once(netns, tmp_path):
     ns, state = netns
     args = {'role': 'server', 'port': 41201, 'state_dir': state}

@@ -153,6 +153,7 @@ def test_a_start_and_an_end_in_one_module_run_each(host):
     assert [e['changed'] for e in again['endpoints']] == [False, False] and not again['sysctl']['changed']
 
 
+@pytest.mark.once
 def test_the_end_awaits_the_client_s_keepalive_failure_and_samples_the_kernel_after_it(host):
     assert start(host)['_status'] == 'CHANGED'
     drop = {'port': SERVER, 'destination': '127.0.0.1', 'tag': 'eh-test'}
@@ -168,6 +169,7 @@ def test_the_end_awaits_the_client_s_keepalive_failure_and_samples_the_kernel_af
     assert analysis['connections'][0]['rst'] is not None, analysis
 
 
+@pytest.mark.once
 def test_a_busy_lease_changes_nothing(host):
     other = run_module(host, 'sysctl', {'time': 50, 'lease': 'other-run/1', 'lease_ttl': 300, 'lease_owner': 'someone'})
     assert other['_status'] == 'CHANGED', other
@@ -181,6 +183,7 @@ def test_a_busy_lease_changes_nothing(host):
         run_module(host, 'sysctl', {'state': 'restored', 'lease': 'other-run/1'})
 
 
+@pytest.mark.once
 def test_a_failed_start_names_its_step_and_the_end_undoes_the_rest(host):
     # no server: the client cannot connect
     failed = start(host, endpoints=endpoints(host)[1:])
@@ -191,6 +194,7 @@ def test_a_failed_start_names_its_step_and_the_end_undoes_the_rest(host):
     assert sysctls(host['ns']) == [7200, 75, 9]
 
 
+@pytest.mark.once
 def test_an_end_runs_every_step_and_reports_every_failure(host):
     assert start(host)['_status'] == 'CHANGED'
     ended = end(host, drop_rule={'port': SERVER, 'tag': 'not a tag!'})
@@ -211,6 +215,7 @@ def test_bad_input_is_refused_with_the_fix(host, args, msg):
     assert result['_status'] == 'FAILED!' and result['msg'] == msg
 
 
+@pytest.mark.once
 def test_the_end_follows_the_unanswered_probes_to_the_failure_and_returns_the_pcap(host):
     # keepalive 1/5/2: the RST comes 10 s or more after the DROP, so that the end (a module run of its own through the
     # ansible command, which took over 6 s to start in the loaded matrix) starts before it
@@ -245,6 +250,7 @@ def test_the_end_follows_the_unanswered_probes_to_the_failure_and_returns_the_pc
     assert not os.path.exists(host['pcap']) and len(capture['removed']) == 3
 
 
+@pytest.mark.once
 def test_sample_probes_needs_settle_and_kernel_sample(host):
     assert start(host)['_status'] == 'CHANGED'
     client = dict(endpoints(host, sample=False)[1], sample_probes=True, settle=1)

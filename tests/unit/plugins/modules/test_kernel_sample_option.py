@@ -71,6 +71,7 @@ def _sampled(result, ns):
     return kernel
 
 
+@pytest.mark.once
 def test_the_endpoint_samples_before_the_client_connects_and_at_its_status(netns, tmp_path):
     ns, state = netns
     sample = {'port': CLIENT, 'peer_port': SERVER}
@@ -94,6 +95,7 @@ def test_the_endpoint_samples_before_the_client_connects_and_at_its_status(netns
                           tmp_path)['_status'] != 'FAILED!'
 
 
+@pytest.mark.once
 def test_the_wait_samples_once_it_is_over(netns, tmp_path):
     ns, state = netns
     pcap = str(tmp_path / 'empty.pcap')

@@ -154,6 +154,7 @@ def test_module_refuses_a_fifo_at_once(tmp_path, wait):
      'wait_for.timeout must be a number of seconds 0..3600, got -1.0'),
     ({'wait_for': {'port': 22345}}, 'wait_for needs something to wait for: answered, unanswered or rst: true'),
 ], ids=['percent', 'seconds', 'probes', 'timeout', 'no-condition'])
+@pytest.mark.once
 def test_module_refuses_values_out_of_range(tmp_path, args, message):
     rc, result = run_module(dict(args, path=keepalive_capture(tmp_path / 'ka.pcap')), tmp_path)
     assert rc != 0 and result['msg'] == message
@@ -217,6 +218,7 @@ def run_play(tmp_path, pcap):
     return proc.stdout
 
 
+@pytest.mark.once
 def test_a_retried_wait_stops_at_an_early_end_with_the_reason(tmp_path):
     """Before: the FIN did not end the wait; the retries ran out and the play said 'Action failed: Unknown error'."""
     started = time.monotonic()
@@ -229,6 +231,7 @@ def test_a_retried_wait_stops_at_an_early_end_with_the_reason(tmp_path):
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.once
 def test_a_wait_that_runs_out_of_retries_says_what_it_saw(tmp_path):
     """Before: 'Task failed: Action failed: Unknown error.' when the probe never came."""
     out = run_play(tmp_path, server_fin_capture(tmp_path / 'open.pcap', close=False))

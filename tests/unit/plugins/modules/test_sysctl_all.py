@@ -37,6 +37,7 @@ def by_label(result):
     return {entry['netns']['label']: entry for entry in result['namespaces']}
 
 
+@pytest.mark.once
 def test_restore_all_restores_the_living_and_reports_the_gone(collections, tmp_path, namespaces, journal):
     kept, deleted = namespaces(2)
     gone_inode = inode(deleted)
@@ -111,6 +112,7 @@ def test_netns_all_refused(collections, tmp_path, journal, args, message):
     assert not journal.exists()
 
 
+@pytest.mark.once
 def test_restore_all_leaves_alone_what_another_namespace_journalled(collections, tmp_path, namespaces, journal):
     """Lab hosts that are namespaces of one machine share its journal: the rollback of one lab host (netns: all
     run inside it) must not restore another's namespace, which a live run of another lab may be using."""

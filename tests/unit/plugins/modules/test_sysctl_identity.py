@@ -67,6 +67,7 @@ def test_the_journal_records_the_cookie_with_the_inode(collections, tmp_path, ne
     assert result['ansible_facts']['tcplab_keepalive_saved']['netns_cookie'] == cookie(netns)
 
 
+@pytest.mark.once
 def test_restore_all_drops_an_entry_whose_inode_another_namespace_got(collections, tmp_path, netns, journal):
     set_time(collections, tmp_path, journal, netns, 9)
     real = cookie(netns)
@@ -87,6 +88,7 @@ def test_restore_all_drops_an_entry_whose_inode_another_namespace_got(collection
     assert journalled(journal) == {}            # and the dead namespace's entry is gone
 
 
+@pytest.mark.once
 def test_restoring_one_namespace_never_applies_another_ones_entry(collections, tmp_path, netns, journal):
     set_time(collections, tmp_path, journal, netns, 9)
     real = cookie(netns)
@@ -108,6 +110,7 @@ def test_restoring_one_namespace_never_applies_another_ones_entry(collections, t
     assert values(netns) == [9, 75, 9]
 
 
+@pytest.mark.once
 def test_present_replaces_the_entry_of_a_gone_namespace(collections, tmp_path, netns, journal):
     set_time(collections, tmp_path, journal, netns, 9)
     real = cookie(netns)
@@ -124,6 +127,7 @@ def test_present_replaces_the_entry_of_a_gone_namespace(collections, tmp_path, n
     assert status == 'CHANGED' and values(netns) == [9, 75, 9], result   # never the stranger's 1234
 
 
+@pytest.mark.once
 def test_an_entry_without_a_cookie_still_restores(collections, tmp_path, netns_factory, journal):
     """Journals written before cookies (or on a kernel without them) are judged by the inode, as before."""
     one, two = netns_factory(), netns_factory()

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which('ip') is None,
 
 # -- item 14: k=v strings ---------------------------------------------------------------------------
 
+@pytest.mark.once
 def test_kv_strings_are_accepted_and_the_bad_one_is_blamed(collections, tmp_path, netns, journal):
     where = 'netns=%s journal_dir=%s' % (netns, journal)
     status, result = run_module(collections, tmp_path, 'time=30 intvl=3 probes=3 ' + where)
@@ -96,6 +97,7 @@ def test_persist_allowed_in_the_boot_namespace_check_mode(collections, tmp_path,
 
 # -- item 7: the lease ------------------------------------------------------------------------------
 
+@pytest.mark.once
 def test_lease(collections, tmp_path, netns, journal):
     def run(**args):
         return run_module(collections, tmp_path, dict(args, netns=netns, journal_dir=str(journal)))

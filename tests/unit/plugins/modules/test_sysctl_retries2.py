@@ -74,6 +74,7 @@ def test_retries2_is_journalled_with_the_trio_and_restored(collections, tmp_path
 
 
 @needs_root
+@pytest.mark.once
 def test_retries2_after_the_trio_joins_the_entry_and_netns_all_restores_it(collections, tmp_path, netns, journal):
     lease = {'lease': 'run-1', 'journal_dir': str(journal), 'netns': netns}
     status, result = run_module(collections, tmp_path, dict(lease, time=2, intvl=1, probes=3))
