@@ -35,6 +35,7 @@ ps_cleanup() {
     ip netns del "$PS_NS"
   fi
   rm -rf "$PS_WORK"
+  rmdir "$(dirname "$PS_WORK")" 2>/dev/null || true  # its parent, once empty
 }
 trap 'cleanup; ps_cleanup' EXIT
 mkdir -p "$PS_WORK/root/etc"

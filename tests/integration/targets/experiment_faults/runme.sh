@@ -89,9 +89,11 @@ done
 
 # A failing step: the client cannot start (its local port is held by a
 # listener that is not the run's). The play fails with the reason, and the
-# host is as before, the listener untouched.
+# host is as before, the listener untouched. The listener takes the port with
+# SO_REUSEADDR: a connection of the killed runs above may still be closing on
+# it (TIME_WAIT), which refuses a plain bind for a minute.
 ip netns exec "$NS" python3 -c 'import socket, time
-s = socket.socket(); s.bind(("0.0.0.0", 22345)); s.listen(1); time.sleep(600)' &
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 22345)); s.listen(1); time.sleep(600)' &
 HOLDER=$!
 port_held() { ip netns exec "$NS" ss -Hltn 'sport = :22345' | grep -q .; }
 wait_for "the port held" port_held
