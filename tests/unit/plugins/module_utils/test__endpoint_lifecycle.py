@@ -253,7 +253,8 @@ def test_a_killed_client_is_reported_killed_not_stopped(lab, kind):
 @pytest.mark.once
 def test_a_dead_server_is_reported_at_once(lab, kind, sig):
     ns, dummy, state = lab
-    srv, cli = server('s', 41030, kind=kind), client('c', 41030, local_port=41031)
+    # the server's timeout is 60 s, so a status that waited on it would take a minute, whatever the machine's load
+    srv, cli = server('s', 41030, kind=kind, timeout=60), client('c', 41030, local_port=41031)
     got = in_ns(ns, state, [{'id': 's', 'op': 'started', 'cfg': srv}, {'id': 'c', 'op': 'started', 'cfg': cli}])
     assert got['s']['outcome']['state'] == 'running', got
     # the client's program records "connected" a moment after its start returned (on a loaded machine: later)
@@ -270,7 +271,7 @@ def test_a_dead_server_is_reported_at_once(lab, kind, sig):
     assert _proc.wait_gone(pid, 10, step=0.02)
     began = time.monotonic()
     status = one(ns, state, 'status', srv)
-    assert time.monotonic() - began < 3
+    assert time.monotonic() - began < 30  # well short of the server's timeout (a spawn can take seconds under load)
     assert status['outcome']['state'] == 'died', status
     assert status['outcome']['reason'] == 'the server (pid %d, %s) was killed by %s' % (pid, kind, sig.name)
     # and the client, whose server went away, is no longer "connected"
