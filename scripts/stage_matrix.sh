@@ -101,14 +101,11 @@ matrix_lock() {
 # pytest tests/unit with VERSION's environment in private namespaces (scripts/unit_private.sh), so
 # the versions' suites run side by side and beside the other stages.
 matrix_unit() {
-  local version=$1 venv out
+  local version=$1 venv out args=(-m "ansible_core and not once" tests/unit)
   venv=$(matrix_venv_dir "$version"); out="$MATRIX_DIR/$version"
-  if [ -n "${MATRIX_UNIT_ARGS:-}" ]; then
-    # shellcheck disable=SC2086  # MATRIX_UNIT_ARGS: pytest arguments
-    unit_private "$venv/bin/python" "matrix-$version" "$out/unit.log" "$out/unit.junit.xml" $MATRIX_UNIT_ARGS
-  else
-    unit_private "$venv/bin/python" "matrix-$version" "$out/unit.log" "$out/unit.junit.xml" -m "ansible_core and not once" tests/unit
-  fi
+  # shellcheck disable=SC2206  # MATRIX_UNIT_ARGS: pytest arguments, split into words
+  [ -n "${MATRIX_UNIT_ARGS:-}" ] && args=($MATRIX_UNIT_ARGS)
+  unit_private "$venv/bin/python" "matrix-$version" "$out/unit.log" "$out/unit.junit.xml" "${args[@]}"
 }
 
 # ansible-test bootstraps pip in its sanity environments with a script that it downloads: put our

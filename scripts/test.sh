@@ -241,37 +241,26 @@ stage_build() {
 }
 
 stage_integration() {
-  local dir rc targets
+  local dir rc targets start
   targets=$(find tests/integration/targets -mindepth 1 -maxdepth 1 -type d | wc -l)
   if [ "$targets" -eq 0 ]; then
     SUMMARY[integration]="no targets yet"; return 0
   fi
   dir=$(collection_copy integration)
+  start=$SECONDS
   (cd "$dir" && ansible-test integration --local --python 3.11 --color no --allow-destructive --allow-root 2>&1) \
-    | tee "$OUT/integration.log" | integration_stamps > "$OUT/integration.targets"
+    | stamp_headers "$INTEGRATION_HEADERS" | tee "$OUT/integration.log"
   rc=${PIPESTATUS[0]}
-  SUMMARY[integration]="$(grep -cE '^Running .* integration test (role|script)' "$OUT/integration.log") of $targets targets run; $(integration_longest "$OUT/integration.targets")"
+  SUMMARY[integration]="$(grep -cE "${INTEGRATION_HEADERS%$} \\+" "$OUT/integration.log") of $targets targets run; $(integration_longest "$OUT/integration.log" $((SECONDS - start)))"
   return "$rc"
 }
 
-# ansible-test's output on stdin, printed; each target's start and the end, with the epoch second, on
-# stdout (bash's own clock: no process per line).
-integration_stamps() {
-  local line
-  while IFS= read -r line; do
-    printf '%s\n' "$line" >&2
-    [[ $line =~ ^Running\ ([^ ]+)\ integration\ test\ (role|script)$ ]] && printf '%(%s)T %s\n' -1 "${BASH_REMATCH[1]}"
-  done
-  printf '%(%s)T end\n' -1
-}
-
-# "longest: <target> <seconds> s, ..." (three) from integration_stamps' lines in FILE.
-integration_longest() {
-  awk 'NR > 1 { secs[name] = $1 - start } { start = $1; name = $2 }
-    END { n = 0; for (t in secs) order[++n] = t
-          for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (secs[order[j]] > secs[order[i]]) { x = order[i]; order[i] = order[j]; order[j] = x }
-          out = "longest:"; for (i = 1; i <= n && i <= 3; i++) out = out sprintf("%s %s %d s", (i > 1 ? "," : ""), order[i], secs[order[i]])
-          print out }' "$1"
+# "longest: <target> <seconds> s, ..." (three) from the stamped target lines of LOG; the last target
+# ended END seconds after the stream began.
+integration_longest() {  # LOG END
+  sed -nE 's/^Running ([^ ]+) integration test (role|script) \+([0-9.]+) s$/\3 \1/p' "$1" \
+    | awk -v end="$2" 'NR > 1 { print name, $1 - start } { start = $1; name = $2 } END { if (NR) print name, end - start }' \
+    | sort -k2,2nr | head -3 | awk '{ printf "%s%s %d s", (NR > 1 ? ", " : "longest: "), $1, $2 }'
 }
 
 # The scenarios, the long ones first (so the pool ends together); the rest in name order.
@@ -284,17 +273,20 @@ molecule_order() {
   grep -vxF -f <(tr ' ' '\n' <<< "$MOLECULE_FIRST") <<< "$all"
 }
 
-# Each task's, play's and molecule step's header line gets the seconds since the scenario started
-# ("TASK [...] *** +123.4 s"): the difference to the next header is what it took.
-molecule_stamp() {
-  local t0=${EPOCHREALTIME/./} line now
+# Header lines (those matching the extended regular expression RE) get the seconds since the stream
+# began ("TASK [...] *** +123.4 s"): the difference to the next header is what it took. The other lines
+# pass unchanged; bash's own clock, no process per line.
+MOLECULE_HEADERS='^(TASK \[|PLAY \[|RUNNING HANDLER \[|INFO )'
+INTEGRATION_HEADERS='^Running [^ ]+ integration test (role|script)$'
+stamp_headers() {  # RE
+  local re=$1 t0=${EPOCHREALTIME/./} line now
   while IFS= read -r line; do
-    case $line in
-      "TASK ["*|"PLAY ["*|"RUNNING HANDLER ["*|"INFO "*)
-        now=$(( ${EPOCHREALTIME/./} - t0 ))
-        printf '%s +%d.%d s\n' "$line" $(( now / 1000000 )) $(( now / 100000 % 10 )) ;;
-      *) printf '%s\n' "$line" ;;
-    esac
+    if [[ $line =~ $re ]]; then
+      now=$(( ${EPOCHREALTIME/./} - t0 ))
+      printf '%s +%d.%d s\n' "$line" $(( now / 1000000 )) $(( now / 100000 % 10 ))
+    else
+      printf '%s\n' "$line"
+    fi
   done
 }
 
@@ -302,7 +294,7 @@ molecule_one() {  # NAME: `molecule test` of one scenario; its log and "ok|FAILE
   local name=$1 start rc
   start=$(date +%s)
   cpu_account_enter "molecule/$name"
-  MOLECULE_GLOB='molecule/*/molecule.yml' NO_COLOR=1 molecule test -s "$name" 2>&1 | molecule_stamp > "$OUT/molecule-$name.log"
+  MOLECULE_GLOB='molecule/*/molecule.yml' NO_COLOR=1 molecule test -s "$name" 2>&1 | stamp_headers "$MOLECULE_HEADERS" > "$OUT/molecule-$name.log"
   rc=${PIPESTATUS[0]}
   echo "$([ "$rc" -eq 0 ] && echo ok || echo FAILED) $(( $(date +%s) - start ))" > "$OUT/molecule-$name.result"
   cpu_account_seconds "molecule/$name" > "$OUT/molecule-$name.cpu"
