@@ -7,7 +7,8 @@
 - check mode of the in-flight run says what it would change for tcp_retries2 and TCP_USER_TIMEOUT too (before: only
   the keepalive trio), and changes nothing;
 - experiment_in_flight with experiment_fault idle_timeout is refused by the preflight with its message (before: the
-  idle-timeout run went ahead and experiment_in_flight was silently ignored), before anything changed."""
+  idle-timeout run went ahead and experiment_in_flight was silently ignored), before anything changed;
+- a start bound (experiment_start_timeout) that is not whole seconds from 1 to 600 is refused (the role's argument spec, then its first check) before anything changed."""
 from __future__ import annotations
 
 import os
@@ -116,3 +117,16 @@ def test_data_in_flight_with_the_idle_timeout_fault_is_refused_before_anything_c
     assert 'Refuse data in flight with the idle-timeout fault' in out and 'Take the lease' not in out
     assert [sysctl(hosts['client'], name) for name in ('tcp_retries2', 'tcp_keepalive_time')] == before
     assert not (tmp_path / 'reports').exists()
+
+
+@real
+@pytest.mark.once
+@pytest.mark.parametrize('value, said', [('0', 'experiment_start_timeout is whole seconds from 1 to 600'),
+                                         ('601', 'experiment_start_timeout is whole seconds from 1 to 600'),
+                                         ('soon', "argument 'experiment_start_timeout' is of type str and we were "
+                                                  "unable to convert to int")])
+def test_a_bad_start_timeout_is_refused_before_anything_changes(hosts, tmp_path, value, said):
+    before = sysctl(hosts['client'], 'tcp_keepalive_time')
+    rc, out = play(tmp_path, '-e', 'experiment_start_timeout=%s' % value)
+    assert rc != 0 and said in out, out[-2000:]
+    assert 'Take the lease' not in out and sysctl(hosts['client'], 'tcp_keepalive_time') == before
