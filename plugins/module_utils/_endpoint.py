@@ -37,7 +37,7 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import 
     Process, load_record, program_source, save_record, spawn, terminate)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import program_argv as source_argv
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import (
-    children, cmdline, netns_inode, netns_of, pids, session, starttime)
+    children, cmdline, cpu_seconds, load_average, netns_inode, netns_of, pids, session, starttime)
 
 MARKER = 'tcplab-keepalive-endpoint'
 NAME_RE = re.compile(r'^[A-Za-z0-9_-]{1,48}$')
@@ -184,6 +184,19 @@ def child_argv(cfg, python, binaries, paths):
     spec = {'argv': program_argv(cfg, python, binaries, paths['outcome'], tag, paths.get('request')), 'outcome': paths['outcome'],
             'exit': paths['exit'], 'curl': cfg['kind'] == 'curl'}
     return source_argv(python, _program_supervisor, tag, spec), tag
+
+
+def progress(supervisor):
+    """How far a start that is still waiting got: the CPU time its supervisor and the supervisor's program have
+    used, and the machine's load, for a message that tells a starved host from a stuck program."""
+    def used(pid):
+        seconds = cpu_seconds(pid)
+        return 'pid %d used %s' % (pid, 'no CPU time we could read' if seconds is None else '%.2f s of CPU' % seconds)
+    program = children(supervisor) if supervisor else []
+    load = load_average()
+    return 'its supervisor %s, its program %s; load average %s' % (
+        used(supervisor) if supervisor else '(none)', used(program[0]) if program else 'has not started',
+        '?' if load is None else '%.2f' % load)
 
 
 # -- processes ----------------------------------------------------------------
@@ -484,14 +497,14 @@ class Endpoints:
             except OSError:
                 pass
 
-    def _failure(self, name, running, role):
+    def _failure(self, name, running, role, supervisor=None):
         paths = self._paths(name)
         outcome, exit_rec = _read_json(paths['outcome']) or {}, _read_json(paths['exit']) or {}
         detail = outcome.get('error') if outcome.get('state') in FINAL else None
         detail = detail or exit_rec.get('error') or _last_line(paths['log'])
         if running:
             waiting = 'still not listening' if role == 'server' else 'still not connected'
-            return '%s%s' % (waiting, ' (%s)' % detail if detail else '')
+            return '%s%s; %s' % (waiting, ' (%s)' % detail if detail else '', progress(supervisor))
         if not detail and exit_rec:
             detail = 'killed by %s' % exit_rec['signal'] if exit_rec.get('signal') else 'exit code %s' % exit_rec.get('exit_code')
         return detail or 'no output'
@@ -528,7 +541,7 @@ class Endpoints:
                         recorded(paths['outcome'], deadline)
                     return self.report(cfg, info, True, 'started')
                 time.sleep(0.02)
-            detail = self._failure(cfg['name'], proc.poll() is None, cfg['role'])
+            detail = self._failure(cfg['name'], proc.poll() is None, cfg['role'], proc.pid)
         except BaseException:
             self._abandon(cfg['name'], info, created)
             raise

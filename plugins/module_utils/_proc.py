@@ -56,6 +56,21 @@ def starttime(pid):
     return int(fields[19])
 
 
+def cpu_seconds(pid):
+    """The CPU time (user and system, in seconds) a process has used, or None when there is no such process."""
+    fields = stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / float(os.sysconf('SC_CLK_TCK')) if fields else None
+
+
+def load_average():
+    """The machine's load average over the last minute (/proc/loadavg), or None when it cannot be read."""
+    try:
+        with open('/proc/loadavg') as handle:
+            return float(handle.read().split()[0])
+    except (IOError, OSError, IndexError, ValueError):
+        return None
+
+
 def parent(pid):
     """The parent pid of a process, or None."""
     fields = stat_fields(pid)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -241,3 +243,27 @@ def test_a_client_start_awaits_the_client_s_own_record_of_its_connection(tmp_pat
     path.unlink()
     now[0] = 0.0
     assert not _endpoint.recorded(str(path), 0.05, lambda: now[0], lambda s: now.__setitem__(0, now[0] + s))
+
+
+def test_a_start_still_waiting_says_how_far_its_processes_got():
+    """The "did not become ready" message tells a starved host (little CPU used, a high load) from a stuck program."""
+    lone = subprocess.Popen(['sleep', '30'])
+    parent = subprocess.Popen([sys.executable, '-c', 'import subprocess; subprocess.run(["sleep", "30"])'])
+    child = None
+    try:
+        said = _endpoint.progress(lone.pid)
+        assert re.fullmatch(r'its supervisor pid %d used \d+\.\d\d s of CPU, its program has not started; '
+                            r'load average \d+\.\d\d' % lone.pid, said), said
+        deadline = time.monotonic() + 30
+        while not _proc.children(parent.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        child = _proc.children(parent.pid)[0]
+        said = _endpoint.progress(parent.pid)
+        assert 'its supervisor pid %d used ' % parent.pid in said and 'its program pid %d used ' % child in said, said
+    finally:
+        if child:
+            os.kill(child, signal.SIGKILL)
+        for proc in (lone, parent):
+            proc.kill()
+            proc.wait()
+    assert _endpoint.progress(lone.pid).startswith('its supervisor pid %d used no CPU time we could read' % lone.pid)

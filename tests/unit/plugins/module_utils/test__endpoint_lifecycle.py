@@ -154,7 +154,8 @@ def client(name, port, **kw):
 # -- item 19 (a): a failed start leaves nothing behind -----------------------------
 
 @needs_root
-@pytest.mark.parametrize('case', ['port in use', 'bad address', 'missing nc', 'missing curl', 'connection refused'])
+@pytest.mark.parametrize('case', ['port in use', 'bad address', 'missing nc', 'missing curl', 'connection refused',
+                                  'not ready in time'])
 def test_a_failed_start_leaves_nothing(lab, case):
     ns, dummy, state = lab
     binaries = None
@@ -169,6 +170,8 @@ def test_a_failed_start_leaves_nothing(lab, case):
     elif case == 'missing curl':
         cfg, expect = client('second', 41004, kind='curl', local_port=41005), '/nonexistent/curl'
         binaries = {'curl': '/nonexistent/curl'}
+    elif case == 'not ready in time':   # the message says how far the processes got, and the load
+        cfg, expect = server('second', 41008, timeout=0.0001), 'still not listening; its supervisor pid '
     else:
         cfg, expect = client('second', 41006, local_port=41007), 'Connection refused'
     before = ns_pids(ns)
