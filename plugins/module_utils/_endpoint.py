@@ -189,14 +189,19 @@ def child_argv(cfg, python, binaries, paths):
 def progress(supervisor):
     """How far a start that is still waiting got: the CPU time its supervisor and the supervisor's program have
     used, and the machine's load, for a message that tells a starved host from a stuck program."""
-    def used(pid):
-        seconds = cpu_seconds(pid)
-        return 'pid %d used %s' % (pid, 'no CPU time we could read' if seconds is None else '%.2f s of CPU' % seconds)
     program = children(supervisor) if supervisor else []
-    load = load_average()
     return 'its supervisor %s, its program %s; load average %s' % (
-        used(supervisor) if supervisor else '(none)', used(program[0]) if program else 'has not started',
-        '?' if load is None else '%.2f' % load)
+        _cpu_used(supervisor) if supervisor else '(none)', _cpu_used(program[0]) if program else 'has not started',
+        _figure(load_average(), '?'))
+
+
+def _figure(number, missing):
+    return missing if number is None else '%.2f' % number
+
+
+def _cpu_used(pid):
+    seconds = cpu_seconds(pid)
+    return 'pid %d used %s' % (pid, 'no CPU time we could read' if seconds is None else _figure(seconds, '') + ' s of CPU')
 
 
 # -- processes ----------------------------------------------------------------

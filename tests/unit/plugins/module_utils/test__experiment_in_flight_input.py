@@ -8,7 +8,8 @@
   the keepalive trio), and changes nothing;
 - experiment_in_flight with experiment_fault idle_timeout is refused by the preflight with its message (before: the
   idle-timeout run went ahead and experiment_in_flight was silently ignored), before anything changed;
-- a start bound (experiment_start_timeout) that is not whole seconds from 1 to 600 is refused (the role's argument spec, then its first check) before anything changed."""
+- a start bound (experiment_start_timeout) that is not whole seconds from 1 to 600 is refused (the role's argument
+  spec, then its first check) before anything changed."""
 from __future__ import annotations
 
 import os
