@@ -603,13 +603,20 @@ class Endpoints:
             return 'stopped'
         return 'stopped %s, which its killed supervisor (pid %s) had left running' % (_who(info), info.get('pid'))
 
-    def stopped(self, cfg):
+    def stopped(self, cfg, forget=False):
+        """Stop the endpoint (ours only) and report how it ended. forget (the experiment's end, whose result carries
+        that report): then also remove its files, and this namespace's directory once empty - only after nothing
+        of it runs (a stop that fails raises first, and the files stay for a later look)."""
         info = self.load(cfg['name'])
         msg = self._stop(info) if info else None
-        return self.report(cfg, info, msg is not None, msg or 'not running')
+        result = self.report(cfg, info, msg is not None, msg or 'not running')
+        if forget and info and not self.check_mode:
+            self._forget(cfg['name'], [self.dir])
+        return result
 
     def purged(self):
-        """Stop every endpoint whose state record says it runs in this network namespace (the rollback's panic button)."""
+        """Stop every endpoint whose state record says it runs in this network namespace (the rollback's panic button),
+        and remove the files of each once nothing of it runs."""
         stopped, failed = [], []
         try:
             names = sorted(n[:-5] for n in os.listdir(self.dir)
@@ -625,6 +632,9 @@ class Endpoints:
                     stopped.append(name)
             except EndpointError as exc:
                 failed.append(str(exc))
+                continue
+            if not self.check_mode:
+                self._forget(name, [self.dir])  # its record proved it this namespace's, and nothing of it runs
         if failed:
             raise EndpointError(MSG_PURGE_FAILED % '; '.join(failed))
         return {'changed': bool(stopped), 'stopped': stopped,

@@ -220,7 +220,7 @@ def _endpoints(module, items, state):
                 binaries[cfg['kind']] = find_binary(module, cfg['kind'])
             endpoints = Endpoints(item.get('state_dir') or ENDPOINT_STATE_DIR, sys.executable, binaries, module.check_mode)
             if state != 'started':
-                return endpoints.stopped(cfg)
+                return endpoints.stopped(cfg, forget=True)   # the end's result carries what its files said
             check_sample(item.get('kernel_sample'))
             kernel = take_sample(item.get('kernel_sample'))   # right before the client connects
             result = endpoints.started(cfg)

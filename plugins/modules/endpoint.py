@@ -89,7 +89,10 @@ options:
     description:
       - V(started), V(stopped) or V(status) of one endpoint; V(purged) stops every endpoint whose state record
         in O(state_dir) says it runs in the target's network namespace, and only while its processes still
-        match that record (the rollback's panic button).
+        match that record (the rollback's panic button), then removes the files of each endpoint it found
+        there once nothing of it runs.
+      - V(stopped) keeps the endpoint's files, so that V(status) still tells how it ended; the experiment's end
+        (M(tcplab.keepalive.experiment_host)) removes them once it has that report.
     type: str
     choices: [started, stopped, status, purged]
     default: started

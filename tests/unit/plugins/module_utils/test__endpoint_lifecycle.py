@@ -117,7 +117,7 @@ for step in json.loads(sys.argv[4]):
         if step["op"] == "purged":
             out[step["id"]] = eps.purged()
         else:
-            out[step["id"]] = getattr(eps, step["op"])(validate(step["cfg"]))
+            out[step["id"]] = getattr(eps, step["op"])(validate(step["cfg"]), **step.get("kw", {}))
     except Exception as exc:
         out[step["id"]] = {"error": "%s: %s" % (type(exc).__name__, exc)}
 print(json.dumps(out))
@@ -135,8 +135,8 @@ def in_ns(ns, state_dir, steps, binaries=None):
     return json.loads(out.stdout)
 
 
-def one(ns, state_dir, op, cfg=None, binaries=None):
-    return in_ns(ns, state_dir, [{'id': 'x', 'op': op, 'cfg': cfg}], binaries)['x']
+def one(ns, state_dir, op, cfg=None, binaries=None, **kw):
+    return in_ns(ns, state_dir, [{'id': 'x', 'op': op, 'cfg': cfg, 'kw': kw}], binaries)['x']
 
 
 def files_under(path):
@@ -215,7 +215,11 @@ def test_killing_the_curl_wrapper_orphans_no_curl(lab, op):
         one(ns, state, op, curl)
         assert gone(pid, start), 'curl (pid %d) outlived its wrapper and the %s' % (pid, op)
         status = one(ns, state, 'status', curl)
-        assert status['outcome']['state'] == 'died' and 'SIGKILL' in status['outcome']['reason'], status
+        if op == 'stopped':   # its files still tell how it ended
+            assert status['outcome']['state'] == 'died' and 'SIGKILL' in status['outcome']['reason'], status
+        else:                 # the purge removed them with it
+            assert status['msg'] == 'no client of this name was started in this network namespace', status
+            assert files_under(state) == []
         assert listener.poll() is None, 'the server that is not ours was stopped'
     finally:
         listener.kill()
@@ -324,7 +328,26 @@ def test_stop_and_purge_act_only_in_their_own_namespace(lab):
     assert gone(a_pid, a_start)
     assert not gone(b_pid, b_start, wait=0.5), 'purged in %s stopped the server of %s' % (ns_a, ns_b)
     assert one(ns_b, state, 'status', srv)['outcome']['state'] == 'running'
-    assert one(ns_a, state, 'status', srv)['outcome']['state'] == 'stopped'
+    # the purge removed the files of what it stopped (and its namespace's directory), not those of the other
+    assert files_under(state) == sorted(os.path.join('netns-%d' % os.stat('/run/netns/' + ns_b).st_ino, 'srv' + ext)
+                                        for ext in ('.json', '.log')), files_under(state)
+    assert one(ns_b, state, 'purged')['stopped'] == ['srv'] and files_under(state) == []
+
+
+@needs_root
+@pytest.mark.once
+def test_a_stop_keeps_the_endpoint_s_files_and_the_experiment_s_end_removes_them(lab):
+    ns, dummy, state = lab
+    srv = server('kept', 41051)
+    assert one(ns, state, 'started', srv)['changed']
+    stopped = one(ns, state, 'stopped', srv)
+    assert stopped['changed'] and stopped['outcome']['state'] == 'stopped', stopped
+    assert one(ns, state, 'status', srv)['outcome']['state'] == 'stopped'   # the files still tell how it ended
+    assert any(f.endswith('kept.json') for f in files_under(state))
+    assert one(ns, state, 'started', srv)['changed']
+    ended = one(ns, state, 'stopped', srv, forget=True)
+    assert ended['changed'] and ended['outcome']['state'] == 'stopped', ended   # the report, made before
+    assert files_under(state) == [] and os.listdir(state) == [], 'the files and the namespace directory stay'
 
 
 # -- issue 12: a stop that cannot end its processes says so -------------------------

@@ -146,6 +146,8 @@ def test_a_start_and_an_end_in_one_module_run_each(host):
     assert len(ended['captures'][0]['removed']) == 3, ended['captures'][0]
     assert [e['running'] for e in ended['endpoints']] == [False, False]
     assert ended['endpoints'][0]['outcome']['state'] == 'stopped'
+    # the endpoints' state files went once they had ended (their report is in the result)
+    assert [files for _dir, _dirs, files in os.walk(host['state']) if files] == []
     assert set(ended['seconds']) == {'settle', 'captures', 'endpoints', 'sysctl'}
     # again: nothing left to do, nothing fails
     again = end(host, remove=False)
