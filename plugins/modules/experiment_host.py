@@ -27,7 +27,7 @@ description:
     controller), as with separate tasks. A lease held by another run changes nothing and fails with RV(lease_busy).
   - O(state=stopped) first gives each endpoint with O(endpoints[].settle) that long to end by itself and takes its
     O(endpoints[].kernel_sample), then runs O(watch) (stopped, with its analysis), O(captures) (stopped, with the keepalive analysis),
-    O(drop_rule) (removed), O(endpoints) (stopped, and their state files removed once nothing of them runs: the
+    O(drop_rule) (removed), O(endpoints) (stopped, and their state files removed once nothing of them runs, as the
     result carries what they said), O(sysctl) (restored, releasing the lease); every step runs even
     when an earlier one failed, and the module fails with all their messages.
   - Acts in the network namespace the module runs in (with the C(tcplab.keepalive.netns) connection, a lab host's).
