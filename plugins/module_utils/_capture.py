@@ -66,7 +66,8 @@ LIMITS = {
     'max_seconds': (1, 10 ** 9, 'seconds'),
     'max_bytes': (1024, 2 ** 50, 'bytes of pcap, its 24-byte header and 16 bytes per packet included'),
 }
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 120.0  # the start returns once the filter is attached; a lab VM under software emulation on a loaded
+#                        machine has needed more than 30 s to start a Python process
 IFACE_RE = re.compile(r'^[^\s/]{1,15}$')
 
 MSG_NO_TCPDUMP = ('tcpdump is not installed on the target (not found in PATH or the sbin directories): install it '

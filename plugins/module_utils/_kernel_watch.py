@@ -36,7 +36,7 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._kernel_evidence 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._kernel_watch_scan import WatchScanError, cooked, records, scan, tcp_of
 
 SNAPLEN = 128
-READY_WAIT = 5.0
+READY_WAIT = 30.0  # returns once tcpdump listens; a lab VM under software emulation on a loaded machine is slow to start it
 DRAIN_WAIT = 5.0
 SECONDS_BOUNDS = (1, 86400)
 MSG_NO_TCPDUMP = ('the watch of the other connections needs tcpdump on the client (apt-get install tcpdump, '
