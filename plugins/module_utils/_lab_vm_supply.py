@@ -32,7 +32,7 @@ class LabVmSupply:
 
     def _cache(self):
         try:
-            return ImageCache(self.lab.run, self.cache_dir, log=None)
+            return ImageCache(self.lab.run, self.cache_dir, log=None, note=self._note)   # an image removed or kept
         except VmImageError as exc:
             raise LabError(str(exc))
 

@@ -39,6 +39,7 @@ import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import starttime
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_image_prune import mark_used, prune
 
 RELEASES = ('bullseye', 'bookworm', 'trixie')
 DEFAULT_RELEASE = 'bookworm'
@@ -520,13 +521,16 @@ class ImageCache:
 
     MANIFEST = 'manifest.json'
 
-    def __init__(self, run, cache_dir=DEFAULT_CACHE_DIR, tools=None, log=None, sources=None, clock=time.monotonic):
+    def __init__(self, run, cache_dir=DEFAULT_CACHE_DIR, tools=None, log=None, sources=None, clock=time.monotonic,
+                 note=None):
+        """log gets the build's progress lines; note (default: log) the housekeeping's (an image removed or kept)."""
         if not cache_dir or not os.path.isabs(cache_dir) or os.path.normpath(cache_dir) == '/' or len(cache_dir.split()) != 1:
             raise VmImageError(MSG_CACHE_DIR % (cache_dir,))
         self.run = run
         self.cache_dir = os.path.normpath(cache_dir)
         self.tools = tools
         self.log = log or (lambda line: None)
+        self.note = note or self.log
         self.sources = sources
         self.clock = clock
 
@@ -574,27 +578,45 @@ class ImageCache:
         """The image of release, built unless cached (or always with rebuild).
 
         Returns the image info (release, key, build_id, dir, disk, disk_format, kernel, initrd,
-        kernel_version, packages) plus built (bool) and seconds (time taken).
+        kernel_version, packages) plus built (bool) and seconds (time taken). As root, the entry is looked up
+        and stamped as used under its lock, and then the release's entries no use has stamped for
+        PRUNE_AFTER_DAYS days are removed (_vm_image_prune: each under its own lock, never one a process uses).
         """
         started = self.clock()
         spec = self.spec(release, mirror, security_mirror)
-        info = None if rebuild else self.cached(spec)
-        if info is None:
-            if os.geteuid() != 0:
+        if os.geteuid() != 0:
+            info = None if rebuild else self.cached(spec)
+            if info is None:
                 raise VmImageError(MSG_NOT_ROOT % os.geteuid())
-            tools = self.tools or find_tools(sorted(TOOLS))
+        else:
             os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
             with self._lock(spec):
-                info = None if rebuild else self.cached(spec)  # another build may have finished meanwhile
+                info = None if rebuild else self.cached(spec)
                 if info is None:
-                    info = self._build(spec, tools)
+                    info = self._build(spec, self.tools or find_tools(sorted(TOOLS)))
                     info['built'] = True
+                self._stamp(info['dir'])
+            self._prune(spec, info['dir'])
         info.setdefault('built', False)
         info['seconds'] = round(self.clock() - started, 2)
         return info
 
-    def _lock(self, spec):
-        return _FileLock(os.path.join(self.cache_dir, '.%s-%s.lock' % (spec['release'], spec['key'])))
+    def _stamp(self, directory):
+        try:
+            mark_used(directory)
+        except OSError as exc:
+            self.note('could not stamp the lab VM image %s as used: %s' % (directory, exc))
+
+    def _prune(self, spec, current):
+        """Remove the release's entries no use has stamped for a while; a failure is said, never fatal."""
+        try:
+            prune(self.cache_dir, (spec['release'],), current, remove_tree, self.note,
+                  lock=lambda release, key: self._lock({'release': release, 'key': key}, wait=False))
+        except (OSError, VmImageError) as exc:
+            self.note('the image cache housekeeping of %s did not finish: %s' % (self.cache_dir, exc))
+
+    def _lock(self, spec, wait=True):
+        return _FileLock(os.path.join(self.cache_dir, '.%s-%s.lock' % (spec['release'], spec['key'])), wait)
 
     def _build(self, spec, tools):
         self._clean_stale_builds()
@@ -661,13 +683,19 @@ class ImageCache:
 class _FileLock:
     """An exclusive flock on a file, held while the with-block runs."""
 
-    def __init__(self, path):
+    def __init__(self, path, wait=True):
         self.path = path
+        self.wait = wait
         self.handle = None
 
     def __enter__(self):
+        """Take the lock; without wait, a lock another process holds raises BlockingIOError (an OSError)."""
         self.handle = open(self.path, 'a')
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except OSError:
+            self.handle.close()
+            raise
         return self
 
     def __exit__(self, *exc):

@@ -9,6 +9,8 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -386,3 +388,57 @@ def test_real_bookworm_image():
                                            capture_output=True, text=True, check=True).stdout
     assert subprocess.run(['debugfs', '-R', 'stat /etc/ssh/ssh_host_rsa_key', info['disk']],
                           capture_output=True, text=True, check=False).stderr.count('File not found') == 1
+
+
+# -- housekeeping: images nothing has used for PRUNE_AFTER_DAYS go -----------------
+
+def _entry(root, release, key, days_unused, manifest_key=None):
+    """A complete-looking cache entry last used days_unused days ago."""
+    directory = root / ('%s-%s' % (release, key))
+    directory.mkdir(parents=True)
+    (directory / 'manifest.json').write_text(json.dumps({'release': release, 'key': manifest_key or key}))
+    (directory / 'disk.img').write_bytes(b'x')
+    (root / ('.%s-%s.lock' % (release, key))).write_text('')
+    stamp = directory / 'last-used'
+    stamp.write_text('')
+    when = time.time() - days_unused * 86400
+    os.utime(stamp, (when, when))
+    return directory
+
+
+@needs_root
+def test_an_image_is_stamped_at_each_use_and_the_release_s_unused_ones_go(tmp_path):
+    lines = []
+    first = cache(tmp_path, run=FakeBuild(), tools=TOOLS, log=lines.append).ensure('bookworm')
+    root = tmp_path / 'cache'
+    stamp = os.path.join(first['dir'], 'last-used')
+    assert os.path.isfile(stamp)
+    os.utime(stamp, (1, 1))
+    old = _entry(root, 'bookworm', 'a' * 16, 30)                      # unused for 30 days: goes
+    recent = _entry(root, 'bookworm', 'b' * 16, 3)                    # used 3 days ago: stays
+    other_release = _entry(root, 'trixie', 'c' * 16, 30)              # another release's run prunes it
+    not_ours = _entry(root, 'bookworm', 'd' * 16, 30, manifest_key='e' * 16)   # its manifest says otherwise
+    (root / ('bookworm-' + 'f' * 16)).mkdir()                          # no manifest: not ours
+    in_use = _entry(root, 'bookworm', '1' * 16, 30)
+    user = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', str(in_use / 'vmlinuz')])
+    held = _entry(root, 'bookworm', '2' * 16, 30)
+    holder = subprocess.Popen(['flock', str(root / ('.bookworm-%s.lock' % ('2' * 16))), 'sleep', '60'])
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(['flock', '-n', str(root / ('.bookworm-%s.lock' % ('2' * 16))), 'true'],
+                             check=False).returncode == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        del lines[:]
+        again = cache(tmp_path, run=None, tools=TOOLS, log=lines.append).ensure('bookworm')
+    finally:
+        for proc in (user, holder):
+            proc.kill()
+            proc.wait()
+    assert again['built'] is False and os.stat(stamp).st_mtime > time.time() - 60   # stamped anew
+    assert not old.exists() and not (root / ('.bookworm-%s.lock' % ('a' * 16))).exists()
+    assert recent.exists() and other_release.exists() and not_ours.exists() and (root / ('bookworm-' + 'f' * 16)).exists()
+    assert in_use.exists() and held.exists() and os.path.isdir(first['dir'])
+    said = ' | '.join(lines)
+    assert 'removed the lab VM image %s, unused for 30 days (more than 14)' % old in said, said
+    assert 'kept the lab VM image %s, unused for 30 days: process %d uses it' % (in_use, user.pid) in said, said
+    assert 'kept the lab VM image %s: another run holds its lock' % held in said, said
