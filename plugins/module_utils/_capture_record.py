@@ -355,6 +355,10 @@ def liveness(path, state_dir=DEFAULT_STATE_DIR):
     if record is None:
         return None
     running = not record.get('finished') and ownership(record['pid'], record['starttime'], path)[0]
+    if not running and not record.get('finished') and not record.get('died') and monitor_alive(record):
+        # the sniffer has just ended and its monitor is still writing how: not an end to report yet (the
+        # follower looks again; a capture that finished must not read as died for want of its account)
+        running = True
     died = None
     if not running and not record.get('finished'):
         died = death(record, record_paths(state_dir, path)[1])

@@ -184,7 +184,8 @@ def wait_for(path, cond, clock=time.monotonic, sleep=time.sleep, alive=None, **k
     """analyse() repeatedly until cond is met, the connection ended, or cond['timeout'] passed.
 
     alive, when given, tells whether the capture that writes the file still runs (capture's liveness()); a
-    capture that died ends the wait at once, since nothing more will come.
+    capture that has gone ends the wait at once, since nothing more will come - after one more analysis of the
+    file, which it may have completed between the analysis and the look at it.
 
     Without a connection filter the analysis is focused on the client's port (a connection without probes is
     listed then, and its end seen). A file that does not exist yet or has no complete header yet is read again;
@@ -202,8 +203,13 @@ def wait_for(path, cond, clock=time.monotonic, sleep=time.sleep, alive=None, **k
             sleep(cond['interval'])
             continue
         waited = judge_wait(result, cond, clock() - start)
-        if not (waited['met'] or waited['ended']):
-            waited = capture_gone(waited, alive)
+        if not (waited['met'] or waited['ended']) and capture_gone(dict(waited), alive)['ended']:
+            # the capture ended after that analysis, its last segments maybe written meanwhile: the file is
+            # final now, so it is judged once more before the wait ends
+            result = analyse(path, **kwargs)
+            waited = judge_wait(result, cond, clock() - start)
+            if not (waited['met'] or waited['ended']):
+                waited = capture_gone(waited, alive)
         if waited['met'] or waited['ended'] or clock() - start >= cond['timeout']:
             result['waited'] = waited
             result['msg'] = waited['reason']

@@ -362,6 +362,16 @@ def test_liveness_for_a_follower_of_the_pcap(tmp_path, state_dir):
                  'msg': "the capture's sniffer (pid %d) died: killed by SIGKILL" % (2 ** 22 + 12345)}}
     forge_record(state_dir, path, finished={'reason': 'stopped'})
     assert liveness(str(path), state_dir)['died'] is None
+    # the sniffer gone, its monitor still writing how it ended: still running for the follower, not died
+    monitor = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', MARKER])
+    try:
+        forge_record(state_dir, path, monitor={'pid': monitor.pid, 'starttime': _proc.starttime(monitor.pid)})
+        assert liveness(str(path), state_dir) == {'running': True, 'pid': 2 ** 22 + 12345, 'finished': None,
+                                                  'died': None}
+    finally:
+        monitor.kill()
+        monitor.wait()
+    assert liveness(str(path), state_dir)['running'] is False   # the monitor gone without an account: died
 
 
 @pytest.mark.parametrize('state_dir_value', ['relative/dir', '/', '//'])

@@ -287,3 +287,21 @@ def test_a_killed_server_is_noticed_at_once(tmp_path):
     assert 'the server process stopped or closed the connection?' in got['msg']
     assert got['msg'].endswith('before unanswered keepalive probe 1 was seen (%d answered and 0 unanswered probes by '
                                'then)' % waited['answered'])
+
+
+def test_a_capture_that_ends_right_after_an_analysis_is_judged_on_its_final_file(monkeypatch):
+    """The sniffer wrote its last segments and ended between the analysis and the look at it: the wait judges the
+    final file once more instead of reporting the capture gone with the condition unmet."""
+    clock = Clock()
+    analyses = iter([result(1), result(2)])
+    monkeypatch.setattr(_pcap_wait, 'analyse', lambda path, **kw: next(analyses))
+    gone = {'running': False, 'pid': 4242, 'finished': {'reason': 'max_seconds'}, 'died': None}
+    got = wait_for('x.pcap', {'port': 22345, 'answered': 2, 'timeout': 5, 'interval': 0.5}, clock, clock.sleep,
+                   alive=lambda: gone)
+    assert got['waited']['met'] is True and got['waited']['unexpected_end'] is False and clock.now == 0.0, got
+    # and when the final file does not meet it either, the wait ends at once saying the capture has gone
+    analyses = iter([result(1), result(1)])
+    got = wait_for('x.pcap', {'port': 22345, 'answered': 2, 'timeout': 5, 'interval': 0.5}, clock, clock.sleep,
+                   alive=lambda: gone)
+    assert got['waited']['ended'] and got['waited']['unexpected_end'] and clock.now == 0.0, got
+    assert 'the capture writing it stopped (max_seconds)' in got['msg']
