@@ -168,11 +168,15 @@ def judge_wait(result, cond, seconds):
     return waited
 
 
-def capture_gone(waited, alive):
-    """Mark waited as ended when the capture writing the file no longer runs (alive(): capture liveness or None)."""
+def gone_state(alive):
+    """The liveness of the capture writing the file (alive(): capture liveness or None) when it no longer runs,
+    else None."""
     state = alive() if alive is not None else None
-    if state is None or state.get('running'):
-        return waited
+    return None if state is None or state.get('running') else state
+
+
+def capture_gone(waited, state):
+    """Mark waited as ended by the capture that has gone (state: its liveness from gone_state)."""
     died = state.get('died') or {}
     why = died.get('msg') or 'the capture writing it stopped (%s)' % ((state.get('finished') or {}).get('reason') or 'stopped')
     waited.update(ended=True, unexpected_end=True, capture=why,
@@ -203,13 +207,14 @@ def wait_for(path, cond, clock=time.monotonic, sleep=time.sleep, alive=None, **k
             sleep(cond['interval'])
             continue
         waited = judge_wait(result, cond, clock() - start)
-        if not (waited['met'] or waited['ended']) and capture_gone(dict(waited), alive)['ended']:
+        gone = None if waited['met'] or waited['ended'] else gone_state(alive)
+        if gone is not None:
             # the capture ended after that analysis, its last segments maybe written meanwhile: the file is
             # final now, so it is judged once more before the wait ends
             result = analyse(path, **kwargs)
             waited = judge_wait(result, cond, clock() - start)
             if not (waited['met'] or waited['ended']):
-                waited = capture_gone(waited, alive)
+                waited = capture_gone(waited, gone)
         if waited['met'] or waited['ended'] or clock() - start >= cond['timeout']:
             result['waited'] = waited
             result['msg'] = waited['reason']
