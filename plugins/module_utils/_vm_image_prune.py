@@ -80,25 +80,27 @@ def stale_entry(directory, name_re, now, max_age_days=PRUNE_AFTER_DAYS):
 
 def prune(cache_dir, releases, keep, remove_tree, log, lock, now=None, read_users=users):
     """Remove the entries of releases other than keep that no use has stamped for PRUNE_AFTER_DAYS days and no
-    process uses, each under its lock (lock(release, key): a context manager that raises OSError when another
-    process holds it - then the entry stays), and their lock files; the directories removed."""
+    process uses, each under its lock (lock(release, key): a context manager giving the held lock, with the lock
+    file's path; it raises BlockingIOError when another process holds it - then the entry stays), and their lock
+    files; the directories removed."""
     name_re, removed = entry_name_re(releases), []
+    now = time.time() if now is None else now
     for name in sorted(os.listdir(cache_dir)):
         directory = os.path.join(cache_dir, name)
-        if directory == keep or stale_entry(directory, name_re, time.time() if now is None else now) is None:
+        if directory == keep or stale_entry(directory, name_re, now) is None:
             continue
-        release, key = name_re.match(name).groups()
         try:
-            with lock(release, key):
-                removed += _remove_if_unused(directory, name_re, now, remove_tree, log, read_users)
+            with lock(*name_re.match(name).groups()) as held:
+                removed += _remove_if_unused(directory, held.path, name_re, now, remove_tree, log, read_users)
         except BlockingIOError:
             log('kept the lab VM image %s: another run holds its lock' % directory)
     return removed
 
 
-def _remove_if_unused(directory, name_re, now, remove_tree, log, read_users):
-    """Under the entry's lock: still stale (no use stamped it meanwhile) and no process uses it - then it goes."""
-    stale = stale_entry(directory, name_re, time.time() if now is None else now)
+def _remove_if_unused(directory, lock_file, name_re, now, remove_tree, log, read_users):
+    """Under the entry's lock: still stale (no use stamped it meanwhile) and no process uses it - then it goes,
+    and its lock file with it."""
+    stale = stale_entry(directory, name_re, now)
     if stale is None:
         return []
     busy = read_users(directory)
@@ -106,7 +108,6 @@ def _remove_if_unused(directory, name_re, now, remove_tree, log, read_users):
         log('kept the lab VM image %s, unused for %.0f days: process %s uses it' % (directory, stale[2], busy[0]))
         return []
     remove_tree(directory)
-    lock_file = os.path.join(os.path.dirname(directory), '.%s.lock' % os.path.basename(directory))
     if os.path.isfile(lock_file):
         os.unlink(lock_file)
     log('removed the lab VM image %s, unused for %.0f days (more than %d)' % (directory, stale[2], PRUNE_AFTER_DAYS))
