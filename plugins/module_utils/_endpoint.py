@@ -492,7 +492,8 @@ class Endpoints:
         return created
 
     def _forget(self, name, created):
-        """Remove every file of the endpoint, and the directories this start created when empty."""
+        """Remove every file of the endpoint, and the directories in created when empty (those a failed start
+        made; after a stop, this namespace's directory)."""
         for path in self._paths(name).values():
             _remove(path)
             _remove(path + '.tmp')
