@@ -112,7 +112,10 @@ def test_nothing_of_the_experiments_is_left(vm):
             if vm.exists(tool):
                 assert 'tcplab-keepalive' not in vm.check_output('%s -w 10 -S' % tool)
         processes = vm.check_output('ps -eo args')
+        # the experiments' ends and the rollback removed their endpoints' files
+        endpoint_files = vm.check_output('find /run/tcplab-keepalive/endpoint -type f 2>/dev/null || true')
     assert 'tcplab-keepalive-' not in processes
+    assert endpoint_files == '', endpoint_files
 
 
 def test_the_vm_is_its_own_release_with_its_system_python_and_no_scapy(vm):
