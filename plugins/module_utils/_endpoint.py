@@ -37,7 +37,7 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import 
     Process, load_record, program_source, save_record, spawn, terminate)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import program_argv as source_argv
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import (
-    children, cmdline, cpu_seconds, load_average, netns_inode, netns_of, pids, session, starttime)
+    children, cmdline, cpu_seconds, load_average, netns_inode, netns_of, session_members, starttime)
 
 MARKER = 'tcplab-keepalive-endpoint'
 NAME_RE = re.compile(r'^[A-Za-z0-9_-]{1,48}$')
@@ -272,9 +272,7 @@ def sockets():
 def session_socket_inodes(leader):
     """Inodes of the sockets held by the processes of a session (the endpoint and its children)."""
     inodes = set()
-    for entry in pids():
-        if session(entry) != leader:
-            continue
+    for entry in session_members(leader):
         try:
             fds = os.listdir('/proc/%d/fd' % entry)
         except OSError:
@@ -289,18 +287,21 @@ def session_socket_inodes(leader):
     return inodes
 
 
+def _endpoint_socket(cfg, row):
+    """Whether a /proc/net/tcp row is the socket an endpoint is ready with: the server's LISTEN on its port, the
+    client's ESTABLISHED to its peer's port (from its own local port, when it has one)."""
+    local_port, remote_port, state, _inode = row
+    if cfg['role'] == 'server':
+        return state == 'LISTEN' and local_port == cfg['port']
+    return state == 'ESTABLISHED' and remote_port == cfg['port'] and (not cfg.get('local_port') or local_port == cfg['local_port'])
+
+
 def ready(cfg, pid):
-    """True once the endpoint's own socket listens (server) or is ESTABLISHED (client)."""
-    owned = session_socket_inodes(pid)
-    for local_port, remote_port, state, inode in sockets():
-        if inode not in owned:
-            continue
-        if cfg['role'] == 'server' and state == 'LISTEN' and local_port == cfg['port']:
-            return True
-        if cfg['role'] == 'client' and state == 'ESTABLISHED' and remote_port == cfg['port'] \
-                and (not cfg.get('local_port') or local_port == cfg['local_port']):
-            return True
-    return False
+    """True once the endpoint's own socket listens (server) or is ESTABLISHED (client). The processes' sockets are
+    only looked up once such a socket exists: under software emulation one look at every process costs 50 ms of
+    the one CPU the starting program needs."""
+    candidates = [row[3] for row in sockets() if _endpoint_socket(cfg, row)]
+    return bool(candidates) and not session_socket_inodes(pid).isdisjoint(candidates)
 
 
 def recorded(path, deadline, clock=time.monotonic, sleep=time.sleep):

@@ -21,7 +21,8 @@ Lifecycle (as _detached.py's other processes): tcpdump is spawned detached; its 
 line (tcpdump, ``-i any``, this pcap) prove it ours, and remove only files the record names. ``-G seconds -W 1``
 ends it by itself after ``seconds`` (a dead-man for a lost controller). tcpdump exits on SIGTERM without reading
 what the kernel still holds for it, so before it is stopped a marker (a connection attempt to a closed port on lo)
-must have reached its pcap: then everything before the end sample has (drain()).
+must have reached its pcap: then everything before the end sample has (drain()). It runs in immediate mode, so the
+marker is there at once, not up to a second later.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def watch_filter(port, peer_port):
 
 
 def argv_of(tcpdump, path, seconds, bpf):
-    return [tcpdump, '-i', 'any', '-n', '-U', '-s', str(SNAPLEN), '-Z', 'root', '-G', str(seconds), '-W', '1',
+    # --immediate-mode: each segment is handed to tcpdump as it comes, not when the kernel's buffer block fills or
+    # its 1 s timeout ends (which the marker of drain() waited for)
+    return [tcpdump, '-i', 'any', '-n', '-U', '--immediate-mode', '-s', str(SNAPLEN), '-Z', 'root', '-G', str(seconds), '-W', '1',
             '-w', path, bpf]
 
 

@@ -83,14 +83,49 @@ def session(pid):
     return int(fields[3]) if fields else None
 
 
-def children(pid):
-    """Pids of the live (non-zombie) children of pid."""
+def _listed_children(pid):
+    """The children the kernel lists for pid's threads (/proc/PID/task/TID/children), [] when pid has gone, None
+    when the kernel keeps no such list (built without CONFIG_PROC_CHILDREN)."""
+    try:
+        tasks = os.listdir('/proc/%d/task' % pid)
+    except OSError:
+        return []
     found = []
-    for entry in pids():
+    for tid in tasks:
+        try:
+            with open('/proc/%d/task/%s/children' % (pid, tid)) as handle:
+                found.extend(int(entry) for entry in handle.read().split())
+        except FileNotFoundError:
+            if not os.path.isdir('/proc/%d/task/%s' % (pid, tid)):
+                continue  # the thread ended meanwhile
+            return None
+        except (IOError, OSError, ValueError):
+            continue
+    return found
+
+
+def children(pid):
+    """Pids of the live (non-zombie) children of pid: the kernel's list of them where it keeps one (one read, not
+    one per process: under software emulation a look at every process costs 50 ms), else every process's parent."""
+    listed = _listed_children(pid)
+    found = []
+    for entry in pids() if listed is None else listed:
         fields = stat_fields(entry)
         if fields and fields[1] == str(pid) and fields[0] not in ('Z', 'X'):
             found.append(entry)
     return found
+
+
+def session_members(leader):
+    """The leader of a session and its descendants that are still in its session."""
+    members, todo = [], [leader]
+    while todo:
+        pid = todo.pop()
+        if pid in members or session(pid) != leader:
+            continue
+        members.append(pid)
+        todo.extend(children(pid))
+    return members
 
 
 def cmdline(pid):
