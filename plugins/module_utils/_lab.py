@@ -36,6 +36,8 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_manifest imp
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_net import (  # noqa: F401 pylint: disable=unused-import
     LabNetwork, gateway_of, pids_in_netns)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_ssh import LabSsh
+from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_ssh_masters import (
+    NOTE_TOO_LONG, STATE_DIR_MAX, close_masters, control_dir, sockets_in)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_vm import LabVms
 from ansible_collections.tcplab.keepalive.plugins.module_utils._netns import NETNS_DIR
 from ansible_collections.tcplab.keepalive.plugins.module_utils._vm import NAME_RE as VM_NAME_RE
@@ -204,6 +206,7 @@ class Lab(LabSsh):
         self.net = LabNetwork(self)
         self.vms = LabVms(self, params)
         self.veth_wait = 5.0
+        self.ssh_notes = []
         self.actions = []
         self.changed = False
 
@@ -252,7 +255,9 @@ class Lab(LabSsh):
         self.net.ensure_bridge(net, links.get(self.bridge))
         links = self.net.root_links() if not self.check_mode else links
         ns_infos = {h['name']: self.net.ensure_host(h, addresses[h['name']], net.prefixlen, links) for h in ns_hosts}
-        ssh = self._present_ssh([ns_infos[h['name']] for h in ns_hosts if h['transport'] == 'ssh'], vm_hosts)
+        ssh_hosts = [ns_infos[h['name']] for h in ns_hosts if h['transport'] == 'ssh']
+        ssh = self._present_ssh(ssh_hosts, vm_hosts)
+        control = self._ssh_control_dir() if ssh_hosts or vm_hosts else None
         self._record_hosts(net, hosts, addresses)
         proxy = self.vms.ensure_proxy(str(gateway_of(net))) if vm_hosts else self.vms.stop_proxy()
         vm_infos = {info['name']: info for info in self.vms.ensure(vm_hosts, addresses, net.prefixlen, proxy)}
@@ -263,11 +268,22 @@ class Lab(LabSsh):
             'network': str(net),
             'state_dir': self.state_dir,
             'ssh': ssh,
+            'ssh_control_dir': control,
         }
         result.update(self.vms.summary())
         # a namespace of the manifest's name that is not the lab's (its inode reused, another cookie): left alone
-        result['notes'] = list(self.net.notes) + result.get('notes', [])
+        result['notes'] = list(self.net.notes) + self.ssh_notes + result.get('notes', [])
         return result
+
+    def _ssh_control_dir(self):
+        """The directory of the ssh master connections' sockets (the inventory's ansible_control_path_dir), made
+        now; None (with a note) when the state directory is too long for a socket path in it."""
+        directory = control_dir(self.state_dir)
+        if directory is None:
+            self.ssh_notes.append(NOTE_TOO_LONG % STATE_DIR_MAX)
+            return None
+        self._mkdir(directory, 0o700)
+        return directory
 
     def _present_ssh(self, ssh_hosts, vm_hosts):
         """The sshds of the ssh hosts (none left running without any); the lab key for VMs. The ssh summary."""
@@ -301,13 +317,29 @@ class Lab(LabSsh):
     # -- absent ----------------------------------------------------------
     def absent(self):
         """Remove what the manifest says this lab made, and nothing else."""
+        self._close_ssh_masters()
         self.vms.absent()
         self._stop_sshd(self.state_dir)
         self.net.absent()
         self._remove_users()
         self._remove_sudoers()
         self._remove_state_dir()
-        return {'hosts': [], 'bridge': self.bridge, 'state_dir': self.state_dir, 'notes': list(self.net.notes)}
+        return {'hosts': [], 'bridge': self.bridge, 'state_dir': self.state_dir,
+                'notes': list(self.net.notes) + self.ssh_notes}
+
+    def _close_ssh_masters(self):
+        """End the ssh master connections whose sockets are in the lab's own directory (_lab_ssh_masters)."""
+        directory = control_dir(self.state_dir)
+        if directory is None or not os.path.isdir(directory) or not self.bin.get('ssh'):
+            return
+        if self.check_mode:
+            for path in sockets_in(directory):
+                self._note(['ssh', '-S', path, '-O', 'exit'])
+            return
+        closed, notes = close_masters(self.run, self.bin['ssh'], directory)
+        for path in closed:
+            self._note(['ssh', '-S', path, '-O', 'exit'])
+        self.ssh_notes.extend(notes)
 
     def _remove_state_dir(self):
         """The state directory if the lab made it, else only the lab's own files in it."""

@@ -41,7 +41,7 @@ USER_COMMENT = 'tcplab.keepalive lab user'
 SUDOERS_DIR = '/etc/sudoers.d'
 SUDOERS_PREFIX = 'tcplab-keepalive-lab'
 SUDOERS_LEGACY = os.path.join(SUDOERS_DIR, SUDOERS_PREFIX)
-STATE_FILES = (MANIFEST, 'id_ed25519', 'id_ed25519.pub', 'known_hosts', 'pub', 'hosts', 'vms', 'apt-proxy')
+STATE_FILES = (MANIFEST, 'id_ed25519', 'id_ed25519.pub', 'known_hosts', 'pub', 'hosts', 'vms', 'apt-proxy', 'cp')
 SECTIONS = {'namespaces': 'inode', 'bridges': 'ifindex', 'veths': 'ifindex', 'users': 'uid'}
 
 OURS = 'ours'

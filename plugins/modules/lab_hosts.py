@@ -321,6 +321,14 @@ ssh:
       description: sshd port.
       type: int
       sample: 22
+ssh_control_dir:
+  description:
+    - The directory of the ssh master connections' sockets of the lab's ssh hosts and VMs, in the state directory.
+    - The inventory sets it as C(ansible_control_path_dir), and O(state=absent) asks each master there to exit.
+    - Null without ssh hosts or VMs, and when O(state_dir) is longer than 76 characters (see RV(notes)).
+  returned: when O(state=present)
+  type: str
+  sample: /run/tcplab-keepalive/lab/cp
 images:
   description: The VM base images used, one per release (empty without VMs).
   returned: when O(state=present)
@@ -415,7 +423,7 @@ def main():
         require_root('the lab (network namespaces, veths, a bridge)')
         hosts = normalize_hosts(params['hosts'], params['transport'])
         binaries = {'ip': find_binary(module, 'ip'), 'nsenter': find_binary(module, 'nsenter'),
-                    'userdel': find_binary(module, 'userdel', required=False)}
+                    'userdel': find_binary(module, 'userdel', required=False), 'ssh': find_binary(module, 'ssh', required=False)}
         if params['state'] == 'present' and any(h['transport'] == 'ssh' for h in hosts):
             binaries['ssh-keygen'] = find_binary(module, 'ssh-keygen')
         if params['state'] == 'present' and any(h['transport'] == 'ssh' and h['kind'] == 'netns' for h in hosts):

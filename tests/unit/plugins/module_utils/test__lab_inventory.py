@@ -32,6 +32,7 @@ RESULT = {
     'gateway': '198.18.0.1', 'network': '198.18.0.0/24',
     'ssh': {'private_key': '/run/lab/id_ed25519', 'known_hosts': '/run/lab/known_hosts', 'user': 'root', 'port': 22,
             'become': False},
+    'ssh_control_dir': '/run/lab/cp',
 }
 VM_SSH_ARGS = ('-o UserKnownHostsFile=/run/lab/vms/vm1/known_hosts -o StrictHostKeyChecking=yes '
                '-o IdentitiesOnly=yes -o BatchMode=yes')
@@ -84,6 +85,8 @@ def test_vm_host_variables(tmp_path, template):
         'ansible_python_interpreter': '/usr/bin/python3',
         # an emulated VM on a busy controller answers ssh and sudo slower than Ansible's default 10 s
         'ansible_timeout': 60,
+        # the master connection's socket in the lab's own directory: absent ends the master
+        'ansible_control_path_dir': '/run/lab/cp',
         'lab_address': '198.18.0.12',
         'lab_kind': 'vm',
         'lab_release': 'trixie',
@@ -105,6 +108,13 @@ def test_namespace_hosts_are_as_before(tmp_path, template):
     assert got['ns2']['ansible_user'] == 'root' and 'ansible_become' not in got['ns2']
     assert got['ns2']['ansible_ssh_common_args'].startswith('-o UserKnownHostsFile=/run/lab/known_hosts ')
     assert got['ns2']['ansible_python_interpreter'] == '/venv/bin/python'
+    assert got['ns2']['ansible_control_path_dir'] == '/run/lab/cp' and 'ansible_control_path_dir' not in got['ns1']
+
+
+@pytest.mark.parametrize('template', ['inventory.yml.j2', 'inventory.ini.j2'])
+def test_without_a_control_directory_ssh_keeps_ansible_s_own(tmp_path, template):
+    got = host_vars(tmp_path, template, dict(RESULT, ssh_control_dir=None))
+    assert not any('ansible_control_path_dir' in hostvars for hostvars in got.values())
 
 
 def test_vm_not_yet_running_in_check_mode_has_no_accel(tmp_path):
