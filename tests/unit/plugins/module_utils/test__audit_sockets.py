@@ -423,8 +423,8 @@ def test_bad_caps_and_knob_are_refused(params, message):
 
 @needs_pidfd
 def test_reading_is_bounded_on_100000_connections():
-    """100 000 established rows held by one process: 100 read (the per-process cap), the rest counted, in seconds."""
-    import time
+    """100 000 established rows held by one process: 100 read (the per-process cap), the rest counted. (How long it
+    takes is benchmarks/audit_scale.sh's to measure, not a unit test's.)"""
     server = socket.socket()
     server.bind(('127.0.0.1', 0))
     server.listen(1)
@@ -434,16 +434,13 @@ def test_reading_is_bounded_on_100000_connections():
         inode = str(os.fstat(client.fileno()).st_ino)
         rows = [[inode, '0100007F:%04X' % (1024 + i % 60000), '0100007F:3039', '02', 30.0] for i in range(100000)]
         sockets = {'rows': rows, 'listening': ['0100007F:3039']}
-        start = time.time()
         read_entry(sockets, {'time': 7200, 'intvl': 75, 'probes': 9}, {inode: (os.getpid(), client.fileno())},
                    Pidfd(), Budget(1000, 100))
-        elapsed = time.time() - start
     finally:
         for sock in (accepted, client, server):
             sock.close()
     assert len(sockets['connections']) == 100 and sockets['unread']['per_process_cap'] == 99900
     assert all(c['accepted'] is False and c['keepalive'] is False for c in sockets['connections'])
-    assert elapsed < 5, elapsed
 
 
 def test_pidfd_keeps_at_most_64_descriptors_open():
