@@ -258,6 +258,8 @@ class Lab(LabSsh):
         ssh_hosts = [ns_infos[h['name']] for h in ns_hosts if h['transport'] == 'ssh']
         ssh = self._present_ssh(ssh_hosts, vm_hosts)
         control = self._ssh_control_dir() if ssh_hosts or vm_hosts else None
+        if not (ssh_hosts or vm_hosts):
+            self._close_ssh_masters()  # no ssh host or VM left for them to talk to
         self._record_hosts(net, hosts, addresses)
         proxy = self.vms.ensure_proxy(str(gateway_of(net))) if vm_hosts else self.vms.stop_proxy()
         vm_infos = {info['name']: info for info in self.vms.ensure(vm_hosts, addresses, net.prefixlen, proxy)}
@@ -328,7 +330,8 @@ class Lab(LabSsh):
                 'notes': list(self.net.notes) + self.ssh_notes}
 
     def _close_ssh_masters(self):
-        """End the ssh master connections whose sockets are in the lab's own directory (_lab_ssh_masters)."""
+        """End the ssh master connections whose sockets are in the lab's own directory (_lab_ssh_masters): at
+        absent, and at present when the lab has no ssh host and no VM (any more)."""
         directory = control_dir(self.state_dir)
         if directory is None or not os.path.isdir(directory) or not self.bin.get('ssh'):
             return
