@@ -298,6 +298,20 @@ def assert_same_analysis(one, other, where='analysis'):
 NUMBER_RE = re.compile(r'\d+\.\d+')
 
 
+def _settled_status(state_dir, path, quiet=0.5, bound=20.0):
+    """The capture's status once its pcap has stopped growing for quiet seconds: the traffic's last segments (the
+    closing FINs and ACKs) reach the pcap a moment after the program that made them has ended."""
+    deadline = time.monotonic() + bound
+    status = Capture(sys.executable, state_dir=state_dir).status(path)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        again = Capture(sys.executable, state_dir=state_dir).status(path)
+        if again['packets'] == status['packets']:
+            return again
+        status = again
+    return status
+
+
 def _alive(pid):
     return _proc.starttime(pid) is not None
 
@@ -404,7 +418,7 @@ def test_a_tcpdump_capture_and_its_proofs(netns, capture_dir, state_dir):
         assert refused['changed'] is False and 'the pid was reused' in refused['msg'] and _alive(pid)
         os.rename(handle['state_path'] + '.aside', handle['state_path'])
         _ns(netns, sys.executable, '-c', TRAFFIC, 4200, 2)
-        running = Capture(sys.executable, state_dir=state_dir).status(path)
+        running = _settled_status(state_dir, path)
         assert running['running'] is True and running['backend'] == 'tcpdump' and running['packets'] >= 10
     finally:
         stopped = Capture(sys.executable, state_dir=state_dir).stopped(path, analyse=False)
