@@ -257,8 +257,10 @@ class Lab(LabSsh):
         ns_infos = {h['name']: self.net.ensure_host(h, addresses[h['name']], net.prefixlen, links) for h in ns_hosts}
         ssh_hosts = [ns_infos[h['name']] for h in ns_hosts if h['transport'] == 'ssh']
         ssh = self._present_ssh(ssh_hosts, vm_hosts)
-        control = self._ssh_control_dir() if ssh_hosts or vm_hosts else None
-        if not (ssh_hosts or vm_hosts):
+        if ssh_hosts or vm_hosts:
+            control = self._ssh_control_dir()
+        else:
+            control = None
             self._close_ssh_masters()  # no ssh host or VM left for them to talk to
         self._record_hosts(net, hosts, addresses)
         proxy = self.vms.ensure_proxy(str(gateway_of(net))) if vm_hosts else self.vms.stop_proxy()

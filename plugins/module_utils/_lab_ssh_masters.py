@@ -12,9 +12,9 @@ VM) with its socket in ~/.ansible/cp. Such a master outlives the lab it talked t
 inventory therefore puts the sockets of its ssh hosts and VMs in the lab's own directory
 (``ansible_control_path_dir``: ``<state_dir>/cp``), and ``absent`` ends each master there before it removes the
 hosts. A master is this lab's only when ``ssh -O check`` through a socket in that directory names its pid and that
-process's title is ssh's title of a master of that very socket (``ssh: <socket> [mux]``); it is then asked to exit
-(``ssh -O exit``), never signalled. A socket no master listens on any more is removed; a process that does not
-prove itself is left alone and named in the lab's notes.
+process's title is ssh's title of a master of that very socket (``ssh: <socket> [mux]``), with its start time
+pinned (_detached.Process); it is then asked to exit (``ssh -O exit``), never signalled. A socket no master
+listens on any more is removed; a process that does not prove itself is left alone and named in the lab's notes.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-import time
 
-from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline
+from ansible_collections.tcplab.keepalive.plugins.module_utils._detached import Process
+from ansible_collections.tcplab.keepalive.plugins.module_utils._lab_manifest import remove_path
+from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import cmdline, starttime
 
 CONTROL_DIR = 'cp'
 # ssh binds the socket as "<path>.<16 random letters>" before it renames it, and a unix socket's path holds at most
@@ -68,28 +69,34 @@ def master_pid(run, ssh, socket_path):
     return int(found.group(1)) if rc == 0 and found else None
 
 
-def is_master_of(pid, socket_path, read=cmdline):
-    """Whether process pid is ssh's master of socket_path: it retitles itself "ssh: <socket> [mux]" (its first
+def is_master_title(argv, socket_path):
+    """Whether a command line is ssh's title of the master of socket_path: "ssh: <socket> [mux]" (its first
     argument, the rest of the old command line's room blanked)."""
-    return [part for part in read(pid) if part] == ['ssh: %s [mux]' % socket_path]
+    return [part for part in argv if part] == ['ssh: %s [mux]' % socket_path]
 
 
-def close_masters(run, ssh, directory, clock=time.monotonic, sleep=time.sleep):
+def master_process(pid, socket_path):
+    """The master that ssh -O check named, as a _detached.Process: ours while it keeps its start time and its title."""
+    return Process(pid, starttime(pid), proof=lambda argv: is_master_title(argv, socket_path))
+
+
+def close_masters(run, ssh, directory):
     """End every master of this lab in directory (and remove sockets nobody listens on); (closed, notes)."""
     closed, notes = [], []
     for path in sockets_in(directory):
         pid = master_pid(run, ssh, path)
         if pid is None:
-            _unlink(path)
+            remove_path(path)
             continue
-        if not is_master_of(pid, path):
+        master = master_process(pid, path)
+        if not master.ours():
             notes.append(NOTE_FOREIGN % (path, pid, ' '.join(cmdline(pid)) or 'gone'))
             continue
         run(_control(ssh, path, 'exit'), check=False)
-        if not _gone(pid, path, clock, sleep):
+        if not master.wait_gone(EXIT_WAIT):
             notes.append(NOTE_STILL % (path, pid, EXIT_WAIT))
             continue
-        _unlink(path)
+        remove_path(path)
         closed.append(path)
     return closed, notes
 
@@ -97,19 +104,3 @@ def close_masters(run, ssh, directory, clock=time.monotonic, sleep=time.sleep):
 def _control(ssh, socket_path, command):
     # the host name is required by ssh's command line and unused: the request goes through the socket
     return [ssh, '-o', 'BatchMode=yes', '-S', socket_path, '-O', command, 'tcplab-lab-master']
-
-
-def _gone(pid, path, clock, sleep):
-    deadline = clock() + EXIT_WAIT
-    while is_master_of(pid, path):
-        if clock() >= deadline:
-            return False
-        sleep(0.05)
-    return True
-
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

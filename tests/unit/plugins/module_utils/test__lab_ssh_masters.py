@@ -24,7 +24,7 @@ def test_a_master_proves_itself_by_ssh_s_title_for_that_very_socket():
     # ssh blanks the rest of its old command line's room: /proc/PID/cmdline ends in empty arguments
     table = {1: ['ssh: /run/lab/cp/0123456789 [mux]', '', ''], 2: ['ssh: /run/lab2/cp/0123456789 [mux]'],
              3: ['ssh', '-S', '/run/lab/cp/0123456789', 'host'], 4: []}
-    assert [pid for pid in table if masters.is_master_of(pid, '/run/lab/cp/0123456789', table.get)] == [1]
+    assert [pid for pid, argv in table.items() if masters.is_master_title(argv, '/run/lab/cp/0123456789')] == [1]
 
 
 def test_a_socket_nobody_listens_on_is_removed_and_a_master_that_does_not_prove_itself_stays(tmp_path):
