@@ -39,7 +39,7 @@ import time
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import atomic_write
 from ansible_collections.tcplab.keepalive.plugins.module_utils._proc import starttime
-from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_image_prune import mark_used, prune
+from ansible_collections.tcplab.keepalive.plugins.module_utils._vm_image_prune import MANIFEST, mark_used, prune
 
 RELEASES = ('bullseye', 'bookworm', 'trixie')
 DEFAULT_RELEASE = 'bookworm'
@@ -519,8 +519,6 @@ def check_packages(release, installed, absent=ABSENT_PACKAGES):
 class ImageCache:
     """Lab VM base images in one cache directory. `run` is a _common.Runner."""
 
-    MANIFEST = 'manifest.json'
-
     def __init__(self, run, cache_dir=DEFAULT_CACHE_DIR, tools=None, log=None, sources=None, clock=time.monotonic,
                  note=None):
         """log gets the build's progress lines; note (default: log) the housekeeping's (an image removed or kept)."""
@@ -553,7 +551,7 @@ class ImageCache:
         """The image info of a complete cache entry for spec, or None."""
         directory = self.entry_dir(spec)
         try:
-            with open(os.path.join(directory, self.MANIFEST)) as handle:
+            with open(os.path.join(directory, MANIFEST)) as handle:
                 manifest = json.load(handle)
         except (IOError, OSError, ValueError):
             return None
@@ -653,7 +651,7 @@ class ImageCache:
         manifest = dict(spec, kernel_version=version, packages=packages, built_at=int(time.time()),
                         build_id='%s-%d-%d' % (spec['key'], time.time_ns(), os.getpid()))
         atomic_write(os.path.join(out, 'build.log'), (stdout or '') + (stderr or ''), 0o644)
-        atomic_write(os.path.join(out, self.MANIFEST), json.dumps(manifest, indent=2, sort_keys=True) + '\n', 0o644)
+        atomic_write(os.path.join(out, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True) + '\n', 0o644)
         return self._info(self._publish(out, spec), manifest)
 
     def _publish(self, out, spec):
