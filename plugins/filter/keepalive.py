@@ -15,6 +15,7 @@ import math
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _host_facts
 from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive import BOUNDS, KEYS, detection_seconds
 from ansible_collections.tcplab.keepalive.plugins.module_utils._keepalive_rules import DEFAULT_HZ, next_probe
 from ansible_collections.tcplab.keepalive.plugins.module_utils._middlebox import MiddleboxError, idle_timeout
@@ -29,14 +30,6 @@ DROP_SPARE = 300
 CURL_STOCK = 60
 CLIENT_KINDS = ('python', 'curl')
 PHASES = ('answered', 'unanswered', 'rst')
-# The binaries that provide each tool the experiment looks for (iptables: either backend will do).
-TOOL_BINARIES = {
-    'ip': ('ip',),
-    'iptables': ('iptables', 'iptables-nft', 'iptables-legacy'),
-    'curl': ('curl',),
-    'nc': ('nc',),
-}
-CAPTURE = 'capture'
 
 GOVERNS_SYSCTLS = 'the sysctls (python client, SO_KEEPALIVE without per-socket options)'
 GOVERNS_CURL = ('curl --keepalive-time %d set by the role: TCP_KEEPIDLE = TCP_KEEPINTVL = %d s per socket override '
@@ -51,8 +44,8 @@ MSG_CLIENT_KIND = 'experiment_client_kind must be one of %s; got %%r' % ', '.joi
 MSG_CURL_TIME = ('experiment_curl_keepalive_time must be match (the keepalive time), stock (curl\'s own %d s) '
                  'or seconds from %d to %d; got %%r' % ((CURL_STOCK,) + BOUNDS['time']))
 MSG_PHASE = 'the phase of a wait must be one of %s; got %%r' % ', '.join(PHASES)
-MSG_TOOL = 'unknown tool %%r: the experiment knows %s' % ', '.join(sorted(TOOL_BINARIES) + [CAPTURE])
 MSG_LIST = '%s must be a list (%s); got %r'
+MSG_FACTS = 'host_shortfalls reads a dict of facts (host_facts\' ansible_facts, or experiment_host\'s look.facts); got %r'
 MSG_IDLE = ('experiment_idle_timeout must be a dict with preset (%s), or seconds and action (drop or reset); got %r')
 # the request after the idle time: how many idle timeouts to stay idle (plus a second), how long to wait for its answer
 IDLE_TIMEOUTS_BEFORE_REQUEST = 3
@@ -194,51 +187,45 @@ def poll_retries(seconds, every=5):
     return int(math.ceil(total / float(step)))
 
 
-def _found_tools(files):
-    """The tools whose binaries ansible.builtin.find found: an executable file or a link to one."""
-    if not isinstance(files, list):
-        raise AnsibleFilterError(MSG_LIST % ('found', 'the files of ansible.builtin.find', files))
-    names = set()
-    for entry in files:
-        if not isinstance(entry, dict) or not entry.get('path'):
-            continue
-        runnable = entry.get('islnk') or (entry.get('isreg') and any(entry.get(bit) for bit in ('xusr', 'xgrp', 'xoth')))
-        if runnable:
-            names.add(str(entry['path']).rstrip('/').rsplit('/', 1)[-1])
-    return {tool for tool, binaries in TOOL_BINARIES.items() if names.intersection(binaries)}
-
-
 def missing_tools(needs, found=None, capture=None):
     """The tools of needs that a host lacks.
 
-    found is the files list of ansible.builtin.find over the host's binary directories; capture the result of
-    tcplab.keepalive.capture in check mode (it has a backend when tcpdump or scapy can capture there), or None
-    where the host does not capture.
+    found is the files list of ansible.builtin.find (or host_facts) over the host's binary directories; capture the
+    result of tcplab.keepalive.capture in check mode (it has a backend when tcpdump or scapy can capture there), or
+    None where the host does not capture.
     """
     if not isinstance(needs, list):
         raise AnsibleFilterError(MSG_LIST % ('needs', 'tool names', needs))
-    for tool in needs:
-        if tool != CAPTURE and tool not in TOOL_BINARIES:
-            raise AnsibleFilterError(MSG_TOOL % (tool,))
-    have = _found_tools(found if found is not None else [])
-    if isinstance(capture, dict) and capture.get('backend'):
-        have.add(CAPTURE)
-    return [tool for tool in needs if tool not in have]
+    files = found if found is not None else []
+    if not isinstance(files, list):
+        raise AnsibleFilterError(MSG_LIST % ('found', 'the files of ansible.builtin.find', files))
+    try:
+        return _host_facts.missing_tools(needs, files, capture)
+    except _host_facts.HostFactsError as exc:
+        raise AnsibleFilterError(str(exc)) from exc
 
 
 def tool_binaries(tools=None):
     """The binary names to look for, for the given tools (all when None), in a stable order."""
-    wanted = sorted(TOOL_BINARIES) if tools is None else tools
+    wanted = sorted(_host_facts.TOOL_BINARIES) if tools is None else tools
     if not isinstance(wanted, list):
         raise AnsibleFilterError(MSG_LIST % ('tools', 'tool names', wanted))
-    out = []
-    for tool in wanted:
-        if tool == CAPTURE:
-            continue
-        if tool not in TOOL_BINARIES:
-            raise AnsibleFilterError(MSG_TOOL % (tool,))
-        out.extend(name for name in TOOL_BINARIES[tool] if name not in out)
-    return out
+    try:
+        return _host_facts.tool_binaries(wanted)
+    except _host_facts.HostFactsError as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+
+
+def host_shortfalls(facts, missing=None, min_kernel='4.5', min_python='3.8'):
+    """What keeps a host from running its part of the experiment - of user (not root), kernel and python (older than
+    the minimum), tools (missing not empty) - from the facts host_facts gathered: the judgement the experiment_host
+    module's look makes on a host it starts (module_utils/_host_facts.py)."""
+    if not isinstance(facts, dict):
+        raise AnsibleFilterError(MSG_FACTS % (facts,))
+    try:
+        return _host_facts.shortfalls(facts, missing or [], str(min_kernel), str(min_python))
+    except (_host_facts.HostFactsError, KeyError, TypeError) as exc:
+        raise AnsibleFilterError('host_shortfalls: %s' % (exc,)) from exc
 
 
 class FilterModule:
@@ -253,5 +240,6 @@ class FilterModule:
             'poll_retries': poll_retries,
             'idle_timeout_plan': idle_timeout_plan,
             'missing_tools': missing_tools,
+            'host_shortfalls': host_shortfalls,
             'tool_binaries': tool_binaries,
         }

@@ -17,7 +17,12 @@ so each keeps its safety properties: the sysctl lease and journal, the state
 records with pid and start time, the capture's filter attached before its
 start returns, the kernel sample taken right before the client connects.
 
-started: the steps run in order - sysctl, watch, captures, endpoints (in the
+started: with look, the host is looked at first, as the preflight does (its
+facts, the tools its part needs, the capture backend): a host that cannot run
+its part (look's shortfalls: not root, an old kernel or Python, a tool
+missing) is refused - nothing is changed, the result says refused and carries
+the look, so that the first host a run starts needs no look of its own. Then
+the steps run in order - sysctl, watch, captures, endpoints (in the
 order given: the server before the client on loopback) - and the first that
 fails ends the run: the module fails naming the step, and what the earlier
 steps started is for the caller's cleanup, as with separate tasks. The watch
@@ -50,6 +55,7 @@ MSG_STEPS_FAILED = 'the end on this host could not do everything: %s'
 MSG_DROP_STARTED = ('drop_rule is a step of state=stopped only (it removes the DROP rule); the DROP goes in with '
                     'tcplab.keepalive.drop_rule when the experiment silences the server')
 MSG_NOTHING = 'give at least one of sysctl, watch, captures, drop_rule, endpoints: there is nothing to do'
+MSG_LOOK_STOPPED = 'look is a step of state=started only (it looks at the host before anything starts)'
 
 # the sysctl module's defaults for the options the experiment does not set (plugins/modules/sysctl.py)
 SYSCTL_DEFAULTS = {
@@ -100,6 +106,15 @@ def _sysctl(module, params, state):
     if not module._diff:  # pylint: disable=protected-access
         result.pop('diff', None)
     return result
+
+
+def _look(module, params):
+    """host_facts' look, judged: {facts, capture, missing, shortfalls} (shortfalls empty: the host can run its part)."""
+    from ansible_collections.tcplab.keepalive.plugins.module_utils._host_facts import HostFactsError, look  # pylint: disable=import-outside-toplevel
+    try:
+        return look(params['tools'], params['min_kernel'], params['min_python'], module.get_bin_path('tcpdump'))
+    except HostFactsError as exc:
+        raise StepError(MSG_STEP % ('look', exc)) from exc
 
 
 def _watch(module, params, state):
@@ -316,6 +331,12 @@ def started(module, p):
     if p.get('drop_rule'):
         raise StepError(MSG_DROP_STARTED)
     result, clock = {'changed': False}, Clock()
+    if p.get('look'):
+        result['look'] = _look(module, p['look'])
+        clock.lap('look')
+        if result['look']['shortfalls']:
+            result.update(refused=True, captures=[], endpoints=[], seconds=clock.seconds)
+            return result, []
     if p.get('sysctl'):
         result['sysctl'] = _sysctl(module, p['sysctl'], 'present')
         clock.lap('sysctl')
@@ -336,6 +357,8 @@ def started(module, p):
 
 def stopped(module, p):
     """watch, captures, drop_rule, endpoints, sysctl: every step runs; returns (result, errors)."""
+    if p.get('look'):
+        raise StepError(MSG_LOOK_STOPPED)
     result, clock = {}, Clock()
     settled, errors = _settle(module, p.get('endpoints') or [])
     clock.lap('settle')

@@ -15,6 +15,13 @@ capture module's own check-mode answer, and the interface toward a peer
 (``ip -o route get``). It only reads, and imports the capture code only when
 asked to check capture.
 
+look() is the same look judged, for the experiment_host module's start: the
+tools a host's part needs (TOOL_BINARIES: the binaries that provide each),
+which of them it lacks, and its shortfalls - not root, a kernel or a Python
+older than the minimum, a tool missing - so that a start that looks at its
+host first changes nothing on a host that cannot run its part. The tool table
+is also the missing_tools and tool_binaries filters'.
+
 This file is private to the collection: its names may change at any time
 and must not be used from outside tcplab.keepalive.
 """
@@ -36,6 +43,19 @@ ROUTE_DEV = re.compile(r'\bdev (\S+)')
 MSG_NO_IP = 'ip not found: install iproute2'
 MSG_NO_ROUTE = 'ip -o route get %s named no interface (rc=%d): %s'
 MSG_BINARY = 'binaries: %r is not a program name (letters, digits, ".", "_", "+", "-"; no slash)'
+# The binaries that provide each tool the experiment looks for (iptables: either backend will do). The tool
+# capture has no binary of its own: tcpdump, or scapy in the Python that runs the modules (capture_check says).
+TOOL_BINARIES = {
+    'ip': ('ip',),
+    'iptables': ('iptables', 'iptables-nft', 'iptables-legacy'),
+    'curl': ('curl',),
+    'nc': ('nc',),
+}
+CAPTURE = 'capture'
+MSG_TOOL = 'unknown tool %%r: the experiment knows %s' % ', '.join(sorted(TOOL_BINARIES) + [CAPTURE])
+MSG_MINIMUM = '%s %r is not a version (digits and dots, for example 4.5)'
+# the shortfalls of a host, in the order the preflight's message names them
+SHORTFALLS = ('user', 'kernel', 'python', 'tools')
 
 
 class HostFactsError(Exception):
@@ -155,3 +175,74 @@ def route_dev(run, ip, address):
     if not found:
         result['msg'] = MSG_NO_ROUTE % (address, rc, (err or out).strip())
     return result
+
+
+def tool_binaries(tools):
+    """The binary names that provide tools, in a stable order (capture has none of its own)."""
+    out = []
+    for tool in tools:
+        if tool == CAPTURE:
+            continue
+        if tool not in TOOL_BINARIES:
+            raise HostFactsError(MSG_TOOL % (tool,))
+        out.extend(name for name in TOOL_BINARIES[tool] if name not in out)
+    return out
+
+
+def found_tools(files):
+    """The tools whose binaries are among files (as find_binaries or ansible.builtin.find list them): an
+    executable file or a link to one."""
+    names = set()
+    for entry in files:
+        if not isinstance(entry, dict) or not entry.get('path'):
+            continue
+        runnable = entry.get('islnk') or (entry.get('isreg') and any(entry.get(bit) for bit in ('xusr', 'xgrp', 'xoth')))
+        if runnable:
+            names.add(str(entry['path']).rstrip('/').rsplit('/', 1)[-1])
+    return {tool for tool, binaries in TOOL_BINARIES.items() if names.intersection(binaries)}
+
+
+def missing_tools(needs, files, capture=None):
+    """The tools of needs the host lacks; capture is capture_check's answer (None where it does not capture)."""
+    for tool in needs:
+        if tool != CAPTURE and tool not in TOOL_BINARIES:
+            raise HostFactsError(MSG_TOOL % (tool,))
+    have = found_tools(files)
+    if isinstance(capture, dict) and capture.get('backend'):
+        have.add(CAPTURE)
+    return [tool for tool in needs if tool not in have]
+
+
+def version_of(text, what='version'):
+    """The leading whole numbers of a version string: '6.1.0-28-amd64' -> (6, 1, 0); ValueError without one."""
+    found = re.match(r'^(\d+(?:\.\d+)*)', str(text))
+    if not found:
+        raise ValueError(MSG_MINIMUM % (what, text))
+    return tuple(int(part) for part in found.group(1).split('.'))
+
+
+def shortfalls(host, missing, min_kernel, min_python):
+    """What keeps a host from running its part, in SHORTFALLS order: user (not root), kernel and python (older
+    than the minimum), tools (missing). host is facts()."""
+    try:
+        kernel_min, python_min = version_of(min_kernel, 'min_kernel'), version_of(min_python, 'min_python')
+    except ValueError as exc:
+        raise HostFactsError(str(exc)) from exc
+    python = host['python']['version']
+    found = {
+        'user': host['effective_user_id'] != 0,
+        'kernel': version_of(host['kernel'], 'kernel') < kernel_min,
+        'python': (python['major'], python['minor']) < python_min,
+        'tools': bool(missing),
+    }
+    return [name for name in SHORTFALLS if found[name]]
+
+
+def look(tools, min_kernel, min_python, tcpdump):
+    """The look of a host for a start: {facts, capture (when tools has capture), missing, shortfalls}."""
+    out = {'facts': facts()}
+    if CAPTURE in tools:
+        out['capture'] = capture_check(tcpdump)
+    out['missing'] = missing_tools(tools, find_binaries(tool_binaries(tools)), out.get('capture'))
+    out['shortfalls'] = shortfalls(out['facts'], out['missing'], min_kernel, min_python)
+    return out

@@ -20,6 +20,8 @@ description:
   - It exists for speed. On a lab VM under software emulation a module run costs about three seconds (SSH, sudo and a
     Python start that compiles ansible's module_utils again), so the C(tcplab.keepalive.experiment) role starts and
     ends each host with one run instead of one per step.
+  - O(state=started) with O(look) first looks at the host as the role's preflight does with M(tcplab.keepalive.host_facts);
+    a host that cannot run its part changes nothing and returns RV(refused) with RV(look).
   - O(state=started) runs O(sysctl) (take the lease, shorten the sysctls), O(watch), O(captures), O(endpoints) (in the
     order given), and stops at the first step that fails (but the watch - a watch that cannot start is said in
     RV(watch) and the run goes on); the module then fails naming the step, and what the earlier
@@ -51,6 +53,31 @@ options:
     type: str
     choices: [started, stopped]
     required: true
+  look:
+    description:
+      - With V(started), before any step, look at the host as M(tcplab.keepalive.host_facts) does for the role's
+        preflight - its facts, the binaries of O(look.tools), the capture backend when O(look.tools) has V(capture) - and
+        judge it. A host that runs the module as another user than root, has a kernel older than O(look.min_kernel) or a
+        Python older than O(look.min_python), or lacks a tool is refused - nothing is changed, RV(refused) is true and
+        RV(look) says what it lacks - so that the first host a run starts needs no look of its own.
+    type: dict
+    version_added: 0.2.0
+    suboptions:
+      tools:
+        description:
+          - The tools this host's part needs - V(ip), V(iptables) (any of C(iptables), C(iptables-nft),
+            C(iptables-legacy)), V(curl), V(nc), V(capture) (tcpdump, or scapy in the Python that runs the modules).
+        type: list
+        elements: str
+        required: true
+      min_kernel:
+        description: The oldest kernel release that can run the experiment (per-namespace keepalive sysctls).
+        type: str
+        default: '4.5'
+      min_python:
+        description: The oldest Python (major.minor) the modules run on.
+        type: str
+        default: '3.8'
   sysctl:
     description:
       - With V(started), M(tcplab.keepalive.sysctl) with state V(present) - the lease and the values; with V(stopped),
@@ -295,6 +322,19 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+look:
+  description:
+    - What O(look) found - C(facts) (under the names M(tcplab.keepalive.host_facts) returns them in its
+      C(ansible_facts)), C(capture) (when O(look.tools) has V(capture), the capture module's check-mode answer),
+      C(missing) (the tools of O(look.tools) the host lacks) and C(shortfalls) (what keeps it from running its part, of
+      C(user), C(kernel), C(python), C(tools); empty when it can).
+  returned: when O(look) is given
+  type: dict
+  sample: {facts: {effective_user_id: 0, kernel: 6.1.0-28-amd64}, missing: [iptables], shortfalls: [tools]}
+refused:
+  description: O(look) found a shortfall; nothing was changed and no step ran.
+  returned: when the look refused the host
+  type: bool
 sysctl:
   description: The sysctl module's result of the step.
   returned: when O(sysctl) is given
@@ -346,6 +386,9 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type='str', choices=['started', 'stopped'], required=True),
+            look=dict(type='dict', options=dict(
+                tools=dict(type='list', elements='str', required=True), min_kernel=dict(type='str', default='4.5'),
+                min_python=dict(type='str', default='3.8'))),
             sysctl=dict(type='dict', options=dict(
                 time=dict(type='raw'), intvl=dict(type='raw'), probes=dict(type='raw'), retries2=dict(type='raw'),
                 lease=dict(type='str', required=True), lease_owner=dict(type='str'),

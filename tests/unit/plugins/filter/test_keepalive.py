@@ -14,6 +14,7 @@ import yaml
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.tcplab.keepalive.plugins.filter import keepalive as kf
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _host_facts
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _keepalive as ka
 
 WALKTHROUGH = {'time': 30, 'intvl': 3, 'probes': 3}
@@ -160,7 +161,7 @@ def _found(path):
 def test_tool_binaries():
     assert kf.tool_binaries(['ip', 'iptables', 'capture']) == ['ip', 'iptables', 'iptables-nft', 'iptables-legacy']
     assert kf.tool_binaries(['curl', 'curl']) == ['curl']
-    assert sorted(kf.tool_binaries(None)) == sorted(sum((list(v) for v in kf.TOOL_BINARIES.values()), []))
+    assert sorted(kf.tool_binaries(None)) == sorted(sum((list(v) for v in _host_facts.TOOL_BINARIES.values()), []))
 
 
 def test_missing_tools_from_the_files_of_this_machine(tmp_path):
@@ -240,3 +241,15 @@ def test_the_filters_render_in_a_template():
     assert render("{{ ka | tcplab.keepalive.keepalive_detection }}") == 5
     with pytest.raises(AnsibleError, match='experiment_client_kind must be one of python, curl'):
         render("{{ ka | tcplab.keepalive.client_keepalive('wget') }}")
+
+
+def test_host_shortfalls_is_the_modules_judgement():
+    host = {'effective_user_id': 0, 'kernel': '6.1.0-28-amd64', 'python': {'version': {'major': 3, 'minor': 11}}}
+    assert kf.host_shortfalls(host) == []
+    assert kf.host_shortfalls(host, ['iptables']) == ['tools']
+    assert kf.host_shortfalls(dict(host, effective_user_id=1000), [], '4.5', '3.12') == ['user', 'python']
+    assert kf.host_shortfalls(host, [], '6.2', '3.8') == ['kernel']
+    with pytest.raises(AnsibleFilterError, match='host_shortfalls reads a dict of facts'):
+        kf.host_shortfalls(None)
+    with pytest.raises(AnsibleFilterError, match="host_shortfalls: min_python 'latest' is not a version"):
+        kf.host_shortfalls(host, [], '4.5', 'latest')

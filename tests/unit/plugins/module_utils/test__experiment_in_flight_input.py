@@ -131,3 +131,42 @@ def test_a_bad_start_timeout_is_refused_before_anything_changes(hosts, tmp_path,
     rc, out = play(tmp_path, '-e', 'experiment_start_timeout=%s' % value)
     assert rc != 0 and said in out, out[-2000:]
     assert 'Take the lease' not in out and sysctl(hosts['client'], 'tcp_keepalive_time') == before
+
+
+def as_nobody(tmp_path, *roles):
+    """The inventory with roles' hosts running the modules as nobody (sudo; the system's Python, which nobody can
+    read): hosts that cannot run their part of the experiment - not root."""
+    path = tmp_path / 'inventory.yml'
+    inventory = yaml.safe_load(path.read_text())
+    for role in roles:
+        inventory['all']['hosts'][role].update(ansible_become=True, ansible_become_method='sudo', ansible_become_user='nobody',
+                                               ansible_python_interpreter='/usr/bin/python3')
+    path.write_text(yaml.safe_dump(inventory))
+
+
+@real
+def test_the_server_s_start_looks_at_its_host_first_and_refuses_it_before_anything_changes(hosts, tmp_path):
+    """The preflight looks at the client only; the server's start looks at its host itself (one module run less per
+    run) and, as it cannot run its part there, changes nothing: the run ends with the preflight's message, no lease,
+    no report."""
+    as_nobody(tmp_path, 'server')
+    before = sysctl(hosts['client'], 'tcp_keepalive_time')
+    rc, out = play(tmp_path)
+    assert rc != 0 and 'server (' in out, out[-3000:]
+    assert 'cannot run the experiment, nothing was changed: it runs tasks as uid 65534, not root (use become: true);' in out
+    assert 'client (' not in out.split('cannot run the experiment')[0][-200:]
+    assert "Start the server's host" in out and "Start the client's host" not in out
+    # nothing to put back or report: the ends and the report did not run
+    assert "End on the client's host" not in out and 'Judge the experiment' not in out and '(report: ' not in out
+    assert sysctl(hosts['client'], 'tcp_keepalive_time') == before and not (tmp_path / 'reports').exists()
+
+
+@real
+@pytest.mark.once
+def test_when_the_client_cannot_run_its_part_the_preflight_names_what_the_server_lacks_too(hosts, tmp_path):
+    as_nobody(tmp_path, 'client', 'server')
+    rc, out = play(tmp_path)
+    assert rc != 0, out[-3000:]
+    for role in ('client', 'server'):
+        assert re.search(role + r' \([^)]*\) cannot run the experiment, nothing was changed: it runs tasks as uid 65534', out), out[-3000:]
+    assert "Start the server's host" not in out and not (tmp_path / 'reports').exists()

@@ -211,6 +211,9 @@ def test_an_end_runs_every_step_and_reports_every_failure(host):
 @pytest.mark.parametrize('args, msg', [
     ({'state': 'stopped'}, eh.MSG_NOTHING),
     ({'state': 'started', 'drop_rule': {'port': SERVER, 'tag': 'x'}}, eh.MSG_DROP_STARTED),
+    ({'state': 'stopped', 'look': {'tools': ['ip']}, 'endpoints': [{'role': 'server', 'name': 'x'}]}, eh.MSG_LOOK_STOPPED),
+    ({'state': 'started', 'look': {'tools': ['ssh']}, 'endpoints': [{'role': 'server', 'name': 'x'}]},
+     "look: unknown tool 'ssh': the experiment knows curl, ip, iptables, nc, capture"),
 ])
 def test_bad_input_is_refused_with_the_fix(host, args, msg):
     result = run_module(host, 'experiment_host', args)
@@ -277,3 +280,22 @@ def test_a_pcap_is_returned_only_when_it_is_a_regular_file_within_the_limit(tmp_
     link.symlink_to(small)
     assert 'content' not in eh.pcap_content(str(link))
     assert 'content' not in eh.pcap_content(str(tmp_path / 'none.pcap'))
+
+
+def test_a_start_that_looks_first_refuses_a_host_that_cannot_run_its_part_and_changes_nothing(host):
+    before = sysctls(host['ns'])
+    # a kernel newer than any there is: the look refuses the host before any step
+    refused = start(host, look={'tools': ['ip', 'capture'], 'min_kernel': '999.0'})
+    assert refused['_status'] == 'SUCCESS' and refused['refused'] is True, refused
+    assert refused['look']['shortfalls'] == ['kernel'] and refused['look']['missing'] == []
+    assert refused['look']['capture']['backend'] in ('tcpdump', 'scapy')
+    assert sysctls(host['ns']) == before
+    assert not os.path.exists(host['pcap']) and not os.path.isdir(host['state'])
+    assert 'sysctl' not in refused and refused['endpoints'] == [] and set(refused['seconds']) == {'look'}
+    # the same host passes with the role's minimums, and the start goes on in the same run
+    started = start(host, look={'tools': ['ip', 'capture']})
+    assert started['_status'] == 'CHANGED' and 'refused' not in started, started
+    assert started['look']['shortfalls'] == [] and started['endpoints'][1]['outcome']['state'] == 'connected'
+    assert set(started['seconds']) == {'look', 'sysctl', 'captures', 'endpoints'}
+    assert end(host)['_status'] == 'CHANGED'
+    assert sysctls(host['ns']) == before

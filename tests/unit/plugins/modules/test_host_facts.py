@@ -139,3 +139,56 @@ def test_preflight_runs_one_module_per_host():
     start = yaml.safe_load((tasks_dir / 'start.yml').read_text())
     route = next(task for task in start if task['name'].startswith('Find the interface'))
     assert "experiment_fault == 'idle_timeout'" in route['when'] and '__experiment_route_dev' in route['when']
+
+
+def executable(directory, name):
+    path = directory / name
+    path.write_text('#!/bin/sh\n')
+    path.chmod(0o755)
+    return path
+
+
+def test_tools_are_found_by_any_of_their_binaries(tmp_path):
+    executable(tmp_path, 'iptables-legacy')
+    executable(tmp_path, 'ip')
+    files = hf.find_binaries(hf.tool_binaries(['ip', 'iptables', 'nc', 'capture']), dirs=[str(tmp_path)])
+    assert hf.found_tools(files) == {'ip', 'iptables'}
+    assert hf.missing_tools(['ip', 'iptables', 'nc'], files) == ['nc']
+    # capture is had when the capture module's check names a backend
+    assert hf.missing_tools(['capture'], files, {'failed': True, 'msg': 'no tcpdump'}) == ['capture']
+    assert hf.missing_tools(['capture'], files, {'backend': 'tcpdump'}) == []
+    # the filter gives the same answer for ansible.builtin.find's files
+    assert missing_tools(['ip', 'iptables', 'nc'], files) == ['nc']
+    with pytest.raises(hf.HostFactsError, match="unknown tool 'ssh': the experiment knows curl, ip, iptables, nc, capture"):
+        hf.tool_binaries(['ssh'])
+
+
+def facts_of(uid=0, kernel='6.1.0-28-amd64', python=(3, 11)):
+    return {'effective_user_id': uid, 'kernel': kernel, 'python': {'version': {'major': python[0], 'minor': python[1]}}}
+
+
+@pytest.mark.parametrize('host, missing, expected', [
+    (facts_of(), [], []),
+    (facts_of(uid=1000), [], ['user']),
+    (facts_of(kernel='4.4.0-210-generic'), [], ['kernel']),
+    (facts_of(kernel='4.5'), [], []),
+    (facts_of(python=(3, 7)), ['iptables'], ['python', 'tools']),
+    (facts_of(uid=1000, kernel='3.10.0-1160.el7.x86_64', python=(2, 7)), ['capture'], ['user', 'kernel', 'python', 'tools']),
+])
+def test_shortfalls_name_what_keeps_a_host_from_its_part(host, missing, expected):
+    assert hf.shortfalls(host, missing, '4.5', '3.8') == expected
+
+
+def test_shortfalls_refuse_a_minimum_that_is_no_version():
+    with pytest.raises(hf.HostFactsError, match="min_kernel 'new' is not a version"):
+        hf.shortfalls(facts_of(), [], 'new', '3.8')
+    assert hf.version_of('6.12.9+bpo-amd64') == (6, 12, 9)
+
+
+def test_look_judges_this_host(tmp_path):
+    found = hf.look(['ip'], '4.5', '3.8', None)
+    assert found['facts']['effective_user_id'] == os.geteuid() and found['missing'] == [] and 'capture' not in found
+    assert found['shortfalls'] == ([] if os.geteuid() == 0 else ['user'])
+    # a kernel newer than any there is: refused for the kernel alone
+    refused = hf.look(['ip'], '999.0', '3.8', None)['shortfalls']
+    assert 'kernel' in refused and 'tools' not in refused
