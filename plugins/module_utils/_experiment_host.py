@@ -45,6 +45,7 @@ and must not be used from outside tcplab.keepalive.
 from __future__ import annotations
 
 import base64
+import importlib
 import os
 import stat
 import sys
@@ -79,6 +80,15 @@ ENDPOINT_STATE_DIR = '/run/tcplab-keepalive/endpoint'
 # an endpoint in these states has not ended by itself (the endpoint module's outcome.state)
 RUNNING = ('starting', 'connected', 'running')
 SETTLE_POLL = 0.1
+# The code each step of an end imports (lazily, in its function), imported before a settle (_preload).
+END_STEP_CODE = {
+    'watch': ('_kernel_evidence', '_kernel_watch', '_kernel_watch_scan'),
+    'captures': ('_capture', '_capture_record', '_capture_stop', '_pcap'),
+    'drop_rule': ('_iptables',),
+    'endpoints': ('_endpoint',),
+    'sysctl': ('_sysctl_task', '_sysctl'),
+}
+PACKAGE = 'ansible_collections.tcplab.keepalive.plugins.module_utils.'
 
 
 class StepError(Exception):
@@ -250,6 +260,18 @@ def _endpoints(module, items, state):
     return _each(items, state, one, lambda item: {'name': item.get('name'), 'role': item.get('role')})
 
 
+def _preload(p):
+    """Before a settle, import the code of the end's steps: the settle waits for the kernel anyway, while on a target
+    that compiles every module run's sources again (AnsiballZ ships sources; a lab VM under software emulation takes
+    about half a second for an end's) the compile would otherwise come after the client's failure."""
+    if not any(item.get('settle') for item in p.get('endpoints') or []):
+        return
+    for step in sorted(END_STEP_CODE):
+        if p.get(step):
+            for name in END_STEP_CODE[step]:
+                importlib.import_module(PACKAGE + name)
+
+
 def _settle(module, items):
     """Before the end: wait up to each endpoint's settle seconds for it to end by itself (the client, after the
     kernel gave up), then take its kernel_sample - the run's last status, in the run that stops it. Returns
@@ -360,6 +382,7 @@ def stopped(module, p):
     if p.get('look'):
         raise StepError(MSG_LOOK_STOPPED)
     result, clock = {}, Clock()
+    _preload(p)
     settled, errors = _settle(module, p.get('endpoints') or [])
     clock.lap('settle')
     if p.get('watch'):

@@ -299,3 +299,27 @@ def test_a_start_that_looks_first_refuses_a_host_that_cannot_run_its_part_and_ch
     assert set(started['seconds']) == {'look', 'sysctl', 'captures', 'endpoints'}
     assert end(host)['_status'] == 'CHANGED'
     assert sysctls(host['ns']) == before
+
+
+def loaded_after_preload(params):
+    """The collection's module_utils a fresh Python has imported after _experiment_host._preload(params)."""
+    code = ('import json, sys\n'
+            'from ansible_collections.tcplab.keepalive.plugins.module_utils import _experiment_host as eh\n'
+            'before = set(sys.modules)\n'
+            'eh._preload(json.loads(sys.argv[1]))\n'
+            'print(json.dumps(sorted(m[len(eh.PACKAGE):] for m in set(sys.modules) - before if m.startswith(eh.PACKAGE))))\n')
+    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
+    out = subprocess.run([sys.executable, '-c', code, json.dumps(params)], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    return set(json.loads(out))
+
+
+def test_an_end_that_settles_imports_its_steps_code_before_the_settle():
+    # the client's end: it awaits the client's failure, then stops the watch and the capture and restores the sysctls
+    settling = {'endpoints': [{'role': 'client', 'settle': 10}], 'watch': {'path': '/x'}, 'captures': [{'path': '/y'}],
+                'sysctl': {'lease': 'x'}}
+    loaded = loaded_after_preload(settling)
+    assert {'_kernel_watch_scan', '_capture_stop', '_pcap', '_pcap_scan', '_endpoint', '_sysctl'} <= loaded, loaded
+    assert '_iptables' not in loaded   # no drop_rule step: not its code
+    # an end that does not wait imports each step's code when the step runs, as before
+    assert loaded_after_preload(dict(settling, endpoints=[{'role': 'client'}])) == set()
