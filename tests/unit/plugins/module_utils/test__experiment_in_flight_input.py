@@ -170,3 +170,14 @@ def test_when_the_client_cannot_run_its_part_the_preflight_names_what_the_server
     for role in ('client', 'server'):
         assert re.search(role + r' \([^)]*\) cannot run the experiment, nothing was changed: it runs tasks as uid 65534', out), out[-3000:]
     assert "Start the server's host" not in out and not (tmp_path / 'reports').exists()
+
+
+@real
+@pytest.mark.once
+def test_a_server_that_captures_is_looked_at_by_the_preflight(hosts, tmp_path):
+    """The server's capture takes its interface toward the client from the preflight's look: with captures on both
+    hosts the preflight looks at the server too, and an unfit server fails there, before any start."""
+    as_nobody(tmp_path, 'server')
+    rc, out = play(tmp_path, '-e', 'experiment_captures=both')
+    assert rc != 0 and re.search(r'server \([^)]*\) cannot run the experiment, nothing was changed: it runs tasks as uid 65534', out), out[-3000:]
+    assert "Start the server's host" not in out and not (tmp_path / 'reports').exists()
