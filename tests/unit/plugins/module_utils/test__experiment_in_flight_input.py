@@ -181,3 +181,15 @@ def test_a_server_that_captures_is_looked_at_by_the_preflight(hosts, tmp_path):
     rc, out = play(tmp_path, '-e', 'experiment_captures=both')
     assert rc != 0 and re.search(r'server \([^)]*\) cannot run the experiment, nothing was changed: it runs tasks as uid 65534', out), out[-3000:]
     assert "Start the server's host" not in out and not (tmp_path / 'reports').exists()
+
+
+@real
+@pytest.mark.once
+def test_on_loopback_the_one_host_s_start_looks_at_it_and_refuses_it_before_anything_changes(hosts, tmp_path):
+    as_nobody(tmp_path, 'client')
+    before = sysctl(hosts['client'], 'tcp_keepalive_time')
+    rc, out = play(tmp_path, '-e', 'experiment_server=client')
+    assert rc != 0 and re.search(r'client \([^)]*\) cannot run the experiment, nothing was changed: it runs tasks as uid 65534', out), out[-3000:]
+    # no look of its own in the preflight: the start looked, refused, and nothing ran after it
+    assert "Start the client's host" in out and "End on the client's host" not in out and '(report: ' not in out
+    assert sysctl(hosts['client'], 'tcp_keepalive_time') == before and not (tmp_path / 'reports').exists()
