@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils import _experiment_host as eh
+from ansible_collections.tcplab.keepalive.plugins.module_utils._capture_record import DEFAULT_STATE_DIR as CAPTURE_STATE_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 ANSIBLE = Path(sys.executable).parent / 'ansible'
@@ -66,11 +67,25 @@ def host(tmp_path):
         shutil.rmtree(state, ignore_errors=True)
         for leftover in Path(CAPTURES).glob(name + '.pcap*'):
             leftover.unlink()
+        forget_capture_records('%s/%s.pcap' % (CAPTURES, name))
         for directory in (CAPTURES, os.path.dirname(state)):
             try:
                 os.rmdir(directory)
             except OSError:   # another test's files are still there
                 pass
+
+
+def forget_capture_records(pcap):
+    """Remove the capture module's state records (and logs) of this test's pcap, which a test that failed before its
+    end leaves in the capture's state directory: only records whose path is this test's pcap (a random name)."""
+    for record in Path(CAPTURE_STATE_DIR).glob(os.path.basename(pcap) + '-*.json'):
+        try:
+            ours = json.loads(record.read_text()).get('path') == pcap
+        except (OSError, ValueError):
+            continue
+        if ours:
+            for one in (record, record.with_suffix('.log')):
+                one.unlink(missing_ok=True)
 
 
 def run_module(host, module, args):
