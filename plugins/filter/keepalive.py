@@ -216,7 +216,7 @@ def tool_binaries(tools=None):
         raise AnsibleFilterError(str(exc)) from exc
 
 
-def host_shortfalls(facts, missing=None, min_kernel='4.5', min_python='3.8'):
+def host_shortfalls(facts, missing=None, min_kernel=_host_facts.MIN_KERNEL, min_python=_host_facts.MIN_PYTHON):
     """What keeps a host from running its part of the experiment - of user (not root), kernel and python (older than
     the minimum), tools (missing not empty) - from the facts host_facts gathered: the judgement the experiment_host
     module's look makes on a host it starts (module_utils/_host_facts.py)."""

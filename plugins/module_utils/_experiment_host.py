@@ -80,13 +80,14 @@ ENDPOINT_STATE_DIR = '/run/tcplab-keepalive/endpoint'
 # an endpoint in these states has not ended by itself (the endpoint module's outcome.state)
 RUNNING = ('starting', 'connected', 'running')
 SETTLE_POLL = 0.1
-# The code each step of an end imports (lazily, in its function), imported before a settle (_preload).
+# The code each step of an end imports lazily (in its function, or _capture_stop's _pcap for the analysis), imported
+# before a settle (_preload); what these import at their top comes with them.
 END_STEP_CODE = {
-    'watch': ('_kernel_evidence', '_kernel_watch', '_kernel_watch_scan'),
-    'captures': ('_capture', '_capture_record', '_capture_stop', '_pcap'),
+    'watch': ('_kernel_evidence', '_kernel_watch'),
+    'captures': ('_capture', '_pcap'),
     'drop_rule': ('_iptables',),
     'endpoints': ('_endpoint',),
-    'sysctl': ('_sysctl_task', '_sysctl'),
+    'sysctl': ('_sysctl_task',),
 }
 PACKAGE = 'ansible_collections.tcplab.keepalive.plugins.module_utils.'
 

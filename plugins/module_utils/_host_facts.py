@@ -54,6 +54,9 @@ TOOL_BINARIES = {
 CAPTURE = 'capture'
 MSG_TOOL = 'unknown tool %%r: the experiment knows %s' % ', '.join(sorted(TOOL_BINARIES) + [CAPTURE])
 MSG_MINIMUM = '%s %r is not a version (digits and dots, for example 4.5)'
+# the oldest kernel (per-namespace keepalive sysctls) and Python (the modules') a host may have, when not given
+MIN_KERNEL = '4.5'
+MIN_PYTHON = '3.8'
 # the shortfalls of a host, in the order the preflight's message names them
 SHORTFALLS = ('user', 'kernel', 'python', 'tools')
 
@@ -226,12 +229,13 @@ def shortfalls(host, missing, min_kernel, min_python):
     than the minimum), tools (missing). host is facts()."""
     try:
         kernel_min, python_min = version_of(min_kernel, 'min_kernel'), version_of(min_python, 'min_python')
+        kernel = version_of(host['kernel'], 'kernel')
     except ValueError as exc:
         raise HostFactsError(str(exc)) from exc
     python = host['python']['version']
     found = {
         'user': host['effective_user_id'] != 0,
-        'kernel': version_of(host['kernel'], 'kernel') < kernel_min,
+        'kernel': kernel < kernel_min,
         'python': (python['major'], python['minor']) < python_min,
         'tools': bool(missing),
     }

@@ -378,6 +378,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tcplab.keepalive.plugins.module_utils._experiment_host import (
     MSG_STEPS_FAILED, StepError, run)
+from ansible_collections.tcplab.keepalive.plugins.module_utils._host_facts import MIN_KERNEL, MIN_PYTHON
 
 SAMPLE = dict(type='dict', options=dict(port=dict(type='int', required=True), peer_port=dict(type='int')))
 
@@ -387,8 +388,8 @@ def main():
         argument_spec=dict(
             state=dict(type='str', choices=['started', 'stopped'], required=True),
             look=dict(type='dict', options=dict(
-                tools=dict(type='list', elements='str', required=True), min_kernel=dict(type='str', default='4.5'),
-                min_python=dict(type='str', default='3.8'))),
+                tools=dict(type='list', elements='str', required=True), min_kernel=dict(type='str', default=MIN_KERNEL),
+                min_python=dict(type='str', default=MIN_PYTHON))),
             sysctl=dict(type='dict', options=dict(
                 time=dict(type='raw'), intvl=dict(type='raw'), probes=dict(type='raw'), retries2=dict(type='raw'),
                 lease=dict(type='str', required=True), lease_owner=dict(type='str'),

@@ -183,6 +183,9 @@ def test_shortfalls_refuse_a_minimum_that_is_no_version():
     with pytest.raises(hf.HostFactsError, match="min_kernel 'new' is not a version"):
         hf.shortfalls(facts_of(), [], 'new', '3.8')
     assert hf.version_of('6.12.9+bpo-amd64') == (6, 12, 9)
+    # a kernel release without a leading version is said the same way, not a bare ValueError
+    with pytest.raises(hf.HostFactsError, match="kernel 'custom-build' is not a version"):
+        hf.shortfalls(facts_of(kernel='custom-build'), [], '4.5', '3.8')
 
 
 def test_look_judges_this_host(tmp_path):
