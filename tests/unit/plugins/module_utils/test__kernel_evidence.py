@@ -352,6 +352,7 @@ def test_the_kernel_counts_what_the_code_reads(lab):
         assert ss_timer(NS_C, C_PORT) in (('keepalive', k), ('keepalive', k + 1))   # ss, read here
         seen[k] = one['counters']['tcp_keepalive'] - start['counters']['tcp_keepalive']
     assert client.stdout.readline().split() == ['error', '110']   # ETIMEDOUT
+    assert client.wait(timeout=10) == 0   # its fd, and so the CLOSE socket, is gone only when it has exited
     end = sample_in(NS_C, C_PORT)
     after_here = netstat_here(NS_C)
     assert (end['counters']['tcp_keepalive'], end['counters']['tcp_abort_on_timeout']) == after_here
