@@ -376,6 +376,7 @@ lease_busy:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _zipimport_once
 from ansible_collections.tcplab.keepalive.plugins.module_utils._experiment_host import (
     MSG_STEPS_FAILED, StepError, run)
 from ansible_collections.tcplab.keepalive.plugins.module_utils._host_facts import MIN_KERNEL, MIN_PYTHON
@@ -384,6 +385,7 @@ SAMPLE = dict(type='dict', options=dict(port=dict(type='int', required=True), pe
 
 
 def main():
+    _zipimport_once.install()
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type='str', choices=['started', 'stopped'], required=True),

@@ -114,12 +114,14 @@ route:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.tcplab.keepalive.plugins.module_utils import _zipimport_once
 from ansible_collections.tcplab.keepalive.plugins.module_utils._common import Runner, find_binary
 from ansible_collections.tcplab.keepalive.plugins.module_utils._host_facts import (
     HostFactsError, capture_check, check_binaries, facts, find_binaries, route_dev)
 
 
 def main():
+    _zipimport_once.install()
     module = AnsibleModule(
         argument_spec=dict(
             binaries=dict(type='list', elements='str', default=[]),
