@@ -43,7 +43,6 @@ and must not be used from outside tcplab.keepalive.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import select
@@ -256,6 +255,8 @@ def scapy_socket(program):
             program.fail('filter', '%s: %s' % (type(exc).__name__, exc))
     fd, st = program.open_output()
     try:
+        # scapy's logging (scapy imports it): a capture with tcpdump has no use for it
+        import logging  # pylint: disable=import-outside-toplevel
         logging.getLogger('scapy.runtime').setLevel(logging.ERROR)  # not "Unable to guess type": we parse nothing
         listener = conf.L2listen(iface=args['iface'], filter=args['filter'] or None)  # filter attached before bind
         sock = listener.ins
