@@ -154,6 +154,7 @@ def test_the_server_s_start_looks_at_its_host_first_and_refuses_it_before_anythi
     rc, out = play(tmp_path)
     assert rc != 0 and 'server (' in out, out[-3000:]
     assert 'cannot run the experiment, nothing was changed: it runs tasks as uid 65534, not root (use become: true);' in out
+    assert re.search(r'not root \(use become: true\);["\'\n]', out), out[-3000:]   # the message ends there, no blanks
     assert 'client (' not in out.split('cannot run the experiment', maxsplit=1)[0][-200:]
     assert "Start the server's host" in out and "Start the client's host" not in out
     # nothing to put back or report: the ends and the report did not run
