@@ -131,8 +131,10 @@ print(json.dumps({'rto_ms': info()[0] / 1000.0}), flush=True)
 sys.stdin.readline()
 t0 = time.time()
 sock.sendall(b'x' * 26)
-times, last = [0.0], 0
+times, last, late, tick = [0.0], 0, 0.0, time.monotonic()
 while not select.select([sock], [], [], 0.002)[0]:
+    now = time.monotonic()
+    late, tick = max(late, (now - tick) * 1000 - 2), now   # how much later than 2 ms this sample came
     total = info()[1]
     if total != last:
         times.append(round((time.time() - t0) * 1000, 1))
@@ -142,7 +144,8 @@ try:
     failed = None
 except OSError as exc:
     failed = exc.errno
-print(json.dumps({'end_ms': round((time.time() - t0) * 1000, 1), 'errno': failed, 'sent_ms': times}), flush=True)
+print(json.dumps({'end_ms': round((time.time() - t0) * 1000, 1), 'errno': failed, 'sent_ms': times,
+                  'late_ms': round(late, 1)}), flush=True)
 '''
 SERVER = ("import socket, time\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
           "s.bind(('198.19.62.2', 7001))\ns.listen()\nprint('up', flush=True)\nc, _ = s.accept()\ntime.sleep(120)\n")
@@ -209,6 +212,9 @@ def test_the_kernel_ends_the_connection_as_predicted(pair, retries2, user_timeou
     seen = silence(pair, retries2, user_timeout_ms)
     prediction = rt.predict(seen['rto_ms'], retries2, user_timeout_ms)
     assert seen['errno'] == 110   # ETIMEDOUT
-    # no tolerance beyond the wheel's lateness the model itself allows, and 30 ms for the 2 ms sampling and a busy box
-    assert rt.judge(prediction, seen['sent_ms'], seen['end_ms'], tolerance_s=0.03) == [], (seen, prediction)
+    # no tolerance beyond the wheel's lateness the model itself allows, and 30 ms for the 2 ms sampling and a busy box;
+    # on a box so busy that the sampler itself woke later than that, its own worst lateness is added (the kernel's
+    # timers wait for the same CPUs: one CI run saw every event from the tail loss probe on 34-55 ms late)
+    tolerance_s = 0.03 + seen['late_ms'] / 1000.0
+    assert rt.judge(prediction, seen['sent_ms'], seen['end_ms'], tolerance_s=tolerance_s) == [], (seen, prediction)
     assert prediction['ended_by'] == ('user_timeout' if user_timeout_ms else 'retransmissions')
