@@ -31,10 +31,8 @@ box = []
 thread = threading.Thread(target=lambda: box.append(subprocess.Popen(sleep)))
 thread.start()
 thread.join()
-zombie = subprocess.Popen([sys.executable, '-c', 'pass'])
+zombie = subprocess.Popen([sys.executable, '-c', 'pass'])   # never polled nor waited for (that would reap it)
 away = subprocess.Popen(sleep, start_new_session=True)
-while zombie.poll() is None and not os.path.exists('/proc/%d/stat' % zombie.pid):
-    time.sleep(0.01)
 time.sleep(0.5)
 print(main.pid, grandchild, box[0].pid, zombie.pid, away.pid, flush=True)
 time.sleep(60)
