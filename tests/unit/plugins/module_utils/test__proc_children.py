@@ -21,7 +21,7 @@ from ansible_collections.tcplab.keepalive.plugins.module_utils import _proc
 # The leader: a child from its main thread (which itself has a child), one from a second thread, one that dies
 # unreaped (a zombie) and one that starts a session of its own; then it prints the pids and waits.
 LEADER = r'''
-import os, subprocess, sys, threading, time
+import subprocess, sys, threading, time
 sleep = [sys.executable, '-c', 'import time; time.sleep(60)']
 main = subprocess.Popen([sys.executable, '-c', 'import subprocess, sys, time; '
                          'p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]); '
